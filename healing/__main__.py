@@ -1,0 +1,3 @@
+from healing.cli import entry
+
+entry()

@@ -1,0 +1,54 @@
+"""One exception tree for selfheal; the CLI maps each class to an exit code (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_WARNING = 1
+EXIT_CRITICAL = 2
+EXIT_UNKNOWN = 3
+EXIT_USAGE = 64
+
+
+class SelfHealError(Exception):
+    """Base of every error selfheal raises on purpose. The message is one line meant for an operator."""
+
+    exit_code: int = EXIT_UNKNOWN
+
+    def __str__(self) -> str:  # keep the promise of one line, whatever a caller passed in
+        return " ".join(super().__str__().split())
+
+
+class UsageError(SelfHealError):
+    """The command line or an argument value is wrong (exit 64)."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(SelfHealError):
+    """The input cannot be judged: missing, unreadable, not a PNG, unsupported (exit 3, 'unknown')."""
+
+    exit_code = EXIT_UNKNOWN
+
+
+class CorruptedError(SelfHealError):
+    """The input is damaged: truncated or CRC-broken PNG, hash mismatch, bad padding, broken metadata (exit 2)."""
+
+    exit_code = EXIT_CRITICAL
+
+
+class ConfigError(SelfHealError):
+    """A configuration value is invalid (exit 3)."""
+
+    exit_code = EXIT_UNKNOWN
+
+
+class DependencyError(SelfHealError):
+    """An optional package needed for this input is not installed (exit 3)."""
+
+    exit_code = EXIT_UNKNOWN
+
+
+class DatabaseError(SelfHealError):
+    """The database cannot be reached or is locked beyond the busy timeout (exit 3)."""
+
+    exit_code = EXIT_UNKNOWN
