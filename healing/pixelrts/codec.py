@@ -1,0 +1,598 @@
+"""Encode and decode PixelRTS v2 images (PIXELRTS_V2.md), verify them, and read byte ranges.
+
+Hot paths are NumPy/OpenCV only: the Hilbert permutation is a cached index table applied in chunks
+(so no per-pixel Python loop and no full-size int64 temporaries), PNG (de)compression is libpng via
+OpenCV, and metadata lives in a tEXt chunk spliced into the encoded bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from healing.errors import CorruptedError, DependencyError, InputError, UsageError
+from healing.pixelrts import _metadata as md
+from healing.pixelrts import _png
+from healing.pixelrts._hilbert import is_power_of_two, linear_table
+
+Progress = Callable[[str, float], None]
+DEFAULT_MAX_PIXELS = 8192 * 8192
+_CHUNK = 1 << 20  # curve positions per gather/scatter step: bounded temporaries, progress granularity
+
+
+def _noop(_stage: str, _fraction: float) -> None:
+    return None
+
+
+# ----------------------------------------------------------------------------- data classes
+
+@dataclass
+class EncodedImage:
+    png: bytes
+    metadata: dict[str, Any]
+
+
+@dataclass
+class Problem:
+    kind: str  # hash_mismatch | padding | segment_mismatch | sidecar_mismatch | metadata | structure
+    message: str
+    byte_range: tuple[int, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "byte_range": list(self.byte_range) if self.byte_range else None}
+
+
+@dataclass
+class PixelRTSImage:
+    """A decoded image: pixels, curve-ordered stream, metadata and (lazily) the original payload."""
+
+    path: Path | None
+    grid_size: int
+    pixels: np.ndarray  # (n, n, 4) uint8, RGBA
+    stream: np.ndarray  # (4·n²,) uint8 in curve order
+    metadata: dict[str, Any] | None
+    metadata_source: str | None  # "sidecar:<name>" | "text" | None
+    stored_length: int
+    file_size: int
+    file_sha256: str
+    png_info: dict[str, Any] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)  # found while reading (sidecar mismatch, …)
+
+    @property
+    def capacity(self) -> int:
+        return 4 * self.grid_size * self.grid_size
+
+    @property
+    def is_pixelrts(self) -> bool:
+        return self.metadata is not None
+
+    @property
+    def data_size(self) -> int:
+        if self.metadata and isinstance(self.metadata.get("data_size"), int):
+            return int(self.metadata["data_size"])
+        return self.stored_length
+
+    @cached_property
+    def payload(self) -> bytes:
+        """The original data: the stored bytes, decompressed, or the code-mode base64 copy."""
+        return _payload_from(self.metadata, self.stream, self.stored_length)
+
+    def padding_start(self) -> int:
+        """Where the zero padding must begin (code mode writes whole pixels for the last group)."""
+        meta = self.metadata or {}
+        if meta.get("original_data_b64") is not None and meta.get("encoding", {}).get("type") == "RGBA-code":
+            return min(self.capacity, -(-self.stored_length // 4) * 4)
+        return self.stored_length
+
+
+@dataclass
+class VerifyReport:
+    ok: bool
+    hash_verified: bool | None
+    problems: list[Problem]
+    image: PixelRTSImage
+
+    def to_dict(self) -> dict[str, Any]:
+        img = self.image
+        return {
+            "path": str(img.path) if img.path else None,
+            "valid": self.ok,
+            "pixelrts": img.is_pixelrts,
+            "hash_verified": self.hash_verified,
+            "grid_size": img.grid_size,
+            "data_size": img.data_size,
+            "capacity": img.capacity,
+            "metadata_source": img.metadata_source,
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+
+# ----------------------------------------------------------------------------- pixel permutation
+
+def _stream_to_pixels(stream32: np.ndarray, n: int, progress: Progress) -> np.ndarray:
+    """Scatter curve-ordered 32-bit pixels into a row-major (n, n) uint32 image."""
+    table = linear_table(n)
+    flat = np.zeros(n * n, dtype=np.uint32)
+    total = n * n
+    for start in range(0, total, _CHUNK):
+        stop = min(start + _CHUNK, total)
+        flat[table[start:stop]] = stream32[start:stop]
+        progress("arranging pixels", stop / total)
+    return flat.reshape(n, n)
+
+
+def _pixels_to_stream(pixels32: np.ndarray, n: int, progress: Progress, first: int = 0, count: int | None = None) -> np.ndarray:
+    """Gather curve positions [first, first+count) from a row-major (n, n) uint32 image."""
+    table = linear_table(n)
+    flat = pixels32.reshape(-1)
+    count = n * n - first if count is None else count
+    out = np.empty(count, dtype=np.uint32)
+    for start in range(0, count, _CHUNK):
+        stop = min(start + _CHUNK, count)
+        np.take(flat, table[first + start : first + stop], out=out[start:stop])
+        progress("reading pixels", stop / count)
+    return out
+
+
+# ----------------------------------------------------------------------------- encoding
+
+def _code_mode_stream(data: bytes) -> np.ndarray:
+    groups = -(-len(data) // 4)
+    padded = np.zeros(groups * 4, dtype=np.uint8)
+    padded[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    quads = padded.reshape(-1, 4)
+    lut_weight = np.zeros(256, dtype=np.uint8)
+    lut_alpha = np.zeros(256, dtype=np.uint8)
+    for op, weight in md.OPCODE_WEIGHTS.items():
+        lut_weight[op] = weight
+        lut_alpha[op] = 255
+    out = np.empty_like(quads)
+    out[:, 0] = lut_weight[quads[:, 0]]
+    out[:, 1] = quads[:, 1]
+    out[:, 2] = quads[:, 2]
+    out[:, 3] = lut_alpha[quads[:, 0]]
+    return out.reshape(-1)
+
+
+def encode(
+    data: bytes,
+    *,
+    grid_size: int | None = None,
+    mode: str = "standard",
+    metadata: dict[str, Any] | None = None,
+    segments: dict[str, dict[str, Any]] | None = None,
+    compression: str | None = None,
+    compression_level: int = 6,
+    legacy_grid: bool = False,
+    progress: Progress | None = None,
+) -> EncodedImage:
+    """Pack ``data`` into a PixelRTS v2 PNG.
+
+    ``metadata`` holds caller keys (``type``, ``name``, ``description``, …; ``version`` is stored as
+    ``content_version``). ``segments`` maps names to ``{"start", "size", ...}`` ranges of ``data``;
+    each gets a sha256 in ``offsets`` and ``hashes``. ``compression`` ("zlib") compresses the payload
+    before it is placed in the pixels. ``compression_level`` is the PNG zlib level (0–9).
+    """
+    progress = progress or _noop
+    if mode not in md.MODES:
+        raise UsageError(f"--mode must be standard or code, got {mode!r}")
+    if not 0 <= compression_level <= 9:
+        raise UsageError(f"compression level must be 0..9, got {compression_level}")
+    data = bytes(data)
+    data_hash = hashlib.sha256(data).hexdigest()
+
+    seg_meta: dict[str, dict[str, Any]] = {}
+    for name, seg in (segments or {}).items():
+        start, size = int(seg["start"]), int(seg["size"])
+        if start < 0 or size < 0 or start + size > len(data):
+            raise UsageError(f"segment {name!r} [{start}, {start + size}) lies outside the {len(data)}-byte input")
+        entry = {k: v for k, v in seg.items() if k not in ("start", "size", "sha256")}
+        entry.update(size=size, sha256=hashlib.sha256(data[start : start + size]).hexdigest(), start=start)
+        seg_meta[str(name)] = entry
+
+    comp_meta = None
+    stored = data
+    if compression not in (None, "none"):
+        if compression != "zlib":
+            raise UsageError(f"compression must be zlib or none when writing, got {compression!r}")
+        stored = zlib.compress(data, 9)
+        comp_meta = {
+            "type": "zlib",
+            "level": 9,
+            "original_size": len(data),
+            "compressed_size": len(stored),
+            "ratio": round(len(stored) / len(data), 4) if data else 1.0,
+        }
+
+    code_pixels = mode == "code" and stored.startswith(md.WASM_MAGIC)
+    stream_bytes = _code_mode_stream(stored) if code_pixels else np.frombuffer(stored, dtype=np.uint8)
+    needed = len(stream_bytes)
+    n = md.check_grid_size(grid_size, needed) if grid_size is not None else md.grid_size_for(needed, legacy=legacy_grid)
+
+    meta = md.build_metadata(
+        grid_size=n,
+        mode=mode,
+        data_hash=data_hash,
+        data_size=len(data),
+        caller=metadata,
+        segments=seg_meta,
+        compression=comp_meta,
+        encoded_size=len(stored) if comp_meta else None,
+        original_b64=base64.b64encode(data).decode("ascii") if mode == "code" else None,
+    )
+
+    buf = np.zeros(4 * n * n, dtype=np.uint8)
+    buf[:needed] = stream_bytes
+    pixels = _stream_to_pixels(buf.view(np.uint32), n, progress).view(np.uint8).reshape(n, n, 4)
+    del buf
+    cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA, dst=pixels)
+    progress("compressing PNG", 0.0)
+    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, compression_level])
+    if not ok:
+        raise InputError("OpenCV could not encode the PNG")
+    progress("compressing PNG", 1.0)
+    chunk = _png.make_chunk(b"tEXt", b"PixelRTS\0" + md.text_value(meta).encode("latin-1"))
+    return EncodedImage(png=_png.insert_before_idat(encoded.tobytes(), chunk), metadata=meta)
+
+
+def _atomic_write(path: Path, data: bytes | str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    mode = "wb" if isinstance(data, bytes) else "w"
+    try:
+        with open(tmp, mode) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_image(data: bytes, path: str | os.PathLike[str], *, sidecar: bool = True, **options: Any) -> dict[str, Any]:
+    """Encode ``data`` and write the PNG (and its ``.meta.json`` sidecar) atomically; return the metadata."""
+    path = Path(path)
+    encoded = encode(data, **options)
+    try:
+        _atomic_write(path, encoded.png)
+        if sidecar:
+            _atomic_write(path.with_name(path.name + ".meta.json"), md.sidecar_text(encoded.metadata))
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return encoded.metadata
+
+
+# ----------------------------------------------------------------------------- reading
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not an image file") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _parse_meta_text(text: str, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise CorruptedError(f"PixelRTS metadata in {where} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise CorruptedError(f"PixelRTS metadata in {where} is not a JSON object")
+    return value
+
+
+def _embedded_metadata(structure: _png.PngStructure) -> dict[str, Any] | None:
+    for _key, text in structure.texts:
+        if text.startswith(md.TEXT_PREFIX + "{"):
+            return _parse_meta_text(text[len(md.TEXT_PREFIX) :], "the PNG tEXt chunk")
+    return None
+
+
+def _sidecar_metadata(path: Path) -> tuple[dict[str, Any], str] | None:
+    for candidate in md.sidecar_candidates(path):
+        try:
+            text = candidate.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read sidecar {candidate.name}: {getattr(exc, 'strerror', None) or exc.__class__.__name__}") from None
+        return _parse_meta_text(text, f"sidecar {candidate.name}"), candidate.name
+    return None
+
+
+_COMPARED_KEYS = ("format", "grid_size", "encoding", "data_hash", "data_size", "encoded_size", "compression", "hashes")
+
+
+def _int_field(meta: dict[str, Any], key: str, claim: bool) -> int | None:
+    if key not in meta or meta[key] is None:
+        return None
+    value = meta[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CorruptedError(f"PixelRTS metadata field {key} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _decode_pixels(data: bytes, header: _png.Header) -> np.ndarray:
+    """Decode PNG bytes into an (h, w, 4) RGBA uint8 array, converting other 8-bit colour types."""
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise CorruptedError("corrupted PNG: the pixel data cannot be decompressed")
+    if arr.dtype != np.uint8:
+        raise InputError(f"unsupported PNG: {arr.dtype} samples (PixelRTS v2 uses 8-bit RGBA)")
+    if arr.shape[:2] != (header.height, header.width):
+        raise CorruptedError("corrupted PNG: decoded size differs from the IHDR dimensions")
+    if arr.ndim == 2:
+        return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGBA)
+    if arr.shape[2] == 3:
+        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGBA)
+    cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA, dst=arr)
+    return arr
+
+
+def read_image(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int | None = None,
+    use_sidecar: bool = True,
+    progress: Progress | None = None,
+    data: bytes | None = None,
+) -> PixelRTSImage:
+    """Read and decode a PixelRTS v2 (or plain) PNG with fresh state.
+
+    Raises InputError for input that cannot be judged (missing, unreadable, not a PNG, unsupported,
+    over the pixel limit) and CorruptedError for damage (truncated, CRC, broken PixelRTS structure).
+    ``data`` may supply the file's bytes (an upload) instead of reading ``path``.
+    """
+    progress = progress or _noop
+    path = Path(path)
+    limit = max_pixels or DEFAULT_MAX_PIXELS
+    if data is None:
+        data = _read_bytes(path)
+    progress("checking structure", 0.0)
+    structure = _png.parse_structure(data)
+    header = structure.header
+
+    meta_text = _embedded_metadata(structure)
+    sidecar = _sidecar_metadata(path) if use_sidecar and path.name else None
+    problems: list[Problem] = []
+    if sidecar is not None:
+        meta, source = sidecar[0], f"sidecar:{sidecar[1]}"
+        if meta_text is not None:
+            differing = [k for k in _COMPARED_KEYS if k in meta and k in meta_text and meta[k] != meta_text[k]]
+            if differing:
+                problems.append(
+                    Problem("sidecar_mismatch", f"sidecar {sidecar[1]} and the embedded metadata disagree on {', '.join(differing)}")
+                )
+    elif meta_text is not None:
+        meta, source = meta_text, "text"
+    else:
+        meta, source = None, None
+    claim = meta is not None
+    damaged = CorruptedError if claim else InputError
+
+    w, h = header.width, header.height
+    if w * h > limit:
+        raise InputError(f"declared dimensions {w}x{h} ({w * h} pixels) exceed the limit of {limit} pixels (pixelrts.max_pixels)")
+    if w != h:
+        raise damaged(f"{'PixelRTS image' if claim else 'PNG'} is {w}x{h}: PixelRTS v2 images are square")
+    if not is_power_of_two(w):
+        raise damaged(f"{'PixelRTS image' if claim else 'PNG'} side {w} is not a power of two")
+    if header.bit_depth == 16:
+        raise InputError(f"unsupported PNG: 16-bit {header.colour_name} samples (PixelRTS v2 uses 8-bit RGBA)")
+    n = w
+    capacity = 4 * n * n
+
+    stored_length = capacity
+    if meta is not None:
+        data_size = _int_field(meta, "data_size", claim)
+        encoded_size = _int_field(meta, "encoded_size", claim)
+        if data_size is not None and data_size > capacity and meta.get("compression") in (None, {}) :
+            raise CorruptedError(f"PixelRTS metadata declares data_size {data_size} but a {n}x{n} grid holds only {capacity} bytes")
+        if encoded_size is not None and encoded_size > capacity:
+            raise CorruptedError(f"PixelRTS metadata declares encoded_size {encoded_size} but a {n}x{n} grid holds only {capacity} bytes")
+        grid_meta = meta.get("grid_size")
+        if grid_meta is not None and grid_meta != n:
+            problems.append(Problem("structure", f"metadata grid_size {grid_meta} differs from the image width {n}"))
+        if encoded_size is not None:
+            stored_length = encoded_size
+        elif data_size is not None:
+            stored_length = data_size
+        if meta.get("original_data_b64") is None and data_size is None and encoded_size is None:
+            problems.append(Problem("metadata", "PixelRTS metadata has no data_size; the whole grid is read"))
+
+    progress("decoding PNG", 0.0)
+    pixels = _decode_pixels(data, header)
+    file_size = len(data)
+    file_sha256 = hashlib.sha256(data).hexdigest()
+    del data
+    progress("decoding PNG", 1.0)
+    stream = _pixels_to_stream(pixels.view(np.uint32).reshape(n, n), n, progress).view(np.uint8)
+    return PixelRTSImage(
+        path=path,
+        grid_size=n,
+        pixels=pixels,
+        stream=stream,
+        metadata=meta,
+        metadata_source=source,
+        stored_length=stored_length,
+        file_size=file_size,
+        file_sha256=file_sha256,
+        png_info={"colour_type": header.colour_name, "bit_depth": header.bit_depth, "interlaced": bool(header.interlace),
+                  "chunks": structure.chunk_types[:64]},
+        problems=problems,
+    )
+
+
+def _decompress(meta: dict[str, Any], stored: bytes) -> bytes:
+    comp = meta.get("compression")
+    if not comp:
+        return stored
+    if not isinstance(comp, dict):
+        raise CorruptedError("PixelRTS metadata field compression must be an object")
+    kind = str(comp.get("type", "none")).lower()
+    if kind == "none":
+        return stored
+    if kind == "zlib":
+        try:
+            return zlib.decompress(stored)
+        except zlib.error as exc:
+            raise CorruptedError(f"compressed payload is damaged (zlib: {exc})") from None
+    if kind.startswith("zstd"):
+        try:
+            import zstandard
+        except ImportError:
+            raise DependencyError("this image is zstd-compressed: install the 'zstandard' package (pip install zstandard)") from None
+        try:
+            return zstandard.ZstdDecompressor().decompress(stored, max_output_size=int(comp.get("original_size") or 0) or 1 << 31)
+        except zstandard.ZstdError as exc:
+            raise CorruptedError(f"compressed payload is damaged (zstd: {exc})") from None
+    raise CorruptedError(f"unknown compression type {kind!r} in PixelRTS metadata")
+
+
+def _payload_from(meta: dict[str, Any] | None, stream: np.ndarray, stored_length: int) -> bytes:
+    if meta is not None and meta.get("original_data_b64") is not None:
+        try:
+            return base64.b64decode(meta["original_data_b64"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise CorruptedError("PixelRTS metadata field original_data_b64 is not valid base64") from None
+    stored = stream[:stored_length].tobytes()
+    return _decompress(meta, stored) if meta is not None else stored
+
+
+# ----------------------------------------------------------------------------- verification
+
+def verify_image(image: PixelRTSImage) -> VerifyReport:
+    """Check a decoded image: data hash, segment hashes, zero padding, metadata consistency."""
+    problems = list(image.problems)
+    meta = image.metadata
+    hash_verified: bool | None = None
+    pad_start = image.padding_start()
+    tail = image.stream[pad_start:]
+    if tail.size and tail.any():
+        nz = np.flatnonzero(tail)
+        first, last = pad_start + int(nz[0]), pad_start + int(nz[-1]) + 1
+        problems.append(Problem("padding", f"{nz.size} non-zero byte(s) in the padding after the payload, at [{first}, {last})", (first, last)))
+    if meta is not None:
+        expected = meta.get("data_hash")
+        try:
+            payload = image.payload
+        except CorruptedError as exc:
+            payload = None
+            problems.append(Problem("hash_mismatch", str(exc), (0, image.stored_length)))
+            hash_verified = False if expected else None
+        if payload is not None:
+            size = meta.get("data_size")
+            if isinstance(size, int) and len(payload) != size:
+                problems.append(Problem("metadata", f"payload is {len(payload)} bytes but data_size says {size}"))
+            if isinstance(expected, str):
+                actual = hashlib.sha256(payload).hexdigest()
+                hash_verified = actual == expected.lower()
+                if not hash_verified:
+                    problems.append(Problem("hash_mismatch", f"sha256 of the payload is {actual[:16]}…, metadata says {expected[:16]}…",
+                                            (0, image.stored_length)))
+            else:
+                problems.append(Problem("metadata", "PixelRTS metadata has no data_hash; integrity cannot be proven"))
+            hashes = meta.get("hashes") if isinstance(meta.get("hashes"), dict) else {}
+            if isinstance(hashes.get("data"), str) and isinstance(expected, str) and hashes["data"].lower() != expected.lower():
+                problems.append(Problem("metadata", "hashes.data differs from data_hash"))
+            offsets = meta.get("offsets") if isinstance(meta.get("offsets"), dict) else {}
+            for name, seg in offsets.items():
+                if not isinstance(seg, dict) or "start" not in seg or "size" not in seg:
+                    continue  # their converter writes segments without start: nothing to check against
+                want = hashes.get(name) or seg.get("sha256")
+                try:
+                    start, size = int(seg["start"]), int(seg["size"])
+                except (TypeError, ValueError):
+                    problems.append(Problem("metadata", f"segment {name!r} has a non-integer start/size"))
+                    continue
+                if start < 0 or size < 0 or start + size > len(payload):
+                    problems.append(Problem("segment_mismatch", f"segment {name!r} [{start}, {start + size}) lies outside the payload"))
+                    continue
+                if isinstance(want, str) and hashlib.sha256(payload[start : start + size]).hexdigest() != want.lower():
+                    problems.append(Problem("segment_mismatch", f"segment {name!r} [{start}, {start + size}) does not match its sha256",
+                                            (start, start + size)))
+    ok = meta is not None and hash_verified is True and not problems
+    return VerifyReport(ok=ok, hash_verified=hash_verified, problems=problems, image=image)
+
+
+def verify(path: str | os.PathLike[str], **read_options: Any) -> VerifyReport:
+    """Read ``path`` and verify it (see :func:`verify_image`)."""
+    return verify_image(read_image(path, **read_options))
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The PixelRTS metadata of ``path`` (sidecar first, then the tEXt chunk) without decoding pixels."""
+    path = Path(path)
+    structure = _png.parse_structure(_read_bytes(path))
+    sidecar = _sidecar_metadata(path)
+    meta = sidecar[0] if sidecar else _embedded_metadata(structure)
+    if meta is None:
+        raise InputError(f"{path}: not a PixelRTS image (no PixelRTS metadata)")
+    return meta
+
+
+def decode(path: str | os.PathLike[str], *, verify: bool = False, **read_options: Any) -> bytes:
+    """The original payload of ``path``; with ``verify`` any integrity problem raises CorruptedError."""
+    image = read_image(path, **read_options)
+    if verify:
+        report = verify_image(image)
+        if not image.is_pixelrts:
+            raise InputError(f"{path}: not a PixelRTS image (no metadata), nothing to verify against")
+        if report.problems:
+            raise CorruptedError(f"{path}: {report.problems[0].message}")
+        return image.payload
+    payload = image.payload
+    return payload
+
+
+def decode_range(path: str | os.PathLike[str], start: int, count: int, **read_options: Any) -> bytes:
+    """``count`` bytes of the payload from offset ``start`` (clipped at the end of the payload).
+
+    For uncompressed standard-mode images only the pixels that hold the range are gathered.
+    """
+    if start < 0 or count < 0:
+        raise UsageError(f"decode_range needs start ≥ 0 and count ≥ 0, got {start}, {count}")
+    path = Path(path)
+    data = _read_bytes(path)
+    structure = _png.parse_structure(data)
+    sidecar = _sidecar_metadata(path)
+    meta = sidecar[0] if sidecar else _embedded_metadata(structure)
+    simple = meta is None or (not meta.get("compression") and meta.get("original_data_b64") is None)
+    if not simple:
+        return read_image(path, data=data, **read_options).payload[start : start + count]
+    header = structure.header
+    n = header.width
+    limit = read_options.get("max_pixels") or DEFAULT_MAX_PIXELS
+    if n != header.height or not is_power_of_two(n) or n * n > limit:
+        return read_image(path, data=data, **read_options).payload[start : start + count]
+    length = 4 * n * n
+    if meta is not None and isinstance(meta.get("data_size"), int):
+        length = min(length, meta["data_size"])
+    stop = min(start + count, length)
+    if stop <= start:
+        return b""
+    pixels = _decode_pixels(data, header)
+    del data
+    first_px, last_px = start // 4, -(-stop // 4)
+    words = _pixels_to_stream(pixels.view(np.uint32).reshape(n, n), n, _noop, first_px, last_px - first_px)
+    raw = words.view(np.uint8).tobytes()
+    return raw[start - 4 * first_px : stop - 4 * first_px]
