@@ -1,39 +1,45 @@
-"""PixelRTS v2 codec: binary data as RGBA pixels along a Hilbert curve in a PNG (PIXELRTS_V2.md)."""
+"""PixelRTS v2 codec: binary data as RGBA pixels along a Hilbert curve in a PNG (PIXELRTS_V2.md).
 
-from healing.pixelrts._hilbert import curve_index_grid, d2xy, linear_table
-from healing.pixelrts._metadata import grid_size_for
-from healing.pixelrts.codec import (
-    DEFAULT_MAX_PIXELS,
-    EncodedImage,
-    PixelRTSImage,
-    Problem,
-    VerifyReport,
-    decode,
-    decode_range,
-    encode,
-    read_image,
-    read_metadata,
-    verify,
-    verify_image,
-    write_image,
-)
+Names are loaded on first use (PEP 562) so that importing the package — as the CLI does to register
+its commands — does not pull in NumPy and OpenCV.
+"""
 
-__all__ = [
-    "DEFAULT_MAX_PIXELS",
-    "EncodedImage",
-    "PixelRTSImage",
-    "Problem",
-    "VerifyReport",
-    "curve_index_grid",
-    "d2xy",
-    "decode",
-    "decode_range",
-    "encode",
-    "grid_size_for",
-    "linear_table",
-    "read_image",
-    "read_metadata",
-    "verify",
-    "verify_image",
-    "write_image",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "curve_index_grid": "_hilbert",
+    "d2xy": "_hilbert",
+    "linear_table": "_hilbert",
+    "grid_size_for": "_metadata",
+    "DEFAULT_MAX_PIXELS": "codec",
+    "EncodedImage": "codec",
+    "PixelRTSImage": "codec",
+    "Problem": "codec",
+    "VerifyReport": "codec",
+    "decode": "codec",
+    "decode_range": "codec",
+    "encode": "codec",
+    "read_image": "codec",
+    "read_metadata": "codec",
+    "verify": "codec",
+    "verify_image": "codec",
+    "write_image": "codec",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'healing.pixelrts' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"healing.pixelrts.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,9 +1,221 @@
-"""CLI commands of the codec: encode, decode, info, validate (filled in by the codec work)."""
+"""CLI commands of the codec: encode, decode, info, validate."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from healing.errors import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN, InputError, SelfHealError, UsageError
+
+
+def _grid_size(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer power of two, got {text!r}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    return None
+    p = sub.add_parser("encode", help="pack a binary file into a PixelRTS v2 PNG",
+                       description="Pack INPUT into OUTPUT (a .rts.png) plus an OUTPUT.meta.json sidecar.")
+    p.add_argument("input", metavar="INPUT", help="binary file to encode ('-' reads stdin)")
+    p.add_argument("output", metavar="OUTPUT", help="PNG to write, e.g. kernel.rts.png")
+    p.add_argument("--grid-size", type=_grid_size, metavar="N", help="image side (power of two); default: smallest that fits")
+    p.add_argument("--mode", choices=["standard", "code"], default="standard", help="code: WebAssembly-aware colouring")
+    p.add_argument("--name", help="name stored in the metadata")
+    p.add_argument("--type", dest="content_type", metavar="TYPE", help="content type stored in the metadata (kernel, initrd, wasm …)")
+    p.add_argument("--description", help="description stored in the metadata")
+    p.add_argument("--compression-level", type=int, choices=range(10), default=None, metavar="0-9",
+                   help="PNG zlib level (default: pixelrts.compression_level, 6)")
+    p.add_argument("--no-sidecar", action="store_true", help="do not write OUTPUT.meta.json")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="extract the original bytes from a PixelRTS v2 PNG",
+                       description="Extract the payload. Exit 0 ok, 2 corrupted (with --verify), 3 unreadable.")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("-o", "--output", metavar="OUT", help="file to write (default: IMAGE minus .rts.png, '-' for stdout)")
+    p.add_argument("--verify", action="store_true", help="refuse to write unless sha256, segments and padding check out")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("info", help="show the metadata and geometry of an image")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("validate", help="check structure and integrity (exit 0 valid, 2 corrupted, 3 unknown)")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_validate)
+
+
+def _max_pixels() -> int:
+    from healing.config import load_settings
+
+    return load_settings().pixelrts.max_pixels
+
+
+def _size_of(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from healing.config import load_settings
+    from healing.pixelrts import write_image
+    from healing.progress import for_terminal
+
+    settings = load_settings()
+    if args.input == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        src = Path(args.input)
+        try:
+            data = src.read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"{src}: no such file") from None
+        except IsADirectoryError:
+            raise InputError(f"{src}: is a directory") from None
+        except PermissionError:
+            raise InputError(f"{src}: permission denied") from None
+    caller: dict[str, Any] = {}
+    if args.content_type:
+        caller["type"] = args.content_type
+    if args.name:
+        caller["name"] = args.name
+    if args.description:
+        caller["description"] = args.description
+    progress = for_terminal(len(data))
+    level = settings.pixelrts.compression_level if args.compression_level is None else args.compression_level
+    meta = write_image(data, args.output, grid_size=args.grid_size, mode=args.mode, metadata=caller,
+                       compression_level=level, progress=progress, sidecar=not args.no_sidecar)
+    if progress:
+        progress.done()
+    n = meta["grid_size"]
+    print(f"wrote {args.output}: {len(data)} bytes in a {n}x{n} grid, sha256 {meta['data_hash']}")
+    return EXIT_OK
+
+
+def _default_output(image: str) -> str:
+    name = Path(image).name
+    for suffix in (".rts.png", ".png"):
+        if name.lower().endswith(suffix):
+            return str(Path(image).with_name(name[: -len(suffix)] or "payload"))
+    return image + ".bin"
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from healing.pixelrts import read_image, verify_image
+    from healing.progress import for_terminal
+
+    progress = for_terminal(_size_of(args.image))
+    image = read_image(args.image, max_pixels=_max_pixels(), progress=progress)
+    if progress:
+        progress.done()
+    if args.verify:
+        if not image.is_pixelrts:
+            raise InputError(f"{args.image}: not a PixelRTS image (no metadata), nothing to verify against")
+        report = verify_image(image)
+        if report.problems:
+            print(f"selfheal: {args.image}: corrupted: {report.problems[0].message}", file=sys.stderr)
+            return EXIT_CRITICAL
+    payload = image.payload
+    out = args.output or _default_output(args.image)
+    if out == "-":
+        sys.stdout.buffer.write(payload)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    if os.path.abspath(out) == os.path.abspath(args.image):
+        raise UsageError("the output would overwrite the image; pass -o OUT")
+    try:
+        Path(out).write_bytes(payload)
+    except OSError as exc:
+        raise InputError(f"cannot write {out}: {exc.strerror or exc}") from None
+    print(f"wrote {out}: {len(payload)} bytes" + (" (verified)" if args.verify else ""), file=sys.stderr)
+    return EXIT_OK
+
+
+def _info_dict(args: argparse.Namespace) -> dict[str, Any]:
+    from healing.pixelrts import read_image
+
+    image = read_image(args.image, max_pixels=_max_pixels())
+    meta = dict(image.metadata or {})
+    if "original_data_b64" in meta:
+        meta["original_data_b64"] = f"<{len(meta['original_data_b64'])} base64 characters>"
+    return {
+        "path": args.image,
+        "pixelrts": image.is_pixelrts,
+        "grid_size": image.grid_size,
+        "capacity": image.capacity,
+        "data_size": image.data_size,
+        "file_size": image.file_size,
+        "metadata_source": image.metadata_source,
+        "png": image.png_info,
+        "metadata": meta if image.is_pixelrts else None,
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = _info_dict(args)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    meta = info["metadata"] or {}
+    print(f"{info['path']}")
+    print(f"  PixelRTS:    {'yes, metadata from ' + str(info['metadata_source']) if info['pixelrts'] else 'no (plain PNG)'}")
+    print(f"  grid:        {info['grid_size']}x{info['grid_size']} ({info['capacity']} bytes capacity)")
+    print(f"  data size:   {info['data_size']} bytes   file size: {info['file_size']} bytes")
+    if meta:
+        print(f"  format:      {meta.get('format')} v{meta.get('format_version')}  encoding {meta.get('encoding_mode')}")
+        for key in ("type", "name", "description", "content_version"):
+            if key in meta:
+                print(f"  {key + ':':<12} {meta[key]}")
+        print(f"  sha256:      {meta.get('data_hash')}")
+        if meta.get("compression"):
+            print(f"  compression: {meta['compression'].get('type')}  encoded size {meta.get('encoded_size')}")
+        if meta.get("offsets"):
+            print(f"  segments:    {', '.join(meta['offsets'])}")
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from healing.pixelrts import read_image, verify_image
+    from healing.progress import for_terminal
+
+    progress = None if args.json else for_terminal(_size_of(args.image))
+    try:
+        image = read_image(args.image, max_pixels=_max_pixels(), progress=progress)
+        if progress:
+            progress.done()
+        report = verify_image(image)
+    except SelfHealError as exc:
+        if progress:
+            progress.done()
+        if not args.json:
+            raise
+        status = "corrupted" if exc.exit_code == EXIT_CRITICAL else "unknown"
+        print(json.dumps({"path": args.image, "valid": False, "status": status, "error": str(exc)}, indent=2))
+        return exc.exit_code
+    if not image.is_pixelrts:
+        code, status = EXIT_UNKNOWN, "unknown"
+        message = f"{args.image}: not a PixelRTS image (no PixelRTS metadata): integrity cannot be checked"
+    elif report.ok:
+        code, status = EXIT_OK, "valid"
+        message = f"{args.image}: valid PixelRTS v2, {image.data_size} bytes, sha256 verified"
+    else:
+        code, status = EXIT_CRITICAL, "corrupted"
+        message = f"{args.image}: corrupted: " + "; ".join(p.message for p in report.problems)
+    if args.json:
+        out = report.to_dict()
+        out["status"] = status
+        print(json.dumps(out, indent=2))
+    elif code == EXIT_UNKNOWN:
+        print(f"selfheal: {message}", file=sys.stderr)
+    else:
+        print(message, file=sys.stdout if code == EXIT_OK else sys.stderr)
+    return code

@@ -1,0 +1,33 @@
+"""Shared fixtures: every test gets its own SELFHEAL_HOME so nothing touches ~/.selfheal."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path_factory.mktemp("selfheal-home")
+    monkeypatch.setenv("SELFHEAL_HOME", str(home))
+    for var in ("SELFHEAL_CONFIG", "SELFHEAL_DATABASE_URL", "SELFHEAL_MODE", "KLR_SELF_HEALING_MODE",
+                "VLM_MODEL_PROVIDER", "VLM_MODEL_ENDPOINT", "VLM_MODEL_NAME", "VLM_AUTO_HEAL"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+def selfheal_cmd() -> list[str]:
+    """argv prefix that runs the CLI of this checkout in a subprocess."""
+    return [sys.executable, "-m", "healing"]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
