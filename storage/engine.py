@@ -1,0 +1,196 @@
+"""The one place that creates database engines and sessions.
+
+Public API
+  get_engine(url=None, *, busy_timeout_ms=None) -> Engine
+      Cached per (url, busy timeout). url defaults to settings.database_url (SELFHEAL_DATABASE_URL,
+      else sqlite:///$SELFHEAL_HOME/selfheal.db). SQLite: the parent directory is created and every
+      new connection gets journal_mode=WAL, busy_timeout, foreign_keys=ON, synchronous=NORMAL.
+  session_scope(url=None, *, write=True) -> context manager yielding a Session
+      Commits on success, rolls back on error, always closes. write=True (the default) starts the
+      SQLite transaction with BEGIN IMMEDIATE, i.e. it takes the write lock up front and waits up to
+      busy_timeout for it; that is what makes read-then-write sequences (audit append, slot claims,
+      request claims) safe. Use write=False for pure reads (dashboard pages): a deferred transaction
+      that never blocks writers in WAL mode. Keep write sessions short.
+  is_write_session(session) -> bool
+  dispose_engines() -> None   (tests, and after fork)
+  busy_timeout_ms_from_settings(settings=None) -> int
+  DEFAULT_BUSY_TIMEOUT_MS
+
+Errors: "database is locked" beyond the busy timeout, and a database file that cannot be opened,
+surface as healing.errors.DatabaseError with one line (exit code 3), never a raw traceback.
+
+Configuration: ``database.busy_timeout_ms`` in the YAML file or SELFHEAL_DB_BUSY_TIMEOUT_MS
+(default 5000, at least 100).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from healing.config import Settings, load_settings, mask_url
+from healing.errors import ConfigError, DatabaseError
+
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+# Execution option read by the "begin" listener: which kind of SQLite transaction to open.
+BEGIN_OPTION = "selfheal_sqlite_begin"
+
+_engines: dict[tuple[str, int], Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def busy_timeout_ms_from_settings(settings: Settings | None = None) -> int:
+    """The configured SQLite busy timeout (ms): SELFHEAL_DB_BUSY_TIMEOUT_MS, database.busy_timeout_ms, 5000."""
+    raw = os.environ.get("SELFHEAL_DB_BUSY_TIMEOUT_MS")
+    key = "SELFHEAL_DB_BUSY_TIMEOUT_MS"
+    if not raw:
+        section = (settings or load_settings()).section("database")
+        raw = section.get("busy_timeout_ms", DEFAULT_BUSY_TIMEOUT_MS)
+        key = "database.busy_timeout_ms"
+    try:
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config: {key} must be an integer number of milliseconds, got {raw!r}") from None
+    if value < 100:
+        raise ConfigError(f"config: {key} must be ≥ 100 ms, got {value}")
+    return value
+
+
+def get_engine(url: str | None = None, *, busy_timeout_ms: int | None = None) -> Engine:
+    """The engine for ``url`` (default: the configured database), created once per process."""
+    settings: Settings | None = None
+    if url is None:
+        settings = load_settings()
+        url = settings.database_url
+    if busy_timeout_ms is None:
+        busy_timeout_ms = busy_timeout_ms_from_settings(settings)
+    key = (url, busy_timeout_ms)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _create_engine(url, busy_timeout_ms)
+            _engines[key] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every cached engine's pool and forget them (tests; a forked child must not share sockets)."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def _forget_engines_after_fork() -> None:
+    # The parent's pooled connections must not be used (or closed) by a forked child.
+    for engine in list(_engines.values()):
+        engine.dispose(close=False)
+    _engines.clear()
+
+
+os.register_at_fork(after_in_child=_forget_engines_after_fork)
+
+
+def _sqlite_path(url: sa.URL) -> Path | None:
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
+def _create_engine(url_text: str, busy_timeout_ms: int) -> Engine:
+    try:
+        url = sa.make_url(url_text)
+    except sa.exc.ArgumentError:
+        raise ConfigError(f"config: database_url is not a valid database URL: {mask_url(url_text)}") from None
+    shown = mask_url(url_text)
+    if url.get_backend_name() != "sqlite":
+        engine = sa.create_engine(url, pool_pre_ping=True, future=True)
+        _install_error_translation(engine, shown, busy_timeout_ms)
+        return engine
+
+    path = _sqlite_path(url)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(f"cannot create the database directory {path.parent}: {exc.strerror or exc}") from None
+    engine = sa.create_engine(
+        url,
+        # sqlite3's own busy handler (seconds) and the PRAGMA below agree; both are set on purpose.
+        connect_args={"timeout": busy_timeout_ms / 1000.0, "check_same_thread": False},
+        pool_pre_ping=False,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the sqlite3 module so that BEGIN is ours to choose.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        mode = conn.get_execution_options().get(BEGIN_OPTION, "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    _install_error_translation(engine, shown, busy_timeout_ms)
+    return engine
+
+
+def _install_error_translation(engine: Engine, shown_url: str, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "handle_error")
+    def _translate(ctx: sa.engine.ExceptionContext) -> None:
+        text = " ".join(str(ctx.original_exception).split())
+        lowered = text.lower()
+        if "database is locked" in lowered or "database table is locked" in lowered:
+            raise DatabaseError(
+                f"database is locked: another process held it for more than {busy_timeout_ms} ms ({shown_url}); "
+                "raise database.busy_timeout_ms or find the stuck writer"
+            ) from None
+        if "unable to open database file" in lowered or "file is not a database" in lowered:
+            raise DatabaseError(f"cannot open database {shown_url}: {text}") from None
+        if ctx.is_disconnect or ctx.connection is None:
+            raise DatabaseError(f"cannot connect to database {shown_url}: {text}") from None
+
+
+def is_write_session(session: Session) -> bool:
+    """True unless the session's SQLite transaction was opened deferred (session_scope(write=False))."""
+    conn = session.connection()
+    if conn.dialect.name != "sqlite":
+        return True
+    return conn.get_execution_options().get(BEGIN_OPTION, "IMMEDIATE") == "IMMEDIATE"
+
+
+@contextmanager
+def session_scope(url: str | None = None, *, write: bool = True) -> Iterator[Session]:
+    """A session that commits on success and rolls back on any error (see the module docstring)."""
+    engine = get_engine(url)
+    bind = engine if write else engine.execution_options(**{BEGIN_OPTION: "DEFERRED"})
+    # expire_on_commit=False: plain values read inside the scope stay usable after it closes.
+    session = Session(bind=bind, expire_on_commit=False)
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
