@@ -56,8 +56,11 @@ def _read_text_chunk(ctype: bytes, data: memoryview) -> tuple[str, str] | None:
     return None
 
 
-def parse_structure(data: bytes | memoryview, *, check_crc: bool = True) -> PngStructure:
+def parse_structure(data: bytes | memoryview, *, check_crc: bool = True, check_idat_crc: bool = True) -> PngStructure:
     """Walk every chunk, verifying lengths and CRCs; raise on anything a decoder would trip over.
+
+    ``check_idat_crc=False`` skips the CRCs of pixel-data chunks, for callers that hand the bytes to
+    libpng next (it checks them itself) and re-walk with CRCs only to explain a failure.
 
     Raises InputError when the bytes are not a PNG at all and CorruptedError when a PNG is
     truncated, has a bad CRC or breaks the chunk rules.
@@ -87,7 +90,7 @@ def parse_structure(data: bytes | memoryview, *, check_crc: bool = True) -> PngS
         if pos + 12 + length > end:
             raise CorruptedError(f"truncated PNG: chunk {name} at byte {pos} runs past the end of the file ({end} bytes)")
         body = view[pos + 8 : pos + 8 + length]
-        if check_crc:
+        if check_crc and (check_idat_crc or ctype != b"IDAT"):
             (crc,) = struct.unpack_from(">I", view, pos + 8 + length)
             if zlib.crc32(body, zlib.crc32(ctype)) != crc:
                 raise CorruptedError(f"corrupted PNG: CRC error in chunk {name} at byte {pos}")

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import os
+import sys
+import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -66,7 +69,7 @@ class PixelRTSImage:
     metadata_source: str | None  # "sidecar:<name>" | "text" | None
     stored_length: int
     file_size: int
-    file_sha256: str
+    file_sha256: str | None  # only when read_image(..., file_hash=True)
     png_info: dict[str, Any] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)  # found while reading (sidecar mismatch, …)
 
@@ -331,10 +334,38 @@ def _int_field(meta: dict[str, Any], key: str, claim: bool) -> int | None:
     return value
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence libpng's own 'libpng error: …' lines (we report the problem in one line ourselves).
+
+    Only on the main thread: redirecting the process-wide fd 2 from a server thread could swallow
+    another thread's output.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _decode_pixels(data: bytes, header: _png.Header) -> np.ndarray:
     """Decode PNG bytes into an (h, w, 4) RGBA uint8 array, converting other 8-bit colour types."""
-    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    with _quiet_stderr():
+        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
+        _png.parse_structure(data)  # names the chunk if a CRC is wrong
         raise CorruptedError("corrupted PNG: the pixel data cannot be decompressed")
     if arr.dtype != np.uint8:
         raise InputError(f"unsupported PNG: {arr.dtype} samples (PixelRTS v2 uses 8-bit RGBA)")
@@ -355,12 +386,14 @@ def read_image(
     use_sidecar: bool = True,
     progress: Progress | None = None,
     data: bytes | None = None,
+    file_hash: bool = False,
 ) -> PixelRTSImage:
     """Read and decode a PixelRTS v2 (or plain) PNG with fresh state.
 
     Raises InputError for input that cannot be judged (missing, unreadable, not a PNG, unsupported,
     over the pixel limit) and CorruptedError for damage (truncated, CRC, broken PixelRTS structure).
-    ``data`` may supply the file's bytes (an upload) instead of reading ``path``.
+    ``data`` may supply the file's bytes (an upload) instead of reading ``path``; ``file_hash``
+    also records the sha256 of the whole file (``file_sha256``).
     """
     progress = progress or _noop
     path = Path(path)
@@ -368,7 +401,7 @@ def read_image(
     if data is None:
         data = _read_bytes(path)
     progress("checking structure", 0.0)
-    structure = _png.parse_structure(data)
+    structure = _png.parse_structure(data, check_idat_crc=False)
     header = structure.header
 
     meta_text = _embedded_metadata(structure)
@@ -422,7 +455,7 @@ def read_image(
     progress("decoding PNG", 0.0)
     pixels = _decode_pixels(data, header)
     file_size = len(data)
-    file_sha256 = hashlib.sha256(data).hexdigest()
+    file_sha256 = hashlib.sha256(data).hexdigest() if file_hash else None
     del data
     progress("decoding PNG", 1.0)
     stream = _pixels_to_stream(pixels.view(np.uint32).reshape(n, n), n, progress).view(np.uint8)
@@ -573,7 +606,7 @@ def decode_range(path: str | os.PathLike[str], start: int, count: int, **read_op
         raise UsageError(f"decode_range needs start ≥ 0 and count ≥ 0, got {start}, {count}")
     path = Path(path)
     data = _read_bytes(path)
-    structure = _png.parse_structure(data)
+    structure = _png.parse_structure(data, check_idat_crc=False)
     sidecar = _sidecar_metadata(path)
     meta = sidecar[0] if sidecar else _embedded_metadata(structure)
     simple = meta is None or (not meta.get("compression") and meta.get("original_data_b64") is None)

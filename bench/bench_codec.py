@@ -1,0 +1,106 @@
+"""Codec benchmark: encode/decode time against plain OpenCV PNG encode/decode of the same pixels,
+the 4096² Hilbert table, peak memory of a 64 MiB decode, and `selfheal --help` start-up time.
+
+Every ratio compares two timings taken in this one run on this machine (best of N repetitions).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from healing.pixelrts import (  # noqa: E402
+    _hilbert,  # noqa: E402
+    encode,
+    read_image,
+)
+
+LEVEL = 6
+TARGETS = {"decode": 1.5, "encode": 1.3, "hilbert": 0.3, "memory": 4.0}
+
+
+def best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def peak_decode_memory(path: Path) -> tuple[float, float]:
+    """Extra peak RSS (MiB) of decoding ``path`` in a fresh process, measured after imports."""
+    code = f"""
+import resource, sys
+sys.path.insert(0, {str(ROOT)!r})
+from healing.pixelrts import read_image, decode
+import cv2, numpy
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+data = decode({str(path)!r})
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(base / 1024, peak / 1024, len(data))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    base, peak, _ = float(out[0]), float(out[1]), int(out[2])
+    return peak - base, base
+
+
+def main() -> list[tuple[str, float, float | None]]:
+    rows: list[tuple[str, float, float | None]] = []
+    print("== PixelRTS codec (ratios measured in this run; lower is better) ==")
+    _hilbert._cache.clear()
+    t_table = best(lambda: (_hilbert._cache.clear(), _hilbert.linear_table(4096)), 3)
+    print(f"Hilbert table 4096²: {t_table:.3f} s (target ≤ {TARGETS['hilbert']} s)")
+    rows.append(("hilbert_4096_s", t_table, TARGETS["hilbert"]))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for mib in (1, 16, 64):
+            size = mib << 20
+            data = np.random.default_rng(mib).integers(0, 256, size, dtype=np.uint8).tobytes()
+            repeat = 3 if mib < 64 else 2
+            encoded = None
+
+            def do_encode():
+                nonlocal encoded
+                encoded = encode(data, compression_level=LEVEL)
+
+            t_enc = best(do_encode, repeat)
+            path = Path(tmp) / f"p{mib}.rts.png"
+            path.write_bytes(encoded.png)
+            n = encoded.metadata["grid_size"]
+            bgra = cv2.imdecode(np.frombuffer(encoded.png, np.uint8), cv2.IMREAD_UNCHANGED)
+            t_cv_enc = best(lambda: cv2.imencode(".png", bgra, [cv2.IMWRITE_PNG_COMPRESSION, LEVEL]), repeat)
+            t_dec = best(lambda: read_image(path, use_sidecar=False).payload, repeat)
+            t_cv_dec = best(lambda: cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED), repeat)
+            print(f"{mib:>3} MiB ({n}²): encode {t_enc:.3f} s = {t_enc / t_cv_enc:.2f}× OpenCV encode ({t_cv_enc:.3f} s) "
+                  f"[target ≤ {TARGETS['encode']}]; decode {t_dec:.3f} s = {t_dec / t_cv_dec:.2f}× OpenCV decode "
+                  f"({t_cv_dec:.3f} s) [target ≤ {TARGETS['decode']}]")
+            rows.append((f"encode_ratio_{mib}MiB", t_enc / t_cv_enc, TARGETS["encode"]))
+            rows.append((f"decode_ratio_{mib}MiB", t_dec / t_cv_dec, TARGETS["decode"]))
+            if mib == 64:
+                extra, base = peak_decode_memory(path)
+                print(f" 64 MiB decode peak memory: {extra:.0f} MiB above a {base:.0f} MiB baseline = "
+                      f"{extra / 64:.2f}× the payload [target ≤ {TARGETS['memory']}]")
+                rows.append(("decode_peak_memory_x_payload", extra / 64, TARGETS["memory"]))
+            del data, encoded, bgra
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t_help = best(lambda: subprocess.run([sys.executable, "-m", "healing", "--help"], capture_output=True, env=env, check=True), 5)
+    t_py = best(lambda: subprocess.run([sys.executable, "-c", "pass"], capture_output=True, check=True), 5)
+    print(f"selfheal --help: {t_help * 1000:.0f} ms (bare Python start-up {t_py * 1000:.0f} ms, ratio {t_help / t_py:.1f}×)")
+    rows.append(("help_ms", t_help * 1000, None))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
