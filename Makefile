@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m healing.demo_run
+	$(PY) -m healing.launcher
 
 test: $(STAMP)
 	$(PY) -m pytest -q
