@@ -11,6 +11,9 @@ Public API
       busy_timeout for it; that is what makes read-then-write sequences (audit append, slot claims,
       request claims) safe. Use write=False for pure reads (dashboard pages): a deferred transaction
       that never blocks writers in WAL mode. Keep write sessions short.
+  get_read_engine(url=None, *, busy_timeout_ms=None) -> Engine
+      The same engine (same pool) whose SQLite transactions begin DEFERRED: for pandas.read_sql and
+      other read-only Core use. Plain get_engine() connections begin IMMEDIATE, like write sessions.
   is_write_session(session) -> bool
   dispose_engines() -> None   (tests, and after fork)
   busy_timeout_ms_from_settings(settings=None) -> int
@@ -82,6 +85,11 @@ def get_engine(url: str | None = None, *, busy_timeout_ms: int | None = None) ->
             engine = _create_engine(url, busy_timeout_ms)
             _engines[key] = engine
         return engine
+
+
+def get_read_engine(url: str | None = None, *, busy_timeout_ms: int | None = None) -> Engine:
+    """get_engine(url) viewed through a read-only lens: its SQLite transactions begin DEFERRED."""
+    return get_engine(url, busy_timeout_ms=busy_timeout_ms).execution_options(**{BEGIN_OPTION: "DEFERRED"})
 
 
 def dispose_engines() -> None:
@@ -182,8 +190,7 @@ def is_write_session(session: Session) -> bool:
 @contextmanager
 def session_scope(url: str | None = None, *, write: bool = True) -> Iterator[Session]:
     """A session that commits on success and rolls back on any error (see the module docstring)."""
-    engine = get_engine(url)
-    bind = engine if write else engine.execution_options(**{BEGIN_OPTION: "DEFERRED"})
+    bind = get_engine(url) if write else get_read_engine(url)
     # expire_on_commit=False: plain values read inside the scope stay usable after it closes.
     session = Session(bind=bind, expire_on_commit=False)
     try:

@@ -19,7 +19,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from storage.engine import BEGIN_OPTION, get_engine
+from storage.engine import get_engine, get_read_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -41,8 +41,7 @@ def head_revision() -> str:
 
 def current_revision(url: str | None = None) -> str | None:
     """The revision the database is at (None if it has no alembic_version table yet)."""
-    reader = get_engine(url).execution_options(**{BEGIN_OPTION: "DEFERRED"})
-    with reader.connect() as connection:
+    with get_read_engine(url).connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 

@@ -1,0 +1,164 @@
+"""The engine factory: pragmas on every connection, caching, locking behaviour, error lines."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from healing.errors import ConfigError, DatabaseError
+from storage.engine import (
+    busy_timeout_ms_from_settings,
+    get_engine,
+    get_read_engine,
+    is_write_session,
+    session_scope,
+)
+from tests.storage._workers import run_in_processes, write_checks_for
+
+
+def _pragmas(conn: sa.Connection) -> tuple[str, int, int, int]:
+    return (
+        conn.exec_driver_sql("PRAGMA journal_mode").scalar_one(),
+        conn.exec_driver_sql("PRAGMA foreign_keys").scalar_one(),
+        conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one(),
+        conn.exec_driver_sql("PRAGMA synchronous").scalar_one(),
+    )
+
+
+def test_every_new_connection_gets_the_pragmas(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'nested' / 'deeper' / 'x.db'}"
+    engine = get_engine(url, busy_timeout_ms=7000)
+    assert (tmp_path / "nested" / "deeper").is_dir()  # parent directory created
+    # Three connections open at once are three distinct DB-API connections, each configured.
+    # (Read connections: plain ones begin IMMEDIATE, so three at once in one thread would wait on each other.)
+    conns = [get_read_engine(url, busy_timeout_ms=7000).connect() for _ in range(3)]
+    try:
+        assert len({id(c.connection.dbapi_connection) for c in conns}) == 3
+        for conn in conns:
+            assert _pragmas(conn) == ("wal", 1, 7000, 1)  # synchronous NORMAL == 1
+    finally:
+        for conn in conns:
+            conn.close()
+    # A connection created after the pool was emptied is configured too.
+    engine.dispose()
+    with engine.connect() as conn:
+        assert _pragmas(conn) == ("wal", 1, 7000, 1)
+
+
+def test_default_busy_timeout_is_5000_and_configurable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert busy_timeout_ms_from_settings() == 5000
+    monkeypatch.setenv("SELFHEAL_DB_BUSY_TIMEOUT_MS", "12000")
+    assert busy_timeout_ms_from_settings() == 12000
+    with get_engine(f"sqlite:///{tmp_path / 'b.db'}").connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 12000
+    monkeypatch.setenv("SELFHEAL_DB_BUSY_TIMEOUT_MS", "soon")
+    with pytest.raises(ConfigError, match="SELFHEAL_DB_BUSY_TIMEOUT_MS must be an integer number of milliseconds, got 'soon'"):
+        busy_timeout_ms_from_settings()
+    monkeypatch.delenv("SELFHEAL_DB_BUSY_TIMEOUT_MS")
+    config = tmp_path / "c.yaml"
+    config.write_text("database:\n  busy_timeout_ms: 50\n")
+    monkeypatch.setenv("SELFHEAL_CONFIG", str(config))
+    with pytest.raises(ConfigError, match=r"database.busy_timeout_ms must be ≥ 100 ms, got 50"):
+        busy_timeout_ms_from_settings()
+
+
+def test_default_url_comes_from_selfheal_home_and_engines_are_cached(_isolated_home: Path) -> None:
+    engine = get_engine()
+    assert engine.url.database == str(_isolated_home / "selfheal.db")
+    assert get_engine() is engine
+    assert get_engine(f"sqlite:///{_isolated_home / 'selfheal.db'}") is engine
+    assert get_engine(f"sqlite:///{_isolated_home / 'other.db'}") is not engine
+
+
+def test_foreign_keys_are_enforced(db_url: str) -> None:
+    from storage.models import Check
+
+    with pytest.raises(sa.exc.IntegrityError, match="FOREIGN KEY constraint failed"):
+        with session_scope(db_url) as session:
+            session.add(Check(image_id=999, image_path="/nope", status="healthy"))
+
+
+def test_write_sessions_begin_immediate_and_read_sessions_do_not(db_url: str, db_path: Path) -> None:
+    with session_scope(db_url) as session:
+        assert is_write_session(session)
+        # The write lock is already held: a second writer cannot get it even with a short timeout.
+        other = sqlite3.connect(db_path, timeout=0.05, isolation_level=None)
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            other.execute("BEGIN IMMEDIATE")
+        other.close()
+    with session_scope(db_url, write=False) as session:
+        assert not is_write_session(session)
+        other = sqlite3.connect(db_path, timeout=0.05, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # a deferred reader does not block writers
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def test_lock_held_beyond_the_busy_timeout_is_one_clear_database_error(db_url: str, db_path: Path) -> None:
+    url = f"sqlite:///{db_path}"
+    get_engine(url, busy_timeout_ms=200)
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        engine = get_engine(url, busy_timeout_ms=200)
+        started = time.monotonic()
+        with pytest.raises(DatabaseError) as info:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        waited = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    message = str(info.value)
+    assert message.startswith("database is locked: another process held it for more than 200 ms (sqlite:///")
+    assert "\n" not in message
+    assert info.value.exit_code == 3
+    assert 0.15 <= waited < 3.0  # it waited for the busy timeout, then gave up
+
+
+def test_unopenable_database_is_a_database_error(tmp_path: Path) -> None:
+    not_a_db = tmp_path / "junk.db"
+    not_a_db.write_bytes(b"this is not a sqlite database file" * 100)
+    with pytest.raises(DatabaseError, match="^cannot open database sqlite:///.*junk.db: .*file is not a database"):
+        with get_engine(f"sqlite:///{not_a_db}").connect() as conn:
+            conn.exec_driver_sql("SELECT * FROM sqlite_master").all()
+
+
+def test_reader_thread_and_writer_process_for_three_seconds_never_lock(db_url: str) -> None:
+    from storage import queries
+
+    with session_scope(db_url) as session:
+        queries.upsert_image(session, "/img/w.rts.png", critical=True)
+    errors: list[str] = []
+    reads = 0
+    stop = threading.Event()
+
+    def reader() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            try:
+                with session_scope(db_url, write=False) as session:
+                    queries.list_images_with_latest_status(session)
+                    queries.audit_page(session, limit=20)
+                reads += 1
+            except Exception as exc:  # any error fails the test below
+                errors.append(f"{type(exc).__name__}: {exc}")
+                return
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        [written] = run_in_processes([(write_checks_for, (db_url, 3.0))])
+    finally:
+        stop.set()
+        thread.join(30)
+    assert errors == []
+    assert written > 20 and reads > 20
+    with session_scope(db_url, write=False) as session:
+        assert queries.fleet_summary(session)["healthy"] == 1
+        assert len(queries.check_history(session, 1, limit=100000)) == written

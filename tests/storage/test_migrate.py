@@ -1,0 +1,77 @@
+"""Migrations: empty → head, idempotent, and the migrated schema equals the SQLModel metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from storage.audit import GENESIS_HASH
+from storage.engine import get_engine, get_read_engine
+from storage.migrate import current_revision, head_revision, upgrade
+from storage.models import metadata
+
+EXPECTED_TABLES = {
+    "alembic_version", "alerts", "audit_events", "audit_head", "checks", "heals", "images", "promotions",
+    "run_requests", "tuning_candidates", "tuning_intents", "tuning_rate_limits", "tuning_runs", "worker_heartbeats",
+}
+
+
+def test_empty_database_to_head_and_idempotent(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm' / 'selfheal.db'}"
+    assert current_revision(url) is None
+    assert head_revision() == "0001"
+    assert upgrade(url) == "0001"
+    assert current_revision(url) == "0001"
+    with get_engine(url).begin() as conn:
+        conn.exec_driver_sql("INSERT INTO run_requests (kind, target, requested_by, status, created_at) "
+                             "VALUES ('check', '/a', 'op', 'pending', '2026-01-01 00:00:00.000000')")
+    assert upgrade(url) == "0001"  # second run: nothing re-created, data kept
+    with get_engine(url).connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM run_requests").scalar_one() == 1
+        assert conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar_one() == 1
+        assert conn.exec_driver_sql("SELECT id, seq, last_event_id, last_hash FROM audit_head").all() == [(1, 0, None, GENESIS_HASH)]
+
+
+def test_migrated_schema_equals_the_models(db_url: str) -> None:
+    with get_read_engine(db_url).connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+        assert compare_metadata(context, metadata) == []
+
+        inspector = sa.inspect(conn)
+        assert set(inspector.get_table_names()) == EXPECTED_TABLES
+        assert set(metadata.tables) == EXPECTED_TABLES - {"alembic_version"}
+        for name, table in metadata.tables.items():
+            reflected = {c["name"]: c for c in inspector.get_columns(name)}
+            assert list(reflected) == [c.name for c in table.columns], name
+            for column in table.columns:
+                assert reflected[column.name]["nullable"] == column.nullable, f"{name}.{column.name}"
+            indexes = {(ix["name"], tuple(ix["column_names"]), bool(ix["unique"])) for ix in inspector.get_indexes(name)}
+            assert indexes == {(ix.name, tuple(c.name for c in ix.columns), bool(ix.unique)) for ix in table.indexes}, name
+            uniques = {tuple(u["column_names"]) for u in inspector.get_unique_constraints(name)}
+            assert uniques == {tuple(c.name for c in u.columns) for u in table.constraints if isinstance(u, sa.UniqueConstraint)}
+            fks = {(tuple(f["constrained_columns"]), f["referred_table"]) for f in inspector.get_foreign_keys(name)}
+            assert fks == {(tuple(f.parent.name for f in fk.elements), fk.referred_table.name) for fk in table.foreign_key_constraints}
+
+
+def test_dashboard_indexes_exist(db_url: str) -> None:
+    with get_read_engine(db_url).connect() as conn:
+        inspector = sa.inspect(conn)
+        names = {t: {ix["name"]: ix["column_names"] for ix in inspector.get_indexes(t)} for t in inspector.get_table_names()}
+    assert names["checks"]["ix_checks_image_id_created_at"] == ["image_id", "created_at"]
+    assert names["checks"]["ix_checks_created_at"] == ["created_at"]
+    assert names["audit_events"]["ix_audit_events_created_at"] == ["created_at"]
+    assert names["audit_events"]["ix_audit_events_kind_created_at"] == ["kind", "created_at"]
+    assert names["alerts"]["ix_alerts_created_at"] == ["created_at"]
+    assert names["run_requests"]["ix_run_requests_status_created_at"] == ["status", "created_at"]
+    assert names["promotions"]["ix_promotions_status_created_at"] == ["status", "created_at"]
+
+
+def test_concurrent_upgrades_of_a_fresh_database_both_succeed(tmp_path: Path) -> None:
+    from tests.storage._workers import run_in_processes
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    assert run_in_processes([(upgrade, (url,)), (upgrade, (url,))]) == ["0001", "0001"]
+    assert current_revision(url) == "0001"
