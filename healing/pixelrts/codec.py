@@ -63,7 +63,7 @@ class PixelRTSImage:
 
     path: Path | None
     grid_size: int
-    pixels: np.ndarray  # (n, n, 4) uint8, RGBA
+    pixels: np.ndarray | None  # (n, n, 4) uint8, RGBA; None only inside decode()'s payload-only path
     stream: np.ndarray  # (4·n²,) uint8 in curve order
     metadata: dict[str, Any] | None
     metadata_source: str | None  # "sidecar:<name>" | "text" | None
@@ -72,6 +72,7 @@ class PixelRTSImage:
     file_sha256: str | None  # only when read_image(..., file_hash=True)
     png_info: dict[str, Any] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)  # found while reading (sidecar mismatch, …)
+    _buffer: bytearray | None = field(default=None, repr=False)  # owner of ``stream`` on the decode() path
 
     @property
     def capacity(self) -> int:
@@ -91,6 +92,30 @@ class PixelRTSImage:
     def payload(self) -> bytes:
         """The original data: the stored bytes, decompressed, or the code-mode base64 copy."""
         return _payload_from(self.metadata, self.stream, self.stored_length)
+
+    @property
+    def _stored_verbatim(self) -> bool:
+        meta = self.metadata or {}
+        return not meta.get("compression") and meta.get("original_data_b64") is None
+
+    def payload_view(self) -> bytes | memoryview:
+        """The payload without copying it when the pixels hold it verbatim (for hashing and slicing)."""
+        if self._stored_verbatim and "payload" not in self.__dict__:
+            return memoryview(self.stream)[: self.stored_length]
+        return self.payload
+
+    def take_payload(self) -> bytes | bytearray:
+        """Hand over the payload, reusing the decode buffer when possible (the image is unusable after)."""
+        buf = self._buffer
+        if buf is None or not self._stored_verbatim:
+            return self.payload
+        self._buffer = None
+        self.stream = np.empty(0, dtype=np.uint8)
+        try:
+            del buf[self.stored_length :]
+        except BufferError:  # someone still holds a view of the stream: fall back to a copy
+            return bytes(memoryview(buf)[: self.stored_length])
+        return buf
 
     def padding_start(self) -> int:
         """Where the zero padding must begin (code mode writes whole pixels for the last group)."""
@@ -147,6 +172,37 @@ def _pixels_to_stream(pixels32: np.ndarray, n: int, progress: Progress, first: i
         np.take(flat, table[first + start : first + stop], out=out[start:stop])
         progress("reading pixels", stop / count)
     return out
+
+
+def _bgra_to_stream(bgra: np.ndarray, n: int, progress: Progress) -> bytearray:
+    """Gather curve-ordered pixels straight from OpenCV's BGRA array into a new buffer, swapping to
+    RGBA chunk by chunk (one pass over the data instead of a full-image conversion plus a gather).
+    Chunks run on two threads: both NumPy's take and OpenCV release the GIL."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    table = linear_table(n)
+    flat = bgra.view(np.uint32).reshape(-1)
+    total = n * n
+    buf = bytearray(4 * total)
+    out = np.frombuffer(buf, dtype=np.uint32)
+    step = min(_CHUNK, total)
+
+    def work(start: int) -> None:
+        stop = min(start + step, total)
+        chunk = out[start:stop]
+        np.take(flat, table[start:stop], out=chunk)
+        view = chunk.view(np.uint8).reshape(1, -1, 4)
+        cv2.cvtColor(view, cv2.COLOR_BGRA2RGBA, dst=view)
+
+    starts = range(0, total, step)
+    if total >= 4 * _CHUNK:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for i, _ in enumerate(pool.map(work, starts), 1):
+                progress("reading pixels", i / len(starts))
+    else:
+        for start in starts:
+            work(start)
+    return buf  # ``out`` dies with this frame, so the caller may resize ``buf``
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -360,8 +416,10 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _decode_pixels(data: bytes, header: _png.Header) -> np.ndarray:
-    """Decode PNG bytes into an (h, w, 4) RGBA uint8 array, converting other 8-bit colour types."""
+def _decode_pixels(data: bytes, header: _png.Header, *, keep_bgra: bool = False) -> np.ndarray:
+    """Decode PNG bytes into an (h, w, 4) RGBA uint8 array, converting other 8-bit colour types.
+
+    With ``keep_bgra`` a 4-channel image is returned in OpenCV's BGRA order, unconverted."""
     with _quiet_stderr():
         arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
@@ -375,7 +433,8 @@ def _decode_pixels(data: bytes, header: _png.Header) -> np.ndarray:
         return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGBA)
     if arr.shape[2] == 3:
         return cv2.cvtColor(arr, cv2.COLOR_BGR2RGBA)
-    cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA, dst=arr)
+    if not keep_bgra:
+        cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA, dst=arr)
     return arr
 
 
@@ -387,13 +446,15 @@ def read_image(
     progress: Progress | None = None,
     data: bytes | None = None,
     file_hash: bool = False,
+    payload_only: bool = False,
 ) -> PixelRTSImage:
     """Read and decode a PixelRTS v2 (or plain) PNG with fresh state.
 
     Raises InputError for input that cannot be judged (missing, unreadable, not a PNG, unsupported,
     over the pixel limit) and CorruptedError for damage (truncated, CRC, broken PixelRTS structure).
     ``data`` may supply the file's bytes (an upload) instead of reading ``path``; ``file_hash``
-    also records the sha256 of the whole file (``file_sha256``).
+    also records the sha256 of the whole file (``file_sha256``). ``payload_only`` skips keeping the
+    RGBA pixel array (``pixels`` is None), which is what :func:`decode` needs.
     """
     progress = progress or _noop
     path = Path(path)
@@ -453,12 +514,19 @@ def read_image(
             problems.append(Problem("metadata", "PixelRTS metadata has no data_size; the whole grid is read"))
 
     progress("decoding PNG", 0.0)
-    pixels = _decode_pixels(data, header)
+    fast = payload_only and header.colour_type == 6
+    pixels: np.ndarray | None = _decode_pixels(data, header, keep_bgra=fast)
     file_size = len(data)
     file_sha256 = hashlib.sha256(data).hexdigest() if file_hash else None
     del data
     progress("decoding PNG", 1.0)
-    stream = _pixels_to_stream(pixels.view(np.uint32).reshape(n, n), n, progress).view(np.uint8)
+    buffer = None
+    if fast:
+        buffer = _bgra_to_stream(pixels, n, progress)
+        stream = np.frombuffer(buffer, dtype=np.uint8)
+        pixels = None
+    else:
+        stream = _pixels_to_stream(pixels.view(np.uint32).reshape(n, n), n, progress).view(np.uint8)
     return PixelRTSImage(
         path=path,
         grid_size=n,
@@ -472,6 +540,7 @@ def read_image(
         png_info={"colour_type": header.colour_name, "bit_depth": header.bit_depth, "interlaced": bool(header.interlace),
                   "chunks": structure.chunk_types[:64]},
         problems=problems,
+        _buffer=buffer,
     )
 
 
@@ -527,7 +596,7 @@ def verify_image(image: PixelRTSImage) -> VerifyReport:
     if meta is not None:
         expected = meta.get("data_hash")
         try:
-            payload = image.payload
+            payload = image.payload_view()
         except CorruptedError as exc:
             payload = None
             problems.append(Problem("hash_mismatch", str(exc), (0, image.stored_length)))
@@ -583,18 +652,20 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
-def decode(path: str | os.PathLike[str], *, verify: bool = False, **read_options: Any) -> bytes:
-    """The original payload of ``path``; with ``verify`` any integrity problem raises CorruptedError."""
-    image = read_image(path, **read_options)
+def decode(path: str | os.PathLike[str], *, verify: bool = False, **read_options: Any) -> bytes | bytearray:
+    """The original payload of ``path``; with ``verify`` any integrity problem raises CorruptedError.
+
+    Returns ``bytes``, or for large verbatim payloads the ``bytearray`` the pixels were gathered into
+    (saving a full copy); both compare equal to the original bytes and write the same.
+    """
+    image = read_image(path, payload_only=True, **read_options)
     if verify:
-        report = verify_image(image)
         if not image.is_pixelrts:
             raise InputError(f"{path}: not a PixelRTS image (no metadata), nothing to verify against")
+        report = verify_image(image)
         if report.problems:
             raise CorruptedError(f"{path}: {report.problems[0].message}")
-        return image.payload
-    payload = image.payload
-    return payload
+    return image.take_payload()
 
 
 def decode_range(path: str | os.PathLike[str], start: int, count: int, **read_options: Any) -> bytes:

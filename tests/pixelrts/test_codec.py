@@ -325,3 +325,12 @@ def test_missing_metadata_json_raises_corrupted(tmp_path):
 def test_unknown_file_raises_input_error(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         read_image(tmp_path / "missing.png")
+
+
+@pytest.mark.slow
+def test_large_round_trip_uses_threaded_gather(tmp_path):
+    data = np.random.default_rng(7).integers(0, 256, (17 << 20) + 5, dtype=np.uint8).tobytes()
+    path = _write(tmp_path, data, compression_level=1)
+    out = decode(path, verify=True)
+    assert isinstance(out, bytearray) and out == data
+    assert read_image(path).payload == data
