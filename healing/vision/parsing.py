@@ -46,7 +46,8 @@ _SEVERITY_TEXT_WORDS = (
     ("minor", "low"), ("negligible", "low"), ("slight", "low"), ("harmless", "low"),
 )
 _NOTHING_FOUND = re.compile(
-    r"^\s*(none|n/?a|nothing|no\b.*\b(found|detected|issues?|anomal\w*|observed|visible)"
+    r"^\s*((none|n/?a|nothing)(\s+(found|detected|observed|visible|seen))?"
+    r"|no\b.*\b(found|detected|issues?|anomal\w*|observed|visible)"
     r"|(looks |appears |seems )?(normal|fine|healthy|ok|clean))\W*$",
     re.I,
 )
