@@ -1,0 +1,994 @@
+"""The Observer: read vLLM logs, recognise quantifiable configuration failures, compute minimal fixes.
+
+Input is the raw log of a vLLM server (any version listed in VLLM_MESSAGES.md, with docker/Ray/
+rank/timestamp prefixes, tracebacks repeated per worker rank). Output is one
+:class:`ObserverEvent` per *failure* — not per matching line — with the numbers read from the log,
+whether to escalate, a sentence citing the numbers, and a seed fix in the safe direction.
+
+How one failure becomes one event:
+
+* Every line is stripped of its prefixes (``vllm-1  | ``, ISO timestamps, ``(EngineCore_DP0 pid=…)``,
+  ``[rank0]:``, ``ERROR 04-30 10:20:36 [core.py:396]`` …) before matching.
+* A line of traceback *source* (``raise ValueError("No available memory …"``) is a weak match: it only
+  becomes an event when no real message line of the same class follows within
+  ``pending_horizon_lines``. The final ``ValueError: …`` line is the decisive one.
+* Within one *run* (the log between two vLLM start banners) each class is reported once: worker ranks
+  and the re-raise in the API server all describe the same failure.
+* A PyTorch OOM chained under "CUDA out of memory occurred when warming up sampler" is absorbed by the
+  more specific sampler event (its numbers are kept).
+
+Informational lines (KV cache size, available KV memory — negative included —, GPU blocks, the memory
+profiling breakdown, stats lines) never produce events by themselves; they are context that makes
+fixes exact (e.g. ``Available KV cache memory: -1.13 GiB`` right before "No available memory for
+the cache blocks" gives the deficit) and are exposed as :attr:`Observer.telemetry`.
+
+Soft signals (V0 preemption warnings, stats lines with a full KV cache and waiting requests) produce a
+``kv_cache_preemption`` event only at a sustained rate: ``preemption_count`` signals within
+``preemption_window_seconds`` (measured from the log timestamps; without timestamps the count alone
+decides). A single preemption warning yields no event: an event without fix and without escalation
+would read as "search for a fix", which one warning does not justify.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from healing.errors import InputError
+from healing.tuning.actuators import (
+    GMU,
+    MAX_MODEL_LEN,
+    MAX_NUM_SEQS,
+    Actuator,
+    TuningSettings,
+    canonical_param,
+    default_settings,
+    to_decimal,
+    vllm_defaults,
+)
+
+SUBSYSTEM = "vllm"
+MAX_LINE_CHARS = 8192  # longer lines are cut: no vLLM message is longer, and garbage must stay cheap
+LOOKAHEAD = 3  # lines joined after a line so that a hard-wrapped message still matches
+GIB = Decimal(1024**3)
+
+# Class names: exactly those of VLLM_MESSAGES.md §4.
+STARTUP_FREE_MEMORY = "startup_free_memory_below_request"
+KV_NO_MEMORY = "kv_cache_no_memory"
+KV_MAX_LEN = "kv_cache_max_len_too_large"
+KV_ONE_REQUEST = "kv_cache_one_request_does_not_fit"
+SAMPLER_OOM = "sampler_warmup_oom"
+TORCH_OOM = "cuda_oom_torch"
+GRAPH_OOM = "cuda_error_oom_graph_capture"
+PREEMPTION = "kv_cache_preemption"
+PROFILING_ERROR = "memory_profiling_error"
+EVENT_CLASSES = (STARTUP_FREE_MEMORY, KV_NO_MEMORY, KV_MAX_LEN, KV_ONE_REQUEST, SAMPLER_OOM, TORCH_OOM,
+                 GRAPH_OOM, PREEMPTION, PROFILING_ERROR)
+
+
+# --------------------------------------------------------------------------- events
+
+@dataclass(frozen=True)
+class ObserverEvent:
+    """One failure seen in a log. ``to_json()`` gives the DESIGN.md §4 object (plus extra keys)."""
+
+    event_class: str
+    line: int
+    values: dict[str, int | float]
+    escalate: bool
+    reason: str
+    seed_fix: dict[str, int | float] | None
+    version: str | None = None
+    subsystem: str = SUBSYSTEM
+    variant: str = ""
+    alternatives: tuple[dict[str, int | float], ...] = ()
+    evidence: tuple[tuple[int, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: class, line, values, escalate, reason, seed_fix, version, subsystem, …"""
+        return {
+            "class": self.event_class,
+            "line": self.line,
+            "values": dict(self.values),
+            "escalate": self.escalate,
+            "reason": self.reason,
+            "seed_fix": dict(self.seed_fix) if self.seed_fix is not None else None,
+            "version": self.version,
+            "subsystem": self.subsystem,
+            "variant": self.variant,
+            "alternatives": [dict(a) for a in self.alternatives],
+            "evidence": [{"line": n, "text": t} for n, t in self.evidence],
+        }
+
+
+# --------------------------------------------------------------------------- prefixes
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_P_DOCKER = re.compile(r"^[A-Za-z0-9][\w.-]*[-_]\d+\s+\|\s?")
+_P_ISO = re.compile(r"^\[?(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2})(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?\]?\s+")
+_P_PROC = re.compile(r"^\((?P<name>[A-Za-z_][\w.-]*)(?P<attrs>(?:[ ,]+\w+=[^,)\s]*)+)\)\s?")
+_P_RANK = re.compile(r"^\[rank(\d+)\]:\s?")
+_P_LEVEL = re.compile(
+    r"^(?:DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\s+(?P<md>\d{2}-\d{2})\s+(?P<hms>\d{2}:\d{2}:\d{2})(?:[.,]\d+)?\s+"
+    r"(?:\[[^\]\s]+:\d+\]|[\w./-]+:\d+\])\s?"
+)
+_P_UVICORN = re.compile(r"^(?:INFO|WARNING|ERROR|DEBUG):\s+")
+_PID = re.compile(r"\bpid=(\d+)")
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """A log line with its prefixes removed; ``timestamp`` in seconds when a prefix carried one."""
+
+    number: int
+    text: str
+    timestamp: float | None
+    pid: int | None
+    prefixed: bool
+
+
+def strip_prefixes(raw: str) -> tuple[str, float | None, int | None, bool]:
+    """Remove every known prefix (any order, combined); return (message, timestamp, pid, had_prefix)."""
+    text = _ANSI.sub("", raw)
+    ts_vllm: float | None = None
+    ts_iso: float | None = None
+    pid: int | None = None
+    had = False
+    for _ in range(12):  # bounded: a hostile line cannot loop us
+        m = _P_LEVEL.match(text)
+        if m:
+            ts_vllm = _vllm_time(m.group("md"), m.group("hms"))
+        else:
+            m = _P_PROC.match(text)
+            if m:
+                pm = _PID.search(m.group("attrs"))
+                pid = int(pm.group(1)) if pm else pid
+            else:
+                m = _P_RANK.match(text) or _P_DOCKER.match(text) or _P_UVICORN.match(text)
+                if not m:
+                    m = _P_ISO.match(text)
+                    if m:
+                        ts_iso = _iso_time(m.group(1))
+        if not m:
+            break
+        had = True
+        text = text[m.end():]
+    return text, (ts_vllm if ts_vllm is not None else ts_iso), pid, had
+
+
+def _vllm_time(md: str, hms: str) -> float | None:
+    # vLLM prints no year; a leap year accepts 02-29. Only differences between lines are used.
+    try:
+        return datetime.strptime(f"2000-{md} {hms}", "%Y-%m-%d %H:%M:%S").timestamp()
+    except ValueError:
+        return None
+
+
+def _iso_time(text: str) -> float | None:
+    try:
+        return datetime.fromisoformat(text.replace(" ", "T")).timestamp()
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- reading
+
+def clean_line(raw: str) -> str:
+    """Bound the length and keep what a terminal would show after carriage returns (progress bars)."""
+    raw = raw[: MAX_LINE_CHARS * 2].rstrip("\r\n")
+    if "\r" in raw:
+        parts = [p for p in raw.split("\r") if p.strip()]
+        raw = parts[-1] if parts else ""
+    return raw[:MAX_LINE_CHARS]
+
+
+def iter_binary_lines(stream: BinaryIO, max_chars: int = MAX_LINE_CHARS) -> Iterator[str]:
+    """Lines of a binary stream, decoded with replacement; overlong lines are cut, never buffered whole."""
+    limit = max_chars * 4 + 1
+    while True:
+        chunk = stream.readline(limit)
+        if not chunk:
+            return
+        if not chunk.endswith(b"\n"):
+            while True:  # skip the rest of an overlong line without holding it
+                rest = stream.readline(limit)
+                if not rest or rest.endswith(b"\n"):
+                    break
+        yield chunk.decode("utf-8", errors="replace")
+
+
+# --------------------------------------------------------------------------- message patterns
+
+_NUM = r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?"
+_INT_SEP = r"\d[\d,]*"
+
+_RE_A = re.compile(r"No available memory for the cache blocks\.(?P<cpu>\s*Try increasing `gpu_memory_utilization` when initializing the engine \(this flag)?")
+_RE_B = re.compile(
+    r"The model's max seq len \((?P<mml>\d+)\) is larger than the maximum number of tokens that can be stored "
+    r"in KV cache \((?P<tokens>\d+)\)")
+_RE_C = re.compile(
+    r"To serve at least one request with the model(?P<typo>s?)'s max seq len \((?P<mml>" + _INT_SEP + r")\),\s*"
+    r"\((?P<needed>" + _NUM + r") GiB KV cache is needed, which is larger than the available KV cache memory "
+    r"\((?P<avail>" + _NUM + r") GiB\)\.(?P<based>\s*Based on the available memory,)?"
+    r"(?:\s*the estimated maximum model length is (?P<est>" + _INT_SEP + r")\.)?")
+_RE_D = re.compile(
+    r"Free memory on device(?: (?P<device>[\w.:-]+))? \((?P<free>" + _NUM + r")/(?P<total>" + _NUM + r") GiB\) "
+    r"on startup is less than (?:desired GPU memory utilization|the engine's budget after excluding external "
+    r"process's weights(?P<external>)) \((?P<gmu>" + _NUM + r"), (?P<req>" + _NUM + r") GiB\)")
+_RE_E = re.compile(r"CUDA out of memory occurred when warming up (?P<what>sampler|pooler) with (?P<n>\d+) dummy requests")
+_RE_F = re.compile(
+    r"Sequence group (?P<id>\S+) is preempted by (?P<mode>\S+) mode because there is not enough KV cache space\."
+    r"(?:.*?total_num_cumulative_preemption=(?P<n>\d+))?")
+_RE_G = re.compile(
+    r"Error in memory profiling\.(?: Initial free memory (?P<init>" + _NUM + r")(?P<u1> GiB)?, "
+    r"current free memory (?P<cur>" + _NUM + r")(?P<u2> GiB)?\.)?(?P<cont> This happens when other processes)?")
+_UNIT = r"(?:[KMGT]iB|bytes?|B)"
+_RE_TORCH = re.compile(
+    r"CUDA out of memory\. Tried to allocate (?P<tried>" + _NUM + r") ?(?P<tu>" + _UNIT + r")[.;]?\s*"
+    r"(?:GPU (?P<gpu>\d+) has a total capac(?:i)?ty of (?P<total>" + _NUM + r") ?(?P<totu>" + _UNIT + r") of which "
+    r"(?P<free>" + _NUM + r") ?(?P<fu>" + _UNIT + r") is free\.(?P<rest>.*)"
+    r"|\(GPU (?P<gpu_old>\d+); (?P<total_old>" + _NUM + r") ?(?P<totu_old>" + _UNIT + r") total capacity;"
+    r"(?P<rest_old>.*))?")
+_RE_TORCH_THIS = re.compile(r"this process has (?P<p>" + _NUM + r") ?(?P<u>" + _UNIT + r") memory in use")
+_RE_TORCH_PROC = re.compile(r"Process (?P<pid>\d+) has (?P<p>" + _NUM + r") ?(?P<u>" + _UNIT + r") memory in use")
+_RE_TORCH_OLD_FREE = re.compile(r"(?P<f>" + _NUM + r") ?(?P<u>" + _UNIT + r") free")
+_RE_CUDA_ERROR_OOM = re.compile(r"CUDA error: out of memory")
+_RE_I = re.compile(r"GPU memory utilization must be less than 1\.0\. Got (?P<gmu>" + _NUM + r")")
+_RE_J = re.compile(
+    r"User-specified max_model_len \((?P<n>\d+)\) is greater than the derived max_model_len "
+    r"\((?P<key>\w+)=(?P<derived>" + _NUM + r")")
+
+# Informational (§2) and context lines.
+_RE_BLOCKS = re.compile(r"# GPU blocks: (?P<gpu>\d+), # CPU blocks: (?P<cpu>\d+)")
+_RE_CONCURRENCY = re.compile(r"Maximum concurrency for (?P<len>" + _INT_SEP + r") tokens per request: (?P<x>" + _NUM + r")x")
+_RE_KV_SIZE = re.compile(r"(?P<pool>\w+) KV cache size: (?P<tokens>" + _INT_SEP + r") tokens")
+_RE_AVAILABLE = re.compile(r"Available KV cache memory: (?P<gib>" + _NUM + r") GiB")
+_RE_PROFILE_TOTAL = re.compile(
+    r"total_gpu_memory \((?P<total>" + _NUM + r") ?GiB\) x gpu_memory_utilization \((?P<gmu>" + _NUM + r")\) = "
+    r"(?P<budget>" + _NUM + r") ?GiB")
+_RE_PROFILE_PARTS = re.compile(
+    r"model weights take (?P<w>" + _NUM + r") ?GiB; non_torch_memory takes (?P<n>" + _NUM + r") ?GiB; PyTorch "
+    r"activation peak memory takes (?P<a>" + _NUM + r") ?GiB; the rest of the memory reserved for KV Cache is "
+    r"(?P<k>" + _NUM + r") ?GiB")
+_RE_MODEL_LOADING = re.compile(r"Model loading took (?P<gib>" + _NUM + r") GiB")
+_RE_GRAPH_DONE = re.compile(r"Graph capturing finished in (?P<s>" + _NUM + r") secs?, took (?P<gib>" + _NUM + r") GiB")
+_RE_GRAPH_START = re.compile(r"CUDA graphs can take additional|Capturing cudagraphs? for|Capturing CUDA graph", re.I)
+_RE_STATS = re.compile(
+    r"Running: (?P<run>\d+) reqs, (?:Swapped: \d+ reqs, )?(?:Pending|Waiting): (?P<wait>\d+) reqs, "
+    r"GPU KV cache usage: (?P<kv>" + _NUM + r")%")
+_RE_THROUGHPUT = re.compile(
+    r"Avg prompt throughput: (?P<p>" + _NUM + r") tokens/s, Avg generation throughput: (?P<g>" + _NUM + r") tokens/s")
+_RE_NON_DEFAULT = re.compile(r"non-default args: \{(?P<body>.*)\}")
+_RE_ARG = re.compile(r"'(?P<k>gpu_memory_utilization|max_num_seqs|max_model_len)': (?P<v>" + _NUM + r")")
+_RE_CONFIG_LEN = re.compile(r"(?:with config: .*?\bmax_seq_len=(?P<a>\d+)|Using max model len (?P<b>\d+))")
+_RE_VERSION = re.compile(
+    r"vLLM API server version (?P<a>v?\d+\.\d+[\w.+-]*)|LLM engine \(v(?P<b>\d+\.\d+[\w.+-]*)\)"
+    r"|\bvLLM(?: version)? v?(?P<c>\d+\.\d+\.\d+[\w.+-]*)|\bversion (?P<d>\d+\.\d+\.\d+[\w.+-]*)")
+_RE_BANNER = re.compile(r"vLLM API server version|Initializing an? (?:V1 )?LLM engine|Starting vLLM API server|vLLM server version")
+_RE_TRACEBACK = re.compile(r"^Traceback \(most recent call last\)")
+_RE_FRAME = re.compile(r'^\s*File "(?P<file>[^"]*)", line \d+, in (?P<func>\S+)')
+_RE_SOURCE = re.compile(r"^\s*(?:raise\b|assert\b|f?[\"']|\w+\s*=\s*f?[\"'])")
+_GRAPH_WORDS = ("capture_model", "cudagraph", "cuda_graph", "graph_capture", "CUDAGraph", "torch.cuda.graph", "_capture")
+
+# keyword → patterns tried; keeps the per-line cost low on huge logs
+_FAILURE_KEYWORDS = (
+    "No available memory", "max seq len", "Free memory on device", "CUDA out of memory", "preempted by",
+    "Error in memory profiling", "CUDA error: out of memory", "GPU memory utilization must be", "User-specified max_model_len",
+)
+
+
+def _gib(value: str, unit: str | None) -> Decimal:
+    v = Decimal(value)
+    unit = (unit or "GiB").strip()
+    factor = {"KiB": Decimal(1024), "MiB": Decimal(1024**2), "GiB": GIB, "TiB": Decimal(1024**4)}.get(unit, Decimal(1))
+    return v * factor / GIB
+
+
+def _int(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def _num(d: Decimal | int) -> int | float:
+    """JSON value of a number read or computed: ints stay ints, decimals print as written (0.8, not 0.80)."""
+    if isinstance(d, int):
+        return d
+    if d == d.to_integral_value() and abs(d) < 10**15 and d.as_tuple().exponent >= 0:
+        return int(d)
+    return float(d)
+
+
+def _fmt(d: Decimal | int | float, places: int | None = None) -> str:
+    v = to_decimal(d) if not isinstance(d, Decimal) else d
+    if places is not None:
+        v = v.quantize(Decimal(1).scaleb(-places))
+    text = format(v.normalize(), "f") if places is None else format(v, "f")
+    return text
+
+
+# --------------------------------------------------------------------------- run state
+
+@dataclass
+class _Candidate:
+    event_class: str
+    variant: str
+    line: int
+    strong: bool
+    build: Callable[[], ObserverEvent] | None = None
+    absorbs: tuple[str, ...] = ()
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    emitted: set[str] = field(default_factory=set)
+    pending: list[_Candidate] = field(default_factory=list)
+    ctx: dict[str, Decimal] = field(default_factory=dict)
+    ctx_lines: dict[str, tuple[int, str]] = field(default_factory=dict)
+    log_config: dict[str, Decimal] = field(default_factory=dict)
+    graph_capture: bool = False
+    preemptions: deque[tuple[float | None, int]] = field(default_factory=deque)
+    pressure: deque[tuple[float | None, int]] = field(default_factory=deque)
+    active: bool = False
+
+
+class Observer:
+    """Streaming log observer. ``feed(lines)`` returns the events decided so far, ``finish()`` the rest.
+
+    ``current`` holds the running values (dotted or short names, e.g. from ``--current``); numbers the
+    failing message prints itself win over it, log context (``non-default args``) and vLLM's defaults
+    fill the gaps. ``gpu_total_gib`` is used when the log never prints the card's size.
+    """
+
+    def __init__(self, settings: TuningSettings | None = None, *, current: Mapping[str, float | int | str | Decimal] | None = None,
+                 gpu_total_gib: float | Decimal | None = None) -> None:
+        self.settings = settings or default_settings()
+        self.obs = self.settings.observer
+        self.current: dict[str, Decimal] = {}
+        for name, value in (current or {}).items():
+            self.current[canonical_param(name)] = to_decimal(value)
+        self.gpu_total_gib = to_decimal(gpu_total_gib) if gpu_total_gib is not None else None
+        self.version: str | None = None
+        self.telemetry: dict[str, int | float] = {}
+        self._run = _Run()
+        self._buffer: deque[LogLine] = deque()
+        self._line_no = 0
+        self._frames: list[str] = []
+        self._prev_frame = False
+        self._out: list[ObserverEvent] = []
+
+    # ----------------------------------------------------------------- streaming API
+    def feed(self, lines: Iterable[str]) -> list[ObserverEvent]:
+        for raw in lines:
+            self._line_no += 1
+            text, ts, pid, had = strip_prefixes(clean_line(raw))
+            self._buffer.append(LogLine(self._line_no, text, ts, pid, had))
+            while len(self._buffer) > LOOKAHEAD:
+                self._process(self._buffer.popleft())
+        return self._drain()
+
+    def finish(self) -> list[ObserverEvent]:
+        while self._buffer:
+            self._process(self._buffer.popleft())
+        self._flush_pending(force=True)
+        return self._drain()
+
+    def _drain(self) -> list[ObserverEvent]:
+        out, self._out = self._out, []
+        return out
+
+    # ----------------------------------------------------------------- per line
+    def _window(self, line: LogLine) -> str:
+        parts = [line.text]
+        for nxt in list(self._buffer)[:LOOKAHEAD]:
+            # only unprefixed, non-structural lines continue a message (hard-wrapped output)
+            if nxt.prefixed or not nxt.text.strip() or _RE_FRAME.match(nxt.text) or _RE_TRACEBACK.match(nxt.text):
+                break
+            parts.append(nxt.text.strip())
+        return " ".join(parts)
+
+    def _process(self, line: LogLine) -> None:
+        text = line.text
+        self._flush_pending(force=False)
+        is_frame = bool(_RE_FRAME.match(text))
+        source = (self._prev_frame and not is_frame) or bool(_RE_SOURCE.match(text))
+        self._prev_frame = is_frame
+        if _RE_TRACEBACK.match(text):
+            self._frames = []
+        elif is_frame:
+            self._frames.append(text)
+            self._frames = self._frames[-64:]
+        elif source and self._frames:
+            self._frames.append(text)
+
+        if _RE_BANNER.search(text):
+            if self._run.active:
+                self._flush_pending(force=True)
+                self._run = _Run()
+        vm = _RE_VERSION.search(text) if ("version" in text or "engine (v" in text or "vLLM" in text) else None
+        if vm and ("vllm" in text.lower() or "engine (v" in text):
+            self.version = next(g for g in vm.groups() if g).lstrip("v")
+
+        self._context(line)
+        if any(k in text for k in _FAILURE_KEYWORDS):
+            self._failures(line, self._window(line), strong=not source)
+
+    def _remember(self, key: str, value: Decimal, line: LogLine) -> None:
+        self._run.ctx[key] = value
+        self._run.ctx_lines[key] = (line.number, line.text.strip()[:500])
+
+    def _context(self, line: LogLine) -> None:
+        text = line.text
+        run = self._run
+        tel = self.telemetry
+        if m := _RE_AVAILABLE.search(text):
+            self._remember("available_kv_gib", Decimal(m["gib"]), line)
+            tel["available_kv_cache_gib"] = _num(Decimal(m["gib"]))
+        if m := _RE_KV_SIZE.search(text):
+            tel["kv_cache_tokens"] = _int(m["tokens"])
+            self._remember("kv_tokens", Decimal(_int(m["tokens"])), line)
+        if m := _RE_CONCURRENCY.search(text):
+            tel["max_concurrency"] = _num(Decimal(m["x"]))
+            tel["max_concurrency_len"] = _int(m["len"])
+        if m := _RE_BLOCKS.search(text):
+            tel["gpu_blocks"] = int(m["gpu"])
+            tel["cpu_blocks"] = int(m["cpu"])
+            self._remember("gpu_blocks", Decimal(m["gpu"]), line)
+            if int(m["gpu"]) == 0:
+                run.active = True
+                run.pending.append(_Candidate(KV_NO_MEMORY, "gpu_blocks_0", line.number, strong=False,
+                                              build=self._builder_a(line, "gpu_blocks_0")))
+        if m := _RE_PROFILE_TOTAL.search(text):
+            self._remember("total_gib", Decimal(m["total"]), line)
+            self._remember("profile_gmu", Decimal(m["gmu"]), line)
+            run.log_config.setdefault(GMU, Decimal(m["gmu"]))
+            tel["total_gpu_memory_gib"] = _num(Decimal(m["total"]))
+        if m := _RE_PROFILE_PARTS.search(text):
+            self._remember("kv_reserved_gib", Decimal(m["k"]), line)
+            tel.update(weights_gib=_num(Decimal(m["w"])), non_torch_gib=_num(Decimal(m["n"])),
+                       activation_peak_gib=_num(Decimal(m["a"])), kv_reserved_gib=_num(Decimal(m["k"])))
+        if m := _RE_MODEL_LOADING.search(text):
+            tel["model_loading_gib"] = _num(Decimal(m["gib"]))
+        if _RE_GRAPH_START.search(text):
+            run.graph_capture = True
+        if m := _RE_GRAPH_DONE.search(text):
+            run.graph_capture = False
+            tel["graph_capture_gib"] = _num(Decimal(m["gib"]))
+        if m := _RE_NON_DEFAULT.search(text):
+            for am in _RE_ARG.finditer(m["body"]):
+                run.log_config[canonical_param(am["k"])] = Decimal(am["v"])
+        if m := _RE_CONFIG_LEN.search(text):
+            run.log_config.setdefault(MAX_MODEL_LEN, Decimal(m["a"] or m["b"]))
+        if m := _RE_STATS.search(text):
+            kv = Decimal(m["kv"])
+            tel.update(running_reqs=int(m["run"]), waiting_reqs=int(m["wait"]), kv_cache_usage_percent=_num(kv))
+            if tm := _RE_THROUGHPUT.search(text):
+                tel.update(prompt_throughput=_num(Decimal(tm["p"])), generation_throughput=_num(Decimal(tm["g"])))
+            if int(m["wait"]) > 0 and kv >= self.obs.kv_pressure_percent:
+                self._soft_signal(run.pressure, line, "stats", {"kv_cache_usage_percent": kv, "waiting_reqs": Decimal(m["wait"])})
+
+    # ----------------------------------------------------------------- failures
+    def _failures(self, line: LogLine, window: str, strong: bool) -> None:
+        cut = len(line.text)
+
+        def find(rx: re.Pattern[str]) -> re.Match[str] | None:
+            m = rx.search(window)
+            return m if m and m.start() < cut else None
+
+        run = self._run
+        if m := find(_RE_D):
+            variant = "D''" if m["external"] is not None else ("D'" if m["device"] else "D")
+            self._add(_Candidate(STARTUP_FREE_MEMORY, variant, line.number, strong,
+                                 build=lambda m=m, v=variant: self._build_d(line, m, v)))
+        if m := find(_RE_I):
+            self._add(_Candidate(STARTUP_FREE_MEMORY, "I", line.number, strong, build=lambda m=m: self._build_i(line, m)))
+        if m := find(_RE_A):
+            self._add(_Candidate(KV_NO_MEMORY, "A'" if m["cpu"] else "A", line.number, strong,
+                                 build=self._builder_a(line, "A'" if m["cpu"] else "A")))
+        if m := find(_RE_B):
+            self._add(_Candidate(KV_MAX_LEN, "B", line.number, strong, build=lambda m=m: self._build_b(line, m)))
+        if m := find(_RE_J):
+            self._add(_Candidate(KV_MAX_LEN, "J", line.number, strong, build=lambda m=m: self._build_j(line, m)))
+        if m := find(_RE_C):
+            self._add(_Candidate(KV_ONE_REQUEST, self._c_variant(m), line.number, strong,
+                                 build=lambda m=m: self._build_c(line, m)))
+        e = find(_RE_E)
+        if e:
+            self._add(_Candidate(SAMPLER_OOM, "E" if e["what"] == "sampler" else "E-pooler", line.number, strong,
+                                 build=lambda m=e: self._build_e(line, m), absorbs=(TORCH_OOM, GRAPH_OOM)))
+        elif m := find(_RE_TORCH):
+            # may be the cause chained under E: wait, E absorbs it when it follows
+            run.active = True
+            run.pending.append(_Candidate(TORCH_OOM, "torch", line.number, False, build=lambda m=m: self._build_torch(line, m)))
+        if not e and (m := find(_RE_CUDA_ERROR_OOM)) and strong:
+            in_capture = run.graph_capture or any(w in f for f in self._frames for w in _GRAPH_WORDS)
+            cls = GRAPH_OOM if in_capture else TORCH_OOM
+            run.active = True
+            run.pending.append(_Candidate(cls, "cuda_error", line.number, False,
+                                          build=lambda c=cls: self._build_cuda_error(line, c)))
+        if m := find(_RE_G):
+            variant = "G''" if (m["u1"] or m["cont"]) else ("G'" if m["init"] else "G")
+            self._add(_Candidate(PROFILING_ERROR, variant, line.number, strong, build=lambda m=m: self._build_g(line, m, variant)))
+        if (m := find(_RE_F)) and strong:
+            values = {"total_num_cumulative_preemption": Decimal(m["n"])} if m["n"] else {}
+            self._soft_signal(run.preemptions, line, "F", values)
+
+    def _c_variant(self, m: re.Match[str]) -> str:
+        if not m["typo"]:
+            return "C''"
+        if m["est"]:
+            return "C'"
+        return "C"
+
+    def _add(self, cand: _Candidate) -> None:
+        run = self._run
+        run.active = True
+        if cand.event_class in run.emitted:
+            return
+        if not cand.strong:
+            run.pending.append(cand)
+            return
+        absorbed = [p for p in run.pending if p.event_class in cand.absorbs]
+        run.pending = [p for p in run.pending
+                       if p.event_class != cand.event_class and all(p is not a for a in absorbed)]
+        if absorbed:
+            cand.payload["absorbed"] = absorbed
+        self._emit(cand)
+
+    def _emit(self, cand: _Candidate) -> None:
+        run = self._run
+        run.emitted.add(cand.event_class)
+        assert cand.build is not None
+        event = cand.build()
+        if cand.payload.get("absorbed"):
+            extra = dict(event.values)
+            for p in cand.payload["absorbed"]:
+                if p.build is not None:
+                    for k, v in p.build().values.items():
+                        extra.setdefault(f"cause_{k}", v)
+            event = _replace(event, values=extra)
+        self._out.append(event)
+
+    def _flush_pending(self, force: bool) -> None:
+        run = self._run
+        if not run.pending:
+            return
+        keep: list[_Candidate] = []
+        for cand in run.pending:
+            if force or self._line_no - cand.line > self.obs.pending_horizon_lines:
+                if cand.event_class not in run.emitted:
+                    self._emit(cand)
+            else:
+                keep.append(cand)
+        run.pending = keep
+
+    def _soft_signal(self, bucket: deque[tuple[float | None, int]], line: LogLine, variant: str, values: dict[str, Decimal]) -> None:
+        bucket.append((line.timestamp, line.number))
+        if line.timestamp is not None:
+            while bucket and bucket[0][0] is not None and line.timestamp - bucket[0][0] > self.obs.preemption_window_seconds:
+                bucket.popleft()
+        if len(bucket) >= self.obs.preemption_count:
+            count = len(bucket)
+            first = bucket[0]
+            span = (line.timestamp - first[0]) if (line.timestamp is not None and first[0] is not None) else None
+            bucket.clear()
+            self._run.active = True
+            self._out.append(self._build_preemption(line, variant, count, span, values))
+
+    # ----------------------------------------------------------------- values and fixes
+    def _value(self, param: str, from_message: Decimal | None = None) -> tuple[Decimal | None, str]:
+        if from_message is not None:
+            return from_message, "log message"
+        if param in self.current:
+            return self.current[param], "current"
+        if param in self._run.log_config:
+            return self._run.log_config[param], "log"
+        return vllm_defaults(self.version)[param], "vLLM default"
+
+    def _total(self) -> Decimal | None:
+        return self._run.ctx.get("total_gib", self.gpu_total_gib)
+
+    def _act(self, name: str) -> Actuator:
+        return self.settings.actuators[name]
+
+    def _event(self, cls: str, variant: str, line: LogLine, values: dict[str, Decimal | int], *, escalate: bool, reason: str,
+               fix: dict[str, Decimal] | None, alternatives: Iterable[dict[str, Decimal]] = (), context_keys: Iterable[str] = ()) -> ObserverEvent:
+        evidence = [(line.number, line.text.strip()[:500])]
+        for key in context_keys:
+            if key in self._run.ctx_lines and self._run.ctx_lines[key] not in evidence:
+                evidence.append(self._run.ctx_lines[key])
+        evidence.sort()
+        seed = {k: self._act(k).python_value(v) for k, v in fix.items()} if fix else None
+        alts = tuple({k: self._act(k).python_value(v) for k, v in a.items()} for a in alternatives)
+        return ObserverEvent(cls, line.number, {k: _num(v) for k, v in values.items() if v is not None}, escalate, reason,
+                             seed, self.version, SUBSYSTEM, variant, alts, tuple(evidence))
+
+    def _computed(self, name: str, current: Decimal | None, target: Decimal, direction: str) -> tuple[Decimal | None, str]:
+        """Snap a computed minimal target in the safe direction; (value, '') or (None, why escalate)."""
+        act = self._act(name)
+        snapped = act.snap(target, direction)  # type: ignore[arg-type]
+        short = name.split(".", 1)[1]
+        if direction == "lower":
+            if snapped < act.lower:
+                return None, f"{short} would have to drop to {act.format(snapped)}, below the bound {act.format(act.lower)}"
+            snapped = min(snapped, act.upper)  # safe side of the bound: a bigger cut than needed
+            if current is not None and snapped >= current:
+                return None, f"{short} is already {act.format(current)}, no lower value on the grid fixes it"
+        else:
+            if snapped > act.upper:
+                return None, f"{short} would have to rise to {act.format(snapped)}, above the bound {act.format(act.upper)}"
+            snapped = max(snapped, act.lower)
+            if current is not None and snapped <= current:
+                snapped = act.step_up(current)
+                if snapped > act.upper:
+                    return None, f"{short} is already at the bound {act.format(act.upper)}"
+        return snapped, ""
+
+    def _stepped(self, name: str, current: Decimal, direction: str) -> Decimal | None:
+        """One heuristic step (no numbers to compute from); None when already at the bound."""
+        act = self._act(name)
+        if direction == "lower":
+            if current <= act.lower:
+                return None
+            return min(max(act.step_down(current), act.lower), act.upper)
+        if current >= act.upper:
+            return None
+        return max(min(act.step_up(current), act.upper), act.lower)
+
+    # -- D, D', D'', I
+    def _build_d(self, line: LogLine, m: re.Match[str], variant: str) -> ObserverEvent:
+        free, total, gmu, req = (Decimal(m[k]) for k in ("free", "total", "gmu", "req"))
+        margin = self.obs.free_memory_margin
+        values = {"free_gib": free, "total_gib": total, "gpu_memory_utilization": gmu, "requested_gib": req}
+        if total <= 0:
+            return self._event(STARTUP_FREE_MEMORY, variant, line, values, escalate=True, fix=None,
+                               reason=f"the GPU reports a total of {_fmt(total)} GiB; nothing to tune")
+        ratio = free / total
+        target = ratio - margin
+        values["target_gpu_memory_utilization"] = target.quantize(Decimal("0.0001"))
+        where = f" on {m['device']}" if m["device"] else ""
+        head = (f"only {_fmt(free)} of {_fmt(total)} GiB are free{where} at startup but gpu_memory_utilization {_fmt(gmu)} "
+                f"asks for {_fmt(req)} GiB; free/total − margin = {_fmt(ratio, 4)} − {_fmt(margin)} = {_fmt(target, 4)}")
+        new, why = self._computed(GMU, gmu, target, "lower")
+        if new is None:
+            others = total - free
+            return self._event(STARTUP_FREE_MEMORY, variant, line, values, escalate=True, fix=None,
+                               reason=f"{head}; {why}: other processes hold about {_fmt(others, 2)} GiB of the GPU — free it or move vLLM")
+        return self._event(STARTUP_FREE_MEMORY, variant, line, values, escalate=False, fix={GMU: new},
+                           reason=f"{head}; lower gpu_memory_utilization to {self._act(GMU).format(new)} (floored to the 0.05 grid)")
+
+    def _build_i(self, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        gmu = Decimal(m["gmu"])
+        act = self._act(GMU)
+        values = {"gpu_memory_utilization": gmu}
+        new, why = self._computed(GMU, gmu, act.upper, "lower")
+        if new is None:
+            return self._event(STARTUP_FREE_MEMORY, "I", line, values, escalate=True, fix=None,
+                               reason=f"gpu_memory_utilization {_fmt(gmu)} is rejected by vLLM (must be < 1.0); {why}")
+        return self._event(STARTUP_FREE_MEMORY, "I", line, values, escalate=False, fix={GMU: new},
+                           reason=f"gpu_memory_utilization {_fmt(gmu)} is rejected by vLLM (must be < 1.0); set it to the "
+                                  f"upper bound {act.format(new)}")
+
+    # -- A, A', # GPU blocks: 0
+    def _builder_a(self, line: LogLine, variant: str) -> Callable[[], ObserverEvent]:
+        return lambda: self._build_a(line, variant)
+
+    def _build_a(self, line: LogLine, variant: str) -> ObserverEvent:
+        ctx = self._run.ctx
+        gmu, source = self._value(GMU, ctx.get("profile_gmu"))
+        assert gmu is not None
+        total = self._total()
+        deficit = None
+        if ctx.get("available_kv_gib") is not None and ctx["available_kv_gib"] <= 0:
+            deficit = -ctx["available_kv_gib"]
+        elif ctx.get("kv_reserved_gib") is not None and ctx["kv_reserved_gib"] <= 0:
+            deficit = -ctx["kv_reserved_gib"]
+        values: dict[str, Decimal | int] = {"gpu_memory_utilization": gmu}
+        if deficit is not None:
+            values["deficit_gib"] = deficit
+        if total is not None:
+            values["total_gib"] = total
+        if "gpu_blocks" in ctx:
+            values["gpu_blocks"] = ctx["gpu_blocks"]
+        keys = ("available_kv_gib", "kv_reserved_gib", "total_gib", "gpu_blocks")
+        head = f"no memory is left for the KV cache at gpu_memory_utilization {_fmt(gmu)} ({source})"
+        act = self._act(GMU)
+        if gmu >= act.upper:
+            return self._event(KV_NO_MEMORY, variant, line, values, escalate=True, fix=None, context_keys=keys,
+                               reason=f"{head}; it is already at the bound {act.format(act.upper)}: weights, activations "
+                                      f"and graphs use the whole budget — a smaller model or a bigger GPU is needed")
+        if deficit is not None and total is not None and total > 0:
+            target = gmu + deficit / total
+            values["target_gpu_memory_utilization"] = target.quantize(Decimal("0.0001"))
+            new, why = self._computed(GMU, gmu, target, "raise")
+            calc = f"the KV cache is {_fmt(deficit)} GiB short: {_fmt(gmu)} + {_fmt(deficit)}/{_fmt(total)} = {_fmt(target, 4)}"
+            if new is None:
+                return self._event(KV_NO_MEMORY, variant, line, values, escalate=True, fix=None, context_keys=keys,
+                                   reason=f"{head}; {calc}; {why}")
+            return self._event(KV_NO_MEMORY, variant, line, values, escalate=False, fix={GMU: new}, context_keys=keys,
+                               reason=f"{head}; {calc}; raise gpu_memory_utilization to {act.format(new)} (ceiled to the grid)")
+        new = self._stepped(GMU, gmu, "raise")
+        assert new is not None
+        return self._event(KV_NO_MEMORY, variant, line, values, escalate=False, fix={GMU: new}, context_keys=keys,
+                           reason=f"{head}; the log gives no deficit, so raise gpu_memory_utilization one step to {act.format(new)}")
+
+    # -- B, J, C
+    def _max_len_fix(self, cls: str, variant: str, line: LogLine, values: dict[str, Decimal | int], current: Decimal,
+                     target: Decimal, head: str, alternatives: list[dict[str, Decimal]] = (), keys: Iterable[str] = ()) -> ObserverEvent:
+        act = self._act(MAX_MODEL_LEN)
+        if current > act.upper:
+            return self._event(cls, variant, line, values, escalate=True, fix=None, context_keys=keys,
+                               reason=f"{head}; max_model_len {act.format(current)} is above the bound {act.format(act.upper)}: "
+                                      f"cutting it into bounds is too large a change to make silently")
+        new, why = self._computed(MAX_MODEL_LEN, current, target, "lower")
+        if new is None:
+            return self._event(cls, variant, line, values, escalate=True, fix=None, context_keys=keys, reason=f"{head}; {why}")
+        return self._event(cls, variant, line, values, escalate=False, fix={MAX_MODEL_LEN: new}, alternatives=alternatives,
+                           context_keys=keys, reason=f"{head}; lower max_model_len to {act.format(new)} (floored to the 512 grid)")
+
+    def _build_b(self, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        mml, tokens = Decimal(m["mml"]), Decimal(m["tokens"])
+        values = {"max_model_len": mml, "kv_cache_tokens": tokens}
+        head = f"max_model_len {mml} is larger than the {tokens} tokens the KV cache can hold"
+        return self._max_len_fix(KV_MAX_LEN, "B", line, values, mml, tokens, head)
+
+    def _build_j(self, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        n, derived = Decimal(m["n"]), Decimal(m["derived"])
+        values = {"max_model_len": n, "derived_max_model_len": derived}
+        head = f"max_model_len {n} exceeds the model's own limit ({m['key']}={_fmt(derived)} in config.json)"
+        return self._max_len_fix(KV_MAX_LEN, "J", line, values, n, derived, head)
+
+    def _build_c(self, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        mml, needed, avail = Decimal(_int(m["mml"])), Decimal(m["needed"]), Decimal(m["avail"])
+        variant = self._c_variant(m)
+        values: dict[str, Decimal | int] = {"max_model_len": mml, "needed_gib": needed, "available_gib": avail}
+        head = f"one request of max_model_len {mml} needs {_fmt(needed)} GiB of KV cache but only {_fmt(avail)} GiB are available"
+        if avail <= 0 or needed <= 0:
+            return self._event(KV_ONE_REQUEST, variant, line, values, escalate=True, fix=None, reason=f"{head}; no length fits")
+        if m["est"]:
+            target = Decimal(_int(m["est"]))
+            values["estimated_max_model_len"] = target
+            head += f"; vLLM estimates a maximum length of {target}"
+        else:
+            target = (mml * avail / needed).to_integral_value(rounding="ROUND_FLOOR")
+            values["computed_max_model_len"] = target
+            head += f"; {mml} × {_fmt(avail)}/{_fmt(needed)} = {target} tokens fit"
+        alternatives: list[dict[str, Decimal]] = []
+        total = self._total()
+        gmu, _ = self._value(GMU)
+        if total and gmu is not None:
+            alt, _why = self._computed(GMU, gmu, gmu + (needed - avail) / total, "raise")
+            if alt is not None:
+                alternatives.append({GMU: alt})
+        return self._max_len_fix(KV_ONE_REQUEST, variant, line, values, mml, target, head, alternatives, ("total_gib",))
+
+    # -- E
+    def _build_e(self, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        n = Decimal(m["n"])
+        act = self._act(MAX_NUM_SEQS)
+        values = {"num_dummy_requests": n}
+        head = f"CUDA ran out of memory warming up the {m['what']} with {n} dummy requests (= max_num_seqs)"
+        if n <= act.lower:
+            gmu, _ = self._value(GMU)
+            alt = self._stepped(GMU, gmu, "lower") if gmu is not None else None
+            if alt is not None:
+                return self._event(SAMPLER_OOM, "E", line, values, escalate=False, fix={GMU: alt},
+                                   reason=f"{head}; max_num_seqs is at its floor {act.format(act.lower)}, lower "
+                                          f"gpu_memory_utilization one step to {self._act(GMU).format(alt)}")
+            return self._event(SAMPLER_OOM, "E", line, values, escalate=True, fix=None,
+                               reason=f"{head}; max_num_seqs is already at its floor {act.format(act.lower)}")
+        new = min(max(act.floor_to_step(n / 2), act.lower), act.upper)
+        note = f" (the bound {act.format(act.upper)}; halving gives {_fmt(n / 2)})" if act.floor_to_step(n / 2) > act.upper else ""
+        return self._event(SAMPLER_OOM, "E", line, values, escalate=False, fix={MAX_NUM_SEQS: new},
+                           reason=f"{head}; halve max_num_seqs to {act.format(new)}{note}")
+
+    # -- PyTorch OOM and CUDA error OOM
+    def _build_torch(self, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        values: dict[str, Decimal | int] = {"tried_gib": _gib(m["tried"], m["tu"])}
+        total = free = this = None
+        others = None
+        if m["total"]:
+            total, free = _gib(m["total"], m["totu"]), _gib(m["free"], m["fu"])
+            values.update(gpu=int(m["gpu"]), total_gib=total, free_gib=free)
+            rest = m["rest"] or ""
+            if tm := _RE_TORCH_THIS.search(rest):
+                this = _gib(tm["p"], tm["u"])
+                others = total - free - this
+            else:
+                procs = [(int(p["pid"]), _gib(p["p"], p["u"])) for p in _RE_TORCH_PROC.finditer(rest)]
+                if procs:
+                    # which one is vLLM: the pid of the log prefix if listed, else the biggest
+                    own = [g for pid, g in procs if pid == line.pid]
+                    this = own[0] if own else max(g for _, g in procs)
+                    others = sum(g for _, g in procs) - this
+            if this is not None:
+                values["process_gib"] = this
+            if others is not None:
+                values["other_processes_gib"] = max(others, Decimal(0))
+        elif m["total_old"]:
+            total = _gib(m["total_old"], m["totu_old"])
+            values.update(gpu=int(m["gpu_old"]), total_gib=total)
+            if fm := _RE_TORCH_OLD_FREE.search(m["rest_old"] or ""):
+                values["free_gib"] = _gib(fm["f"], fm["u"])
+        head = f"PyTorch ran out of GPU memory trying to allocate {_fmt(values['tried_gib'], 2)} GiB"
+        if total is not None and free is not None:
+            head += f" ({_fmt(free, 2)} of {_fmt(total, 2)} GiB free)"
+        if others is not None and total and others > total * self.obs.foreign_memory_fraction:
+            return self._event(TORCH_OOM, "torch", line, values, escalate=True, fix=None,
+                               reason=f"{head}; other processes hold {_fmt(others, 2)} GiB, more than "
+                                      f"{_fmt(self.obs.foreign_memory_fraction * 100, 0)} % of the GPU — no setting of ours frees it")
+        return self._one_step_down(TORCH_OOM, "torch", line, values, head)
+
+    def _build_cuda_error(self, line: LogLine, cls: str) -> ObserverEvent:
+        head = "CUDA error: out of memory" + (" during CUDA graph capture" if cls == GRAPH_OOM else "")
+        return self._one_step_down(cls, "cuda_error", line, {}, head)
+
+    def _one_step_down(self, cls: str, variant: str, line: LogLine, values: dict[str, Decimal | int], head: str) -> ObserverEvent:
+        gmu, gsrc = self._value(GMU)
+        assert gmu is not None
+        values = dict(values, gpu_memory_utilization=gmu)
+        new = self._stepped(GMU, gmu, "lower")
+        if new is not None:
+            return self._event(cls, variant, line, values, escalate=False, fix={GMU: new},
+                               reason=f"{head}; lower gpu_memory_utilization one step from {_fmt(gmu)} ({gsrc}) to "
+                                      f"{self._act(GMU).format(new)} (never raise it on an OOM)")
+        seqs, ssrc = self._value(MAX_NUM_SEQS)
+        assert seqs is not None
+        values["max_num_seqs"] = seqs
+        new = self._stepped(MAX_NUM_SEQS, seqs, "lower")
+        if new is not None:
+            return self._event(cls, variant, line, values, escalate=False, fix={MAX_NUM_SEQS: new},
+                               reason=f"{head}; gpu_memory_utilization is at its floor {_fmt(gmu)}, lower max_num_seqs from "
+                                      f"{_fmt(seqs)} ({ssrc}) to {self._act(MAX_NUM_SEQS).format(new)}")
+        return self._event(cls, variant, line, values, escalate=True, fix=None,
+                           reason=f"{head}; gpu_memory_utilization ({_fmt(gmu)}) and max_num_seqs ({_fmt(seqs)}) are at their floors")
+
+    # -- G
+    def _build_g(self, line: LogLine, m: re.Match[str], variant: str) -> ObserverEvent:
+        values: dict[str, Decimal | int] = {}
+        if m["init"]:
+            init, cur = Decimal(m["init"]), Decimal(m["cur"])
+            if not m["u1"]:  # bytes in 0.6.3.post1
+                init, cur = init / GIB, cur / GIB
+            values = {"initial_free_gib": init.quantize(Decimal("0.01")), "current_free_gib": cur.quantize(Decimal("0.01"))}
+            head = (f"memory profiling failed: free GPU memory went from {_fmt(values['initial_free_gib'])} to "
+                    f"{_fmt(values['current_free_gib'])} GiB while vLLM was profiling")
+        else:
+            head = "memory profiling failed: GPU memory was not cleaned up before vLLM started"
+        return self._event(PROFILING_ERROR, variant, line, values, escalate=True, fix=None,
+                           reason=f"{head}; another process changed its GPU memory — an environment problem no setting fixes")
+
+    # -- F and stats pressure
+    def _build_preemption(self, line: LogLine, variant: str, count: int, span: float | None,
+                          extra: dict[str, Decimal]) -> ObserverEvent:
+        values: dict[str, Decimal | int] = dict(extra, signals=count)
+        if span is not None:
+            values["window_seconds"] = int(span)
+        what = "preemption warnings" if variant == "F" else "stats lines with a full KV cache and waiting requests"
+        head = f"{count} {what}" + (f" within {int(span)} s" if span is not None else "")
+        gmu, gsrc = self._value(GMU)
+        assert gmu is not None
+        values["gpu_memory_utilization"] = gmu
+        new = self._stepped(GMU, gmu, "raise")
+        if new is not None:
+            return self._event(PREEMPTION, variant, line, values, escalate=False, fix={GMU: new},
+                               reason=f"{head}: the KV cache is too small; raise gpu_memory_utilization one step from "
+                                      f"{_fmt(gmu)} ({gsrc}) to {self._act(GMU).format(new)}")
+        seqs, ssrc = self._value(MAX_NUM_SEQS)
+        assert seqs is not None
+        values["max_num_seqs"] = seqs
+        new_s = self._stepped(MAX_NUM_SEQS, seqs, "lower")
+        if new_s is not None:
+            return self._event(PREEMPTION, variant, line, values, escalate=False, fix={MAX_NUM_SEQS: new_s},
+                               reason=f"{head}: gpu_memory_utilization is at its bound {_fmt(gmu)}, so lower max_num_seqs from "
+                                      f"{_fmt(seqs)} ({ssrc}) to {self._act(MAX_NUM_SEQS).format(new_s)}")
+        return self._event(PREEMPTION, variant, line, values, escalate=True, fix=None,
+                           reason=f"{head}: gpu_memory_utilization and max_num_seqs are both at their bounds")
+
+
+def _replace(event: ObserverEvent, **changes: Any) -> ObserverEvent:
+    from dataclasses import replace
+
+    return replace(event, **changes)
+
+
+# --------------------------------------------------------------------------- convenience
+
+def observe_lines(lines: Iterable[str], *, settings: TuningSettings | None = None,
+                  current: Mapping[str, float | int | str | Decimal] | None = None,
+                  gpu_total_gib: float | Decimal | None = None) -> list[ObserverEvent]:
+    """All events of a complete log given as lines."""
+    obs = Observer(settings, current=current, gpu_total_gib=gpu_total_gib)
+    return obs.feed(lines) + obs.finish()
+
+
+def observe_text(text: str, **kwargs: Any) -> list[ObserverEvent]:
+    """All events of a complete log given as one string."""
+    return observe_lines(text.splitlines(), **kwargs)
+
+
+def observe_file(path: str | Path, **kwargs: Any) -> list[ObserverEvent]:
+    """All events of a log file; garbage and binary content never crash. Unreadable → InputError."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return observe_lines(iter_binary_lines(fh), **kwargs)
+    except FileNotFoundError:
+        raise InputError(f"log file not found: {p}") from None
+    except IsADirectoryError:
+        raise InputError(f"log file is a directory: {p}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read log file {p}: {exc.strerror or exc.__class__.__name__}") from None
+
+
+def parse_current(pairs: Iterable[str]) -> dict[str, Decimal]:
+    """``["vllm.gpu_memory_utilization=0.8", "max_num_seqs=8"]`` → dotted names; ValueError with a reason."""
+    out: dict[str, Decimal] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"expected PARAM=VALUE, got {pair!r}")
+        try:
+            key = canonical_param(name)
+        except KeyError:
+            raise ValueError(f"unknown parameter {name.strip()!r} (known: {GMU}, {MAX_NUM_SEQS}, {MAX_MODEL_LEN})") from None
+        try:
+            d = to_decimal(value)
+        except (InvalidOperation, ValueError):
+            raise ValueError(f"{key} must be a number, got {value.strip()!r}") from None
+        if not d.is_finite() or d <= 0:
+            raise ValueError(f"{key} must be a positive number, got {value.strip()!r}")
+        if key != GMU and d != d.to_integral_value():
+            raise ValueError(f"{key} must be an integer, got {value.strip()!r}")
+        out[key] = d
+    return out
+
+
+# --------------------------------------------------------------------------- cooldown
+
+class Cooldown:
+    """Per (subsystem, class) cooldown so that one failure loop does not flood intents.
+
+    ``allow(subsystem, cls)`` answers True and starts the cooldown, or False while it runs. The clock
+    is injectable (``time.monotonic`` by default) so tests need no sleeping. Thread-safe.
+    """
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if seconds < 0:
+            raise ValueError("cooldown seconds must be ≥ 0")
+        self.seconds = seconds
+        self._clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def remaining(self, subsystem: str, event_class: str) -> float:
+        """Seconds until the key may fire again (0 when it may now)."""
+        with self._lock:
+            last = self._last.get((subsystem, event_class))
+            if last is None:
+                return 0.0
+            return max(0.0, last + self.seconds - self._clock())
+
+    def allow(self, subsystem: str, event_class: str) -> bool:
+        """True (and record the time) when no cooldown runs for this key, else False."""
+        with self._lock:
+            now = self._clock()
+            last = self._last.get((subsystem, event_class))
+            if last is not None and now - last < self.seconds:
+                return False
+            self._last[(subsystem, event_class)] = now
+            return True
+
+    def reset(self, subsystem: str | None = None, event_class: str | None = None) -> None:
+        """Forget one key, or every key of a subsystem, or everything."""
+        with self._lock:
+            for key in list(self._last):
+                if (subsystem is None or key[0] == subsystem) and (event_class is None or key[1] == event_class):
+                    del self._last[key]
