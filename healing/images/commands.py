@@ -1,0 +1,181 @@
+"""CLI commands of the image registry: register, heal, monitor (DESIGN.md §4 exit codes)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from healing.errors import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN, EXIT_WARNING, InputError
+
+# Worst-first order for a monitor run's exit code: critical beats unknown beats warning.
+_RANK = {"healthy": 0, "healed": 0, "warning": 1, "unknown": 2, "critical": 3}
+_EXIT = {"healthy": EXIT_OK, "healed": EXIT_OK, "warning": EXIT_WARNING, "unknown": EXIT_UNKNOWN, "critical": EXIT_CRITICAL}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("register", help="register an image: golden copy + baseline, checked by the worker",
+                       description="Verify IMAGE, store a content-addressed golden copy under $SELFHEAL_HOME/golden/ and its "
+                                   "baseline under $SELFHEAL_HOME/baselines/. Re-registering a changed image accepts the change. "
+                                   "Exit 0 registered, 2 damaged (refused), 3 unreadable.")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--critical", action="store_true", help="mark the image critical (dashboard priority)")
+    p.add_argument("--interval", type=_positive_int, metavar="SECONDS", help="check interval (default health_check.interval)")
+    p.add_argument("--accept-current", action="store_true", help="register the file as it is even if its hash does not match")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("heal", help="restore a registered image from its golden copy (exit 0 healthy, 2 could not heal)",
+                       description="Check IMAGE; unless it is healthy and equal to its golden copy, quarantine the file, run the "
+                                   "configured healing actions and restore the golden copy atomically, then verify. "
+                                   "Exit 0 healthy afterwards, 2 could not heal (no golden copy, verification failed).")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_heal)
+
+    p = sub.add_parser("monitor", help="check images in a foreground loop, with progress on the terminal",
+                       description="Check each PATH (directories expand to the *.rts.png files in them) every --interval seconds. "
+                                   "Registered images are healed when --auto-heal (or config auto_heal) applies. The exit code "
+                                   "is the worst status of the last round: 0 healthy, 1 warning, 2 critical, 3 unknown.")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--interval", type=_positive_float, default=None, metavar="S", help="seconds between rounds (default health_check.interval)")
+    p.add_argument("--auto-heal", action="store_true", help="heal registered images that are critical")
+    p.add_argument("--iterations", type=_positive_int, default=None, metavar="N", help="stop after N rounds (default: run until Ctrl-C)")
+    p.set_defaults(func=cmd_monitor)
+
+
+def _prepare() -> Any:
+    from healing.config import load_settings
+    from storage.migrate import upgrade
+
+    settings = load_settings()
+    upgrade()
+    return settings
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from healing.images.registry import register_image
+
+    settings = _prepare()
+    outcome = register_image(args.image, settings=settings, critical=True if args.critical else None,
+                             interval_s=args.interval, accept_current=args.accept_current, actor="cli")
+    image = outcome["image"]
+    if args.json:
+        print(json.dumps({"path": image["path"], "image_id": image["id"], "golden_sha256": outcome["golden_sha256"],
+                          "baseline_path": outcome["baseline_path"], "changed": outcome["changed"],
+                          "hash_verified": outcome["hash_verified"], "accepted_current": outcome["accepted_current"],
+                          "critical": image["critical"], "interval_s": image["interval_s"]}, sort_keys=True))
+        return EXIT_OK
+    what = "change accepted for" if outcome["changed"] else "registered"
+    flags = ", critical" if image["critical"] else ""
+    note = " (accepted despite integrity problems)" if outcome["accepted_current"] else ""
+    print(f"{what} {image['path']}: golden {outcome['golden_sha256'][:12]}…, interval {image['interval_s']} s{flags}{note}")
+    return EXIT_OK
+
+
+def _service(settings: Any, *, auto_heal: bool | None, actor: str) -> Any:
+    from healing.images.actions import load_actions
+    from healing.images.notify import WebhookNotifier
+    from healing.images.service import ImageService
+
+    notifier = WebhookNotifier(settings.healing.notification)
+    return ImageService(settings, notifier=notifier, actions=load_actions(settings.healing.actions),
+                        auto_heal=auto_heal, actor=actor)
+
+
+def cmd_heal(args: argparse.Namespace) -> int:
+    settings = _prepare()
+    service = _service(settings, auto_heal=None, actor="cli")
+    try:
+        report = service.heal(args.image)
+    finally:
+        service.notifier.close(timeout=settings.healing.notification.timeout * 2)
+    if args.json:
+        print(json.dumps(report.to_dict(), sort_keys=True))
+    elif report.healthy:
+        print(f"{report.image_path}: healthy ({report.message})")
+    else:
+        print(f"selfheal: {report.image_path}: could not heal: {report.message}", file=sys.stderr)
+    return EXIT_OK if report.healthy else EXIT_CRITICAL
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    """Files as given; directories replaced by the *.rts.png files directly inside them (sorted)."""
+    out: list[str] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.glob("*.rts.png") if p.is_file())
+            if not found:
+                raise InputError(f"{text}: no *.rts.png images in this directory")
+            out.extend(found)
+        else:
+            out.append(text)
+    return list(dict.fromkeys(out))
+
+
+def _describe(record: Any) -> tuple[str, str]:
+    """(outcome word, one-line detail) of a check record for the terminal."""
+    status = record.status
+    detail = f"confidence {float(record.result.get('confidence') or 0):.2f}"
+    if record.reused:
+        detail += ", unchanged"
+    findings = record.result.get("findings") or []
+    if findings and status != "healthy":
+        detail += f": {findings[0].get('description', '')[:120]}"
+    if record.heal is not None:
+        if record.heal.healthy:
+            return "healed", f"{detail} → healed ({record.heal.message})"
+        detail += f" → heal failed: {record.heal.message}" + (" (escalated)" if record.heal.escalated else "")
+    elif record.image_id is None and status == "critical":
+        detail += " (not registered: no golden copy)"
+    return status, detail
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    settings = _prepare()
+    paths = expand_paths(args.paths)
+    interval = args.interval if args.interval is not None else float(settings.health_check.interval)
+    service = _service(settings, auto_heal=True if args.auto_heal else None, actor="monitor")
+    worst = "healthy"
+    round_no = 0
+    try:
+        while args.iterations is None or round_no < args.iterations:
+            round_no += 1
+            worst = "healthy"
+            total = f"/{args.iterations}" if args.iterations else ""
+            for path in paths:
+                record = service.check_path(path)
+                outcome, detail = _describe(record)
+                if _RANK[outcome] > _RANK[worst]:
+                    worst = outcome
+                stamp = time.strftime("%H:%M:%S")
+                print(f"[{round_no}{total}] {stamp} {outcome:<8} {record.image_path}  {detail}", flush=True)
+            if args.iterations is None or round_no < args.iterations:
+                time.sleep(interval)
+    finally:
+        service.notifier.close(timeout=settings.healing.notification.timeout)
+    return _EXIT[worst]

@@ -1,0 +1,137 @@
+"""The image registry: registering (and re-registering) an image stores its golden copy and baseline.
+
+Registering verifies the file first: a PixelRTS image whose payload does not match its own
+``data_hash`` (or that fails any other integrity check) is refused unless the operator passes
+``accept_current`` — a golden copy must be known-good. Re-registering an image whose content changed
+is how an operator accepts a legitimate change: the new content becomes the golden copy and baseline,
+the "marked bad" state and the failure count are cleared, and the decision is audited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from healing.config import Settings
+from healing.errors import CorruptedError, InputError
+from healing.images.golden import GoldenRef, GoldenStore, atomic_copy, sha256_file, sidecar_of
+from healing.images.integrity import baseline_file, build_baseline
+
+KIND_CHANGE_ACCEPTED = "image.change_accepted"
+KIND_REGISTER_REFUSED = "image.register_refused"
+
+
+def normalise_path(path: str | os.PathLike[str], base: Path | None = None) -> str:
+    """Absolute, normalised path text (symlinks kept: the operator's name for the file is the key)."""
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = (base or Path.cwd()) / p
+    return os.path.normpath(str(p))
+
+
+def golden_ref(image: dict[str, Any], store: GoldenStore) -> GoldenRef | None:
+    """The golden copy reference of a registered image row (None when it has none)."""
+    sha = image.get("golden_sha256")
+    if not sha:
+        return None
+    sidecar_name = (image.get("baseline") or {}).get("sidecar_name")
+    return store.ref(sha, sidecar_name)
+
+
+def load_baseline(image: dict[str, Any]) -> dict[str, Any] | None:
+    """The full baseline of a registered image (from its baseline file), or None if it is gone."""
+    path = image.get("baseline_path")
+    if not path:
+        return None
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_baseline(home: Path, baseline: dict[str, Any]) -> Path:
+    target = baseline_file(home, baseline["file_sha256"])
+    if not target.exists():
+        tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(baseline, separators=(",", ":")), encoding="utf-8")
+        atomic_copy(tmp, target, mode=0o444)
+        tmp.unlink()
+    return target
+
+
+def register_image(
+    path: str | os.PathLike[str],
+    *,
+    settings: Settings,
+    critical: bool | None = None,
+    interval_s: int | None = None,
+    accept_current: bool = False,
+    actor: str = "cli",
+) -> dict[str, Any]:
+    """Verify ``path``, store its golden copy and baseline, and register (or update) it.
+
+    Returns {"image": <row dict>, "golden_sha256", "baseline_path", "changed" (content differs from
+    the previous golden copy), "hash_verified", "accepted_current" (registered despite problems)}.
+    Raises InputError (missing/unreadable/not a PNG, exit 3) or CorruptedError (damaged and not
+    accepted, exit 2); a refusal is audited.
+    """
+    from healing.pixelrts import verify_image
+    from healing.pixelrts.codec import read_image
+    from storage import queries
+    from storage.audit import append_event
+    from storage.engine import session_scope
+
+    text = normalise_path(path)
+    file = Path(text)
+    if file.is_dir():
+        raise InputError(f"{text}: is a directory, not an image")
+    if not file.exists():
+        raise InputError(f"{text}: no such file")
+    sha = sha256_file(file)
+    image = read_image(file, max_pixels=settings.pixelrts.max_pixels)
+    report = verify_image(image)
+    problems = [p.message for p in report.problems]
+    if image.is_pixelrts and not report.ok and not accept_current:
+        with session_scope() as session:
+            append_event(session, KIND_REGISTER_REFUSED, text, {"file_sha256": sha, "problems": problems}, actor)
+        raise CorruptedError(
+            f"{text}: refusing to register a damaged image ({problems[0] if problems else 'integrity not proven'}); "
+            "pass --accept-current to register it as it is"
+        )
+
+    store = GoldenStore(settings.golden_dir)
+    ref = store.store(file, sha)
+    baseline = build_baseline(image, block_size=settings.health_check.block_size, file_sha256=sha)
+    del image
+    baseline_path = _write_baseline(settings.home, baseline)
+    side = sidecar_of(file)
+    summary = {
+        "file_sha256": sha, "data_hash": baseline["data_hash"], "grid_size": baseline["grid_size"],
+        "block_size": baseline["block_size"], "blocks": len(baseline["block_sha256"]),
+        "mean_entropy": baseline["mean_entropy"], "sidecar_name": side.name if side else None,
+        "file_size": file.stat().st_size, "hash_verified": report.hash_verified,
+        "accepted_with_problems": problems if (accept_current and problems) else [],
+    }
+    with session_scope() as session:
+        previous = queries.get_image(session, path=text)
+        if previous is None:
+            interval = interval_s or settings.health_check.interval
+        else:
+            interval = interval_s
+        row = queries.upsert_image(
+            session, text, name=file.name, critical=critical if critical is not None else (False if previous is None else None),
+            interval_s=interval, golden_sha256=ref.sha256, golden_path=str(ref.path), baseline_path=str(baseline_path),
+            baseline=summary, actor=actor,
+        )
+        row = queries.set_image_flags(session, row["id"], marked_bad=False, consecutive_heal_failures=0, actor=actor)
+        changed = previous is not None and previous.get("golden_sha256") not in (None, sha)
+        if changed:
+            append_event(session, KIND_CHANGE_ACCEPTED, text, {
+                "image_id": row["id"], "old_golden_sha256": previous["golden_sha256"], "new_golden_sha256": sha,
+                "problems_accepted": summary["accepted_with_problems"],
+            }, actor)
+    return {"image": row, "golden_sha256": sha, "baseline_path": str(baseline_path), "changed": changed,
+            "hash_verified": report.hash_verified, "accepted_current": bool(accept_current and problems)}

@@ -1,0 +1,468 @@
+"""Checking and healing registered images under the configured policy (what the worker runs).
+
+One check of a registered image:
+  1. stat and hash the file (always: bit rot that keeps size and mtime must still be caught);
+  2. if size and sha256 equal the last check's, reuse that analysis (``reused_analysis``), else run
+     the checker with the image's baseline;
+  3. a file that differs from its golden copy but verifies (its own data hash holds) is a
+     ``security`` finding — an unexpected change, not corruption — and the status is at least warning;
+  4. record the check (audited), alert on a change of status to critical / to an unexpected change;
+  5. heal when auto-heal applies: critical images, and changed-but-valid ones only with
+     ``healing.revert_unexpected_changes``; never an image marked bad (until an operator acts).
+
+A heal runs the custom actions (config ``healing.actions`` and those registered in Python) first, then
+the built-in golden restore (quarantine copy, atomic replace, verify). Every action is a heal row.
+After ``healing.max_heal_attempts`` consecutive failures the image is escalated: a critical alert,
+``marked_bad``, and no more auto-heals until it is re-registered or healed explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from healing.config import Settings
+from healing.errors import SelfHealError
+from healing.images.actions import HealingAction, action_name, run_action
+from healing.images.golden import GoldenStore, sha256_file
+from healing.images.integrity import CheckResult, IntegrityChecker, finding, iso_now
+from healing.images.registry import golden_ref, load_baseline, normalise_path
+
+log = logging.getLogger("selfheal.images")
+
+SOURCE = "registry"  # findings added by this module (unexpected change, missing file)
+KIND_HEAL_DECISION = "heal.decision"
+
+
+def default_checker(settings: Settings) -> Any:
+    """The full checker from healing.analysis when it is installed, else the integrity-only one."""
+    try:
+        from healing.analysis import VLMHealthChecker
+    except ImportError:
+        return IntegrityChecker(max_pixels=settings.pixelrts.max_pixels)
+    try:
+        return VLMHealthChecker(settings=settings)
+    except TypeError:
+        return VLMHealthChecker()
+
+
+@dataclass
+class HealReport:
+    """What one heal of one image did; ``healthy`` decides `selfheal heal`'s exit code."""
+
+    image_path: str
+    healthy: bool
+    action: str  # none | custom:<name> | restore_golden
+    message: str
+    heal_ids: list[int] = field(default_factory=list)
+    quarantine_path: str | None = None
+    escalated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class CheckRecord:
+    """One recorded check of one file (registered or ad hoc) and the heal it triggered, if any."""
+
+    image_path: str
+    image_id: int | None
+    result: dict[str, Any]
+    check_id: int
+    file_sha256: str | None
+    reused: bool
+    unexpected_change: bool
+    heal: HealReport | None = None
+
+    @property
+    def status(self) -> str:
+        return str(self.result["status"])
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "heal"}
+        data["heal"] = self.heal.to_dict() if self.heal else None
+        return data
+
+
+def _result_dict(raw: Any) -> dict[str, Any]:
+    data = raw.to_dict() if hasattr(raw, "to_dict") else dict(raw)
+    status = data.get("status")
+    data["status"] = getattr(status, "value", status) or "unknown"
+    return data
+
+
+def _unknown(path: str, message: str, status: str = "unknown", category: str = "structural") -> dict[str, Any]:
+    severity = "high" if status == "critical" else "medium"
+    recommendation = "restore the image from its golden copy" if status == "critical" else "make the file readable"
+    return CheckResult.from_dict({
+        "image_path": path, "status": status, "confidence": 0.9 if status == "critical" else 0.0,
+        "findings": [finding(category, severity, message, source=SOURCE)], "recommendation": recommendation,
+        "timestamp": iso_now(),
+    }).to_dict()
+
+
+class ImageService:
+    """Checks and heals registered images; thread-safe (the worker runs jobs in a thread pool)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        checker: Any | None = None,
+        notifier: Any | None = None,
+        actions: list[HealingAction] | None = None,
+        auto_heal: bool | None = None,
+        actor: str = "worker",
+        on_progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.checker = checker if checker is not None else default_checker(settings)
+        self.notifier = notifier
+        self.actions: list[HealingAction] = list(actions or [])
+        self.auto_heal = auto_heal  # None: config health_check.auto_heal or the image's own flag
+        self.actor = actor
+        self.store = GoldenStore(settings.golden_dir)
+        self.on_progress = on_progress
+        self._baselines: dict[str, dict[str, Any] | None] = {}
+        self._image_locks: dict[int, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _lock_for(self, image_id: int) -> threading.Lock:
+        with self._locks_guard:
+            return self._image_locks.setdefault(image_id, threading.Lock())
+
+    def _baseline(self, image: dict[str, Any]) -> dict[str, Any] | None:
+        key = image.get("baseline_path") or ""
+        if key not in self._baselines:
+            # Baselines are content-addressed files, so a cached one never goes stale.
+            self._baselines[key] = load_baseline(image)
+        return self._baselines[key]
+
+    def _alert(self, session: Any, kind: str, severity: str, subject: str, message: str, reason: str | None = None) -> int:
+        from storage import queries
+
+        webhook = bool(self.notifier is not None and self.notifier.enabled)
+        row = queries.record_alert(session, kind=kind, severity=severity, subject=subject, message=message,
+                                   reason=reason, webhook=webhook, actor=self.actor)
+        return int(row["id"])
+
+    def _deliver(self, alert_ids: list[int]) -> None:
+        if self.notifier is not None:
+            for alert_id in alert_ids:
+                self.notifier.submit(alert_id)
+
+    @staticmethod
+    def get_image(image_id: int | None = None, path: str | None = None) -> dict[str, Any] | None:
+        from storage import queries
+        from storage.engine import session_scope
+
+        with session_scope(write=False) as session:
+            return queries.get_image(session, image_id=image_id, path=path)
+
+    # ------------------------------------------------------------------ checking
+
+    def _analyse(self, path: str, baseline: dict[str, Any] | None) -> tuple[dict[str, Any], Any]:
+        """Run the checker; any failure becomes an unknown result (a hostile file never stops the worker)."""
+        try:
+            raw = self.checker.check_health(path, baseline=baseline)
+        except SelfHealError as exc:
+            status = "critical" if exc.exit_code == 2 else "unknown"
+            data = _unknown(path, str(exc), status)
+            return data, CheckResult.from_dict(data)
+        except Exception as exc:  # noqa: BLE001 - the checker is pluggable; its bugs must not stop the cycle
+            log.exception("checker failed on %s", path)
+            data = _unknown(path, f"checker failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+            return data, CheckResult.from_dict(data)
+        return _result_dict(raw), raw
+
+    def _fresh_or_reused(self, image: dict[str, Any] | None, path: str) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+        """The check result for ``path``, its result object, and file facts (size, mtime_ns, sha256, reused)."""
+        from storage import queries
+        from storage.engine import session_scope
+
+        start = time.perf_counter()
+        facts: dict[str, Any] = {"file_size": None, "file_mtime_ns": None, "file_sha256": None, "reused": False}
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            status = "critical" if image is not None else "unknown"
+            data = _unknown(path, f"{path}: {'registered image is missing' if image else 'no such file'}", status)
+            return data, CheckResult.from_dict(data), facts
+        except OSError as exc:
+            data = _unknown(path, f"{path}: cannot stat ({exc.strerror or exc})")
+            return data, CheckResult.from_dict(data), facts
+        if stat.S_ISDIR(st.st_mode):
+            data = _unknown(path, f"{path}: is a directory, not an image")
+            return data, CheckResult.from_dict(data), facts
+        facts.update(file_size=st.st_size, file_mtime_ns=st.st_mtime_ns)
+        try:
+            facts["file_sha256"] = sha256_file(path)
+        except SelfHealError as exc:
+            data = _unknown(path, str(exc))
+            return data, CheckResult.from_dict(data), facts
+
+        if image is not None:
+            with session_scope(write=False) as session:
+                last = queries.latest_check(session, image["id"])
+            if (last is not None and last["status"] != "unknown" and last["file_sha256"] == facts["file_sha256"]
+                    and last["file_size"] == facts["file_size"]):
+                data = {
+                    "image_path": path, "status": last["status"], "confidence": last["confidence"],
+                    "metrics": dict(last["metrics"] or {}), "findings": list(last["findings"] or []),
+                    "recommendation": last["recommendation"] or "", "timestamp": iso_now(),
+                    "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+                }
+                facts["reused"] = True
+                return data, CheckResult.from_dict(data), facts
+        data, raw = self._analyse(path, self._baseline(image) if image is not None else None)
+        data["image_path"] = path
+        data["duration_ms"] = round((time.perf_counter() - start) * 1000, 3)
+        return data, raw, facts
+
+    @staticmethod
+    def _mark_unexpected_change(data: dict[str, Any], image: dict[str, Any], sha: str | None) -> bool:
+        """Add the security finding for a changed-but-valid file; True when the file is such a change."""
+        golden = image.get("golden_sha256")
+        if not golden or sha is None or sha == golden:
+            return False
+        findings = data.setdefault("findings", [])
+        if any(f.get("category") == "corruption" for f in findings):
+            return False
+        if data.get("status") not in ("healthy", "warning") or data.get("metrics", {}).get("hash_verified") is not True:
+            return False
+        if not any(f.get("category") == "security" and f.get("source") == SOURCE for f in findings):
+            findings.append(finding(
+                "security", "high",
+                f"content changed since registration (sha256 {sha[:12]}…, golden {golden[:12]}…) but verifies: "
+                "unexpected change, possible tampering; accept it with `selfheal register` or revert with `selfheal heal`",
+                source=SOURCE))
+        data["status"] = "warning"
+        data["recommendation"] = "review the change: re-register the image to accept it, or heal it to revert"
+        return True
+
+    def check(self, image_id: int, *, allow_heal: bool = True) -> CheckRecord:
+        """Check one registered image, record it and heal when the policy says so."""
+        with self._lock_for(image_id):
+            image = self.get_image(image_id=image_id)
+            if image is None:
+                raise LookupError(f"image {image_id} is not registered")
+            return self._check_locked(image, allow_heal=allow_heal)
+
+    def _check_locked(self, image: dict[str, Any], *, allow_heal: bool) -> CheckRecord:
+        from storage import queries
+        from storage.engine import session_scope
+
+        path = image["path"]
+        data, raw, facts = self._fresh_or_reused(image, path)
+        unexpected = self._mark_unexpected_change(data, image, facts["file_sha256"])
+        if unexpected:
+            raw = CheckResult.from_dict(data)  # custom actions must see the adjusted status
+        alerts: list[int] = []
+        with session_scope() as session:
+            row = queries.record_check(session, data, image_id=image["id"], file_size=facts["file_size"],
+                                       file_sha256=facts["file_sha256"], file_mtime_ns=facts["file_mtime_ns"],
+                                       reused_analysis=facts["reused"], actor=self.actor)
+            previous = image.get("last_status")
+            if data["status"] == "critical" and previous != "critical":
+                alerts.append(self._alert(session, "image.critical", "critical", path,
+                                          f"{Path(path).name} is critical: {_first_description(data)}", "check"))
+            elif unexpected and previous != "warning":
+                alerts.append(self._alert(session, "image.unexpected_change", "warning", path,
+                                          f"{Path(path).name} changed but verifies: possible tampering", "check"))
+        self._deliver(alerts)
+        record = CheckRecord(path, image["id"], data, int(row["id"]), facts["file_sha256"], facts["reused"], unexpected)
+        if self.on_progress:
+            self.on_progress(f"{path}: {data['status']}{' (reused analysis)' if facts['reused'] else ''}")
+        if allow_heal:
+            record.heal = self._maybe_auto_heal(image, record, raw)
+        return record
+
+    def check_path(self, path: str) -> CheckRecord:
+        """Check a file by path: a registered image as usual, any other file ad hoc (recorded, never healed)."""
+        text = normalise_path(path)
+        image = self.get_image(path=text)
+        if image is not None:
+            return self.check(image["id"])
+        from storage import queries
+        from storage.engine import session_scope
+
+        data, _raw, facts = self._fresh_or_reused(None, text)
+        with session_scope() as session:
+            row = queries.record_check(session, data, file_size=facts["file_size"], file_sha256=facts["file_sha256"],
+                                       file_mtime_ns=facts["file_mtime_ns"], actor=self.actor)
+        return CheckRecord(text, None, data, int(row["id"]), facts["file_sha256"], False, False)
+
+    def check_all(self) -> list[CheckRecord]:
+        """Check every registered image once, in path order (what `worker --once` does)."""
+        from storage import queries
+        from storage.engine import session_scope
+
+        with session_scope(write=False) as session:
+            ids = [row["id"] for row in queries.list_images_with_latest_status(session)]
+        records = []
+        for image_id in ids:
+            try:
+                records.append(self.check(image_id))
+            except LookupError:
+                continue  # unregistered while the cycle ran
+        return records
+
+    # ------------------------------------------------------------------ healing
+
+    def _auto_heal_applies(self, image: dict[str, Any]) -> bool:
+        if self.auto_heal is not None:
+            return self.auto_heal
+        return bool(self.settings.health_check.auto_heal or image.get("auto_heal_enabled"))
+
+    def _maybe_auto_heal(self, image: dict[str, Any], record: CheckRecord, raw: Any) -> HealReport | None:
+        from storage.audit import append_event
+        from storage.engine import session_scope
+
+        wants = record.status == "critical" or (record.unexpected_change and self.settings.healing.revert_unexpected_changes)
+        if not wants or not self._auto_heal_applies(image):
+            return None
+        if image.get("marked_bad"):
+            with session_scope() as session:
+                append_event(session, KIND_HEAL_DECISION, image["path"], {
+                    "image_id": image["id"], "check_id": record.check_id, "decision": "skipped",
+                    "reason": "image is marked bad after repeated heal failures; waiting for an operator",
+                }, self.actor)
+            return None
+        return self._heal_locked(image, record, raw, trigger="auto")
+
+    def heal(self, path: str, *, actor: str | None = None) -> HealReport:
+        """Explicit heal (`selfheal heal`, a dashboard request): reverts any change to the golden copy."""
+        text = normalise_path(path)
+        image = self.get_image(path=text)
+        if image is None:
+            return HealReport(text, False, "none", "not registered: no golden copy to restore from")
+        with self._lock_for(image["id"]):
+            image = self.get_image(image_id=image["id"]) or image
+            record = self._check_locked(image, allow_heal=False)
+            if record.status in ("healthy", "warning") and record.file_sha256 == image.get("golden_sha256"):
+                return HealReport(text, True, "none", f"{Path(text).name} is {record.status} and equals its golden copy; nothing to do")
+            return self._heal_locked(image, record, CheckResult.from_dict(record.result), trigger="explicit",
+                                     actor=actor or self.actor)
+
+    def _heal_locked(self, image: dict[str, Any], record: CheckRecord, raw: Any, *, trigger: str,
+                     actor: str | None = None) -> HealReport:
+        from healing.images.healer import restore_from_golden
+        from storage import queries
+        from storage.audit import append_event
+        from storage.engine import session_scope
+
+        actor = actor or self.actor
+        path = image["path"]
+        heal_ids: list[int] = []
+        with session_scope() as session:
+            append_event(session, KIND_HEAL_DECISION, path, {
+                "image_id": image["id"], "check_id": record.check_id, "decision": "heal", "trigger": trigger,
+                "status": record.status, "unexpected_change": record.unexpected_change,
+            }, actor)
+
+        report: HealReport | None = None
+        for action in self.actions:
+            name = f"custom:{action_name(action)}"
+            start = time.perf_counter()
+            try:
+                claimed, error = run_action(action, raw), None
+            except Exception as exc:  # noqa: BLE001 - user code: record the failure and go on
+                claimed, error = False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            after = self._check_locked(self.get_image(image_id=image["id"]) or image, allow_heal=False) if claimed else None
+            healthy = after is not None and after.status in ("healthy", "warning")
+            outcome = "healed" if healthy else ("failed" if claimed or error else "declined")
+            detail = {"trigger": trigger, "error": error, "status_after": after.status if after else None}
+            with session_scope() as session:
+                heal_ids.append(int(queries.record_heal(
+                    session, image_path=path, action=name[:32], outcome=outcome, image_id=image["id"],
+                    check_id=record.check_id, detail={"action": name, **detail},
+                    duration_ms=round((time.perf_counter() - start) * 1000, 3), actor=actor)["id"]))
+            if healthy:
+                report = HealReport(path, True, name, f"healed by {name}")
+                break
+
+        if report is None:
+            report = self._restore(image, record, trigger, actor, heal_ids, restore_from_golden)
+        report.heal_ids = heal_ids
+        self._account(image, report, actor)
+        return report
+
+    def _restore(self, image: dict[str, Any], record: CheckRecord, trigger: str, actor: str, heal_ids: list[int],
+                 restore: Callable[..., Any]) -> HealReport:
+        from storage import queries
+        from storage.engine import session_scope
+
+        path = image["path"]
+        ref = golden_ref(image, self.store)
+        start = time.perf_counter()
+        if ref is None:
+            outcome_ok, message, qpath, detail = False, "no golden copy to restore from", None, {"trigger": trigger}
+        else:
+            heal_cfg = self.settings.healing
+            qdir = self.settings.quarantine_dir if (heal_cfg.backup_before_heal or heal_cfg.quarantine_corrupted) else None
+            outcome = restore(path, ref, self.store, quarantine_dir=qdir)
+            outcome_ok, message, qpath = outcome.healed, outcome.message, outcome.quarantine_path
+            detail = {"trigger": trigger, "before_sha256": outcome.before_sha256, "after_sha256": outcome.after_sha256,
+                      **outcome.details}
+        with session_scope() as session:
+            heal_ids.append(int(queries.record_heal(
+                session, image_path=path, action="restore_golden", outcome="healed" if outcome_ok else "failed",
+                image_id=image["id"], check_id=record.check_id, source_path=str(ref.path) if ref else None,
+                quarantine_path=qpath, detail={"message": message, **detail},
+                duration_ms=round((time.perf_counter() - start) * 1000, 3), actor=actor)["id"]))
+        if outcome_ok:
+            # Record the healed state, so the image's last status says what is on disk now.
+            after = self._check_locked(self.get_image(image_id=image["id"]) or image, allow_heal=False)
+            outcome_ok = after.status in ("healthy", "warning")
+            if not outcome_ok:
+                message = f"restored, but the re-check says {after.status}"
+        return HealReport(path, outcome_ok, "restore_golden", message, quarantine_path=qpath)
+
+    def _account(self, image: dict[str, Any], report: HealReport, actor: str) -> None:
+        """Reset or count failures; escalate after max_heal_attempts consecutive failures."""
+        from storage import queries
+        from storage.engine import session_scope
+
+        path = image["path"]
+        name = Path(path).name
+        alerts: list[int] = []
+        with session_scope() as session:
+            current = queries.get_image(session, image_id=image["id"]) or image
+            if report.healthy:
+                queries.set_image_flags(session, image["id"], consecutive_heal_failures=0, marked_bad=False, actor=actor)
+                alerts.append(self._alert(session, "image.healed", "info", path, f"{name} healed: {report.message}", report.action))
+            else:
+                failures = int(current.get("consecutive_heal_failures") or 0) + 1
+                limit = self.settings.healing.max_heal_attempts
+                escalate = failures >= limit and not current.get("marked_bad")
+                queries.set_image_flags(session, image["id"], consecutive_heal_failures=failures,
+                                        marked_bad=True if escalate else None, actor=actor)
+                alerts.append(self._alert(session, "image.heal_failed", "warning", path,
+                                          f"{name} could not be healed ({failures}/{limit}): {report.message}", report.action))
+                if escalate:
+                    report.escalated = True
+                    heal = queries.record_heal(session, image_path=path, action="escalate", outcome="escalated",
+                                               image_id=image["id"], detail={"failures": failures, "limit": limit}, actor=actor)
+                    report.heal_ids.append(int(heal["id"]))
+                    alerts.append(self._alert(
+                        session, "image.escalated", "critical", path,
+                        f"{name} failed to heal {failures} times; marked bad, auto-heal stopped until an operator "
+                        "re-registers or heals it", "max_heal_attempts"))
+        self._deliver(alerts)
+
+
+def _first_description(data: dict[str, Any]) -> str:
+    for f in data.get("findings") or []:
+        if f.get("description"):
+            return str(f["description"])[:300]
+    return str(data.get("recommendation") or "no detail")

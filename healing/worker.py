@@ -1,0 +1,403 @@
+"""`selfheal worker`: the one process that checks, heals and runs requested work (DESIGN.md §3).
+
+An APScheduler 3.x ``BlockingScheduler`` runs:
+  check:<image id>   one job per registered image at its interval (default health_check.interval)
+  sync-images        registers/updates config ``monitoring.images`` and adds/removes/reschedules the
+                     per-image jobs when images are registered or removed (every ``worker.sync_interval``)
+  poll-requests      claims "run now" requests from the dashboard/CLI (every ``worker.poll_interval``)
+  heartbeat          refreshes this worker's row in worker_heartbeats (every ``worker.heartbeat_interval``)
+All jobs have fixed ids, ``coalesce=True``, ``max_instances=1`` and a generous misfire grace time.
+
+Only one worker runs per $SELFHEAL_HOME/database: it holds an exclusive ``fcntl.flock`` on
+``$SELFHEAL_HOME/worker.lock`` for its lifetime (released by the kernel even after kill -9); a second
+worker exits 3 with one line. SIGTERM/SIGINT stop it cleanly: running jobs finish, the heartbeat
+says "stopped". ``run_once`` (``selfheal worker --once``) checks every image now, processes pending
+requests and returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from healing.config import Settings, _as_number, load_settings
+from healing.errors import SelfHealError
+
+log = logging.getLogger("selfheal.worker")
+
+LOCK_NAME = "worker.lock"
+TUNING_HOOK = "healing.tuning.runner:process_pending_intents"
+SYNC_JOB, POLL_JOB, HEARTBEAT_JOB = "sync-images", "poll-requests", "heartbeat"
+CHECK_JOB_PREFIX = "check:"
+
+
+class WorkerLockedError(SelfHealError):
+    """Another worker already holds the lock for this home/database (exit 3)."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The ``worker`` config section (all in seconds, except threads)."""
+
+    poll_interval: float = 2.0
+    heartbeat_interval: float = 10.0
+    sync_interval: float = 30.0
+    threads: int = 4
+    misfire_grace_time: int = 600
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerSettings:
+        raw = settings.section("worker")
+        d = cls()
+        return cls(
+            poll_interval=_as_number("worker.poll_interval", raw.get("poll_interval", d.poll_interval), float, 0.1, 3600),
+            heartbeat_interval=_as_number("worker.heartbeat_interval", raw.get("heartbeat_interval", d.heartbeat_interval),
+                                          float, 0.5, 3600),
+            sync_interval=_as_number("worker.sync_interval", raw.get("sync_interval", d.sync_interval), float, 0.5, 86400),
+            threads=_as_number("worker.threads", raw.get("threads", d.threads), int, 1, 64),
+            misfire_grace_time=_as_number("worker.misfire_grace_time", raw.get("misfire_grace_time", d.misfire_grace_time),
+                                          int, 1, 86400),
+        )
+
+
+class WorkerLock:
+    """An exclusive, non-blocking flock on $SELFHEAL_HOME/worker.lock holding the owner's pid."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise WorkerLockedError(f"another worker is already running for this database (pid {holder}, lock {self.path})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> WorkerLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log to the configured file (or stderr) at the configured level, once per process."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler: logging.Handler = logging.FileHandler(settings.logging.file) if settings.logging.file else logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(settings.logging.format))
+    root.addHandler(handler)
+    root.setLevel(settings.logging.level)
+    # Library chatter (Alembic's "Context impl SQLiteImpl", scheduler job ticks) is not operator news.
+    for noisy in ("apscheduler", "alembic", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+class Worker:
+    """Scheduler, request poller and heartbeat around an ImageService."""
+
+    def __init__(self, settings: Settings | None = None, *, checker: Any | None = None, actions: list[Any] | None = None,
+                 worker_id: str | None = None, notifier: Any | None = None) -> None:
+        from healing.images.actions import load_actions
+        from healing.images.notify import WebhookNotifier
+        from healing.images.service import ImageService
+
+        self.settings = settings or load_settings()
+        self.config = WorkerSettings.from_settings(self.settings)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.notifier = notifier if notifier is not None else WebhookNotifier(self.settings.healing.notification)
+        configured = load_actions(self.settings.healing.actions)
+        self.service = ImageService(self.settings, checker=checker, notifier=self.notifier,
+                                    actions=[*configured, *(actions or [])], actor="worker")
+        self.lock = WorkerLock(self.settings.home)
+        self.scheduler: Any = None
+        self._register_failures: dict[str, str] = {}
+        self._stats = {"checks": 0, "heals": 0, "requests": 0}
+        self._stats_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ preparation
+
+    def prepare(self) -> None:
+        """Schema upgrade, close requests a dead worker left running, register config images, resend alerts."""
+        from storage.engine import session_scope
+        from storage.migrate import upgrade
+        from storage.worker_queries import fail_abandoned_requests
+
+        upgrade()
+        with session_scope() as session:
+            fail_abandoned_requests(session, reason="the worker stopped while running this request")
+        self.sync_config_images()
+        self.notifier.submit_pending()
+
+    def sync_config_images(self) -> list[str]:
+        """Register config ``monitoring.images`` that are not registered yet; update critical/interval of
+        those that are. Returns the paths registered now. A file that cannot be registered is logged once
+        per distinct reason (and retried at every sync)."""
+        from healing.images.registry import normalise_path, register_image
+        from storage import queries
+        from storage.engine import session_scope
+
+        base = self.settings.config_path.parent if self.settings.config_path else None
+        registered = []
+        for entry in self.settings.monitored_images:
+            path = normalise_path(entry.path, base)
+            interval = entry.check_interval or self.settings.health_check.interval
+            with session_scope(write=False) as session:
+                image = queries.get_image(session, path=path)
+            if image is None:
+                try:
+                    register_image(path, settings=self.settings, critical=entry.critical, interval_s=interval, actor="config")
+                except SelfHealError as exc:
+                    if self._register_failures.get(path) != str(exc):
+                        self._register_failures[path] = str(exc)
+                        log.error("cannot register configured image %s: %s", path, exc)
+                    continue
+                self._register_failures.pop(path, None)
+                registered.append(path)
+            elif image["critical"] != entry.critical or image["interval_s"] != interval:
+                with session_scope() as session:
+                    queries.upsert_image(session, path, critical=entry.critical, interval_s=interval, actor="config")
+        return registered
+
+    # ------------------------------------------------------------------ units of work
+
+    def check_image(self, image_id: int) -> None:
+        """The body of a check:<id> job; never raises (a failing job must not disturb the scheduler)."""
+        try:
+            record = self.service.check(image_id)
+        except LookupError:
+            return
+        except Exception:
+            log.exception("check of image %s failed", image_id)
+            return
+        with self._stats_lock:
+            self._stats["checks"] += 1
+            self._stats["heals"] += record.heal is not None
+
+    def process_requests(self, limit: int | None = None) -> int:
+        """Claim and run pending requests, oldest first; returns how many were processed."""
+        from storage import queries
+        from storage.engine import session_scope
+
+        done = 0
+        while limit is None or done < limit:
+            with session_scope() as session:
+                request = queries.claim_next_request(session, self.worker_id)
+            if request is None:
+                break
+            try:
+                ok, result = self._run_request(request)
+            except SelfHealError as exc:
+                ok, result = False, {"error": str(exc)}
+            except Exception as exc:
+                log.exception("request %s failed", request["id"])
+                ok, result = False, {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
+            with session_scope() as session:
+                queries.finish_request(session, request["id"], ok=ok, result=result)
+            done += 1
+        with self._stats_lock:
+            self._stats["requests"] += done
+        return done
+
+    def _target_path(self, target: str) -> str:
+        from healing.images.registry import normalise_path
+
+        if target.isdigit():
+            image = self.service.get_image(image_id=int(target))
+            if image is None:
+                raise LookupError(f"image {target} is not registered")
+            return str(image["path"])
+        return normalise_path(target)
+
+    def _run_request(self, request: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        from healing.images.registry import register_image
+
+        kind, actor = request["kind"], request["requested_by"] or "dashboard"
+        if kind == "tune":
+            return run_tuning_hook(self.settings)
+        try:
+            path = self._target_path(request["target"])
+        except LookupError as exc:
+            return False, {"error": str(exc)}
+        if kind == "check":
+            record = self.service.check_path(path)
+            return True, {"status": record.status, "check_id": record.check_id, "reused_analysis": record.reused,
+                          "heal": record.heal.to_dict() if record.heal else None}
+        if kind == "heal":
+            report = self.service.heal(path, actor=actor)
+            return report.healthy, report.to_dict()
+        if kind == "accept_change":
+            outcome = register_image(path, settings=self.settings, accept_current=True, actor=actor)
+            return True, {"golden_sha256": outcome["golden_sha256"], "changed": outcome["changed"],
+                          "accepted_with_problems": outcome["accepted_current"]}
+        return False, {"error": f"unknown request kind {kind!r}"}
+
+    def beat(self, state: str = "running") -> None:
+        from storage import queries
+        from storage.engine import session_scope
+
+        with self._stats_lock:
+            info = dict(self._stats)
+        if self.scheduler is not None:
+            info["jobs"] = len([j for j in self.scheduler.get_jobs() if j.id.startswith(CHECK_JOB_PREFIX)])
+        info["heartbeat_interval"] = self.config.heartbeat_interval
+        try:
+            with session_scope() as session:
+                queries.beat_heartbeat(session, self.worker_id, pid=os.getpid(), host=socket.gethostname(), state=state, info=info)
+        except SelfHealError as exc:
+            log.warning("heartbeat not written: %s", exc)
+
+    # ------------------------------------------------------------------ modes
+
+    def run_once(self) -> dict[str, Any]:
+        """Check every registered image now (healing where auto-heal applies), run pending requests, return."""
+        self.lock.acquire()
+        try:
+            self.prepare()
+            records = self.service.check_all()
+            requests = self.process_requests()
+            self.notifier.close(timeout=self.settings.healing.notification.timeout * 2)
+        finally:
+            self.lock.release()
+        counts = {s: 0 for s in ("healthy", "warning", "critical", "unknown")}
+        for record in records:
+            counts[record.status] = counts.get(record.status, 0) + 1
+        heals = [r.heal for r in records if r.heal is not None]
+        return {"checked": len(records), **counts, "healed": sum(h.healthy for h in heals),
+                "heal_failed": sum(not h.healthy for h in heals), "requests": requests,
+                "reused": sum(r.reused for r in records)}
+
+    def sync_jobs(self) -> None:
+        """Make the check:<id> jobs match the registered images and their intervals."""
+        from storage.engine import session_scope
+        from storage.worker_queries import image_schedule
+
+        self.sync_config_images()
+        with session_scope(write=False) as session:
+            wanted = {f"{CHECK_JOB_PREFIX}{row['id']}": row for row in image_schedule(session)}
+        existing = {job.id: job for job in self.scheduler.get_jobs() if job.id.startswith(CHECK_JOB_PREFIX)}
+        for job_id in existing.keys() - wanted.keys():
+            self.scheduler.remove_job(job_id)
+        for job_id, row in wanted.items():
+            job = existing.get(job_id)
+            interval = timedelta(seconds=row["interval_s"])
+            if job is None:
+                self.scheduler.add_job(self.check_image, "interval", seconds=row["interval_s"], args=[row["id"]], id=job_id,
+                                       name=f"check {row['path']}", next_run_time=datetime.now(UTC), **self._job_options())
+            elif job.trigger.interval != interval:
+                job.reschedule("interval", seconds=row["interval_s"])
+
+    def _job_options(self) -> dict[str, Any]:
+        return {"coalesce": True, "max_instances": 1, "misfire_grace_time": self.config.misfire_grace_time,
+                "replace_existing": True}
+
+    def run_forever(self) -> int:
+        """Run the scheduler until SIGTERM/SIGINT; returns 0 after a clean stop."""
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.blocking import BlockingScheduler
+
+        self.lock.acquire()
+        executor = ThreadPoolExecutor(self.config.threads)
+        try:
+            from storage.migrate import upgrade
+
+            upgrade()  # the heartbeat table must exist before the first beat
+            self.beat("starting")
+            self.prepare()
+            self.scheduler = BlockingScheduler(executors={"default": executor}, timezone=UTC)
+            now = datetime.now(UTC)
+            self.scheduler.add_job(self.sync_jobs, "interval", seconds=self.config.sync_interval, id=SYNC_JOB,
+                                   next_run_time=now, **self._job_options())
+            self.scheduler.add_job(self._poll, "interval", seconds=self.config.poll_interval, id=POLL_JOB,
+                                   next_run_time=now, **self._job_options())
+            self.scheduler.add_job(self.beat, "interval", seconds=self.config.heartbeat_interval, id=HEARTBEAT_JOB,
+                                   next_run_time=now, **self._job_options())
+            stop = self._install_signal_handlers()
+            log.info("worker %s started (home %s)", self.worker_id, self.settings.home)
+            self.scheduler.start()
+            # shutdown(wait=False) in the signal handler returned at once; let running jobs finish here.
+            self.beat("stopping")
+            executor.shutdown(wait=True)
+            self.notifier.close(timeout=self.settings.healing.notification.timeout)
+            log.info("worker %s stopped (%s)", self.worker_id, stop.get("signal", "scheduler ended"))
+        finally:
+            self.beat("stopped")
+            self.lock.release()
+        return 0
+
+    def _poll(self) -> None:
+        try:
+            self.process_requests()
+        except SelfHealError as exc:
+            log.warning("request poll failed: %s", exc)
+
+    def _install_signal_handlers(self) -> dict[str, str]:
+        stop: dict[str, str] = {}
+
+        def handler(signum: int, _frame: Any) -> None:
+            stop["signal"] = signal.Signals(signum).name
+            if self.scheduler is not None and self.scheduler.running:
+                self.scheduler.shutdown(wait=False)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handler)
+        return stop
+
+
+def run_tuning_hook(settings: Settings) -> tuple[bool, dict[str, Any]]:
+    """Run the tuning runner's pending intents if the tuning package provides the hook."""
+    module_name, _, attr = TUNING_HOOK.partition(":")
+    try:
+        hook = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError):
+        return False, {"error": f"tuning runner not available: {module_name}.{attr} cannot be imported"}
+    params = inspect.signature(hook).parameters
+    outcome = hook(settings=settings) if "settings" in params else hook()
+    if isinstance(outcome, dict):
+        return True, outcome
+    return True, {"result": outcome if isinstance(outcome, int | float | str | bool | list) or outcome is None else repr(outcome)}
+
+
+def wait_for_heartbeat(pid: int, timeout: float) -> dict[str, Any] | None:
+    """Poll the database until the worker with ``pid`` reports running (the daemon command's start-up wait)."""
+    from storage import queries
+    from storage.engine import session_scope
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(SelfHealError):
+            with session_scope(write=False) as session:
+                beat = queries.worker_heartbeat(session)
+            if beat is not None and beat["pid"] == pid and beat["state"] in ("starting", "running"):
+                return beat
+        time.sleep(0.1)
+    return None
