@@ -81,6 +81,10 @@ def prepare_image(image: Any, max_size: int) -> PreparedImage:
 
 
 def _as_rgb(array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind == "f":
+        # float images are 0..1 by convention (matplotlib colormaps); anything larger is already 0..255
+        finite = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
+        array = np.rint(finite * 255.0 if finite.size and float(finite.max()) <= 1.0 else finite)
     if array.dtype != np.uint8:
         array = np.clip(array, 0, 255).astype(np.uint8)
     if array.ndim == 2:
