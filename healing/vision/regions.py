@@ -36,9 +36,18 @@ def region_byte_ranges(region: Region, grid_size: int) -> tuple[tuple[int, int],
     if clamped is None:
         return ()
     x, y, w, h = clamped
-    positions = np.sort(curve_index_grid(grid_size)[y : y + h, x : x + w], axis=None).astype(np.int64)
-    # A new run starts wherever the next curve position is not the previous one plus one.
-    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
-    starts = positions[np.concatenate(([0], breaks))]
-    ends = positions[np.concatenate((breaks - 1, [positions.size - 1]))] + 1
+    block = curve_index_grid(grid_size)[y : y + h, x : x + w]
+    if w * h * 8 >= grid_size * grid_size:
+        # Large regions: marking positions in a curve-long mask is O(n²) without sorting millions of values.
+        mask = np.zeros(grid_size * grid_size + 2, dtype=np.int8)
+        mask[block.ravel().astype(np.int64) + 1] = 1
+        edges = np.diff(mask)
+        starts = np.flatnonzero(edges == 1)
+        ends = np.flatnonzero(edges == -1)
+    else:
+        positions = np.sort(block, axis=None).astype(np.int64)
+        # A new run starts wherever the next curve position is not the previous one plus one.
+        breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+        starts = positions[np.concatenate(([0], breaks))]
+        ends = positions[np.concatenate((breaks - 1, [positions.size - 1]))] + 1
     return tuple((4 * int(s), 4 * int(e)) for s, e in zip(starts, ends, strict=True))

@@ -65,3 +65,27 @@ def test_ranges_cover_exactly_the_bytes_of_the_region(tmp_path, n):
         from_pixels = img.pixels[y : y + h, x : x + w].reshape(-1)
         assert sorted(from_ranges.tolist()) == sorted(from_pixels.tolist())
         assert all(a < b for a, b in ranges) and all(ranges[i][1] < ranges[i + 1][0] for i in range(len(ranges) - 1))
+
+
+@pytest.mark.parametrize("n", [32, 64])
+def test_mask_and_sort_paths_agree(n):
+    from healing.pixelrts import curve_index_grid
+
+    rng = np.random.default_rng(3)
+    grid = curve_index_grid(n)
+    for _ in range(30):
+        x, y = (int(v) for v in rng.integers(0, n, 2))
+        w, h = (int(v) for v in rng.integers(1, n + 1, 2))
+        ranges = region_byte_ranges((x, y, w, h), n)
+        expected = set((4 * grid[y : y + h, x : x + w]).ravel().tolist())
+        covered = {b for a, e in ranges for b in range(a, e, 4)}
+        assert covered == expected
+
+
+def test_whole_large_grid_is_one_range_and_fast():
+    import time
+
+    started = time.perf_counter()
+    assert region_byte_ranges((0, 0, 2048, 2048), 2048) == ((0, 4 * 2048 * 2048),)
+    assert region_byte_ranges((0, 0, 1024, 2048), 2048) == ((0, 4 * 2048 * 1024),)  # left half = first half of the curve
+    assert time.perf_counter() - started < 5.0
