@@ -10,6 +10,7 @@ error text is redacted before it is stored.
 
 from __future__ import annotations
 
+import abc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -71,10 +72,8 @@ def _grid_of(context: AnalysisContext) -> int | None:
 
 # --------------------------------------------------------------------------- HTTP providers
 
-class HTTPVisionProvider:
-    """Common machinery of the providers that ask a model over HTTP."""
-
-    api_label = "vision model"
+class HTTPVisionProvider(abc.ABC):
+    """Common machinery of the providers that ask a model over HTTP; subclasses speak one API in ``_ask``."""
 
     def __init__(
         self,
@@ -162,9 +161,10 @@ class HTTPVisionProvider:
         return request_json(client, method, url, endpoint=self.endpoint, headers=headers, payload=payload,
                             timeout=self.timeout, policy=self.policy, secrets=[self._api_key])
 
+    @abc.abstractmethod
     def _ask(self, client: httpx.Client, prompt: str, image: PreparedImage,
              overlay: PreparedImage | None) -> tuple[str, int]:
-        raise NotImplementedError
+        """Send the request; return (the model's answer text, HTTP attempts made)."""
 
 
 class OpenAICompatibleProvider(HTTPVisionProvider):
