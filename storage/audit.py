@@ -97,8 +97,14 @@ def event_hash(seq: int, created_at: datetime, kind: str, subject: str, actor: s
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
+def _head_query() -> Any:
+    # populate_existing: a long-lived session may hold a stale head from an earlier transaction;
+    # the row just read under the lock must win over the identity map.
+    return select(AuditHead).where(AuditHead.id == _HEAD_ID).with_for_update().execution_options(populate_existing=True)
+
+
 def _locked_head(session: Session) -> AuditHead:
-    head = session.exec(select(AuditHead).where(AuditHead.id == _HEAD_ID).with_for_update()).first()
+    head = session.exec(_head_query()).first()
     if head is not None:
         return head
     # Migration 0001 seeds the head; recreate it only if someone deleted it on an empty chain.
@@ -110,8 +116,7 @@ def _locked_head(session: Session) -> AuditHead:
     session.execute(
         insert(AuditHead).values(id=_HEAD_ID, seq=0, last_event_id=None, last_hash=GENESIS_HASH).on_conflict_do_nothing()
     )
-    head = session.exec(select(AuditHead).where(AuditHead.id == _HEAD_ID).with_for_update()).one()
-    return head
+    return session.exec(_head_query()).one()
 
 
 def append_event(
@@ -172,7 +177,7 @@ def verify_chain(session: Session, *, batch_size: int = 5000) -> ChainReport:
         table.c.id, table.c.seq, table.c.created_at, table.c.kind, table.c.subject,
         table.c.actor, table.c.payload, table.c.prev_hash, table.c.hash,
     ).order_by(table.c.seq)
-    head = session.exec(select(AuditHead).where(AuditHead.id == _HEAD_ID)).first()
+    head = session.exec(select(AuditHead).where(AuditHead.id == _HEAD_ID).execution_options(populate_existing=True)).first()
     head_seq = head.seq if head is not None else 0
 
     prev_hash = GENESIS_HASH

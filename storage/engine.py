@@ -12,8 +12,9 @@ Public API
       request claims) safe. Use write=False for pure reads (dashboard pages): a deferred transaction
       that never blocks writers in WAL mode. Keep write sessions short.
   get_read_engine(url=None, *, busy_timeout_ms=None) -> Engine
-      The same engine (same pool) whose SQLite transactions begin DEFERRED: for pandas.read_sql and
-      other read-only Core use. Plain get_engine() connections begin IMMEDIATE, like write sessions.
+      The same engine (same pool) whose SQLite transactions begin DEFERRED (PostgreSQL: REPEATABLE
+      READ snapshots): for pandas.read_sql and other read-only Core use. Plain get_engine()
+      connections begin IMMEDIATE on SQLite, like write sessions.
   is_write_session(session) -> bool
   dispose_engines() -> None   (tests, and after fork)
   busy_timeout_ms_from_settings(settings=None) -> int
@@ -88,8 +89,13 @@ def get_engine(url: str | None = None, *, busy_timeout_ms: int | None = None) ->
 
 
 def get_read_engine(url: str | None = None, *, busy_timeout_ms: int | None = None) -> Engine:
-    """get_engine(url) viewed through a read-only lens: its SQLite transactions begin DEFERRED."""
-    return get_engine(url, busy_timeout_ms=busy_timeout_ms).execution_options(**{BEGIN_OPTION: "DEFERRED"})
+    """get_engine(url) viewed through a read-only lens: SQLite transactions begin DEFERRED, PostgreSQL
+    ones run REPEATABLE READ, so every query of one read session sees the same snapshot (verify_chain
+    reads the chain head and then the events; they must agree)."""
+    engine = get_engine(url, busy_timeout_ms=busy_timeout_ms)
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="REPEATABLE READ", **{BEGIN_OPTION: "DEFERRED"})
+    return engine.execution_options(**{BEGIN_OPTION: "DEFERRED"})
 
 
 def dispose_engines() -> None:
@@ -180,11 +186,8 @@ def _install_error_translation(engine: Engine, shown_url: str, busy_timeout_ms: 
 
 
 def is_write_session(session: Session) -> bool:
-    """True unless the session's SQLite transaction was opened deferred (session_scope(write=False))."""
-    conn = session.connection()
-    if conn.dialect.name != "sqlite":
-        return True
-    return conn.get_execution_options().get(BEGIN_OPTION, "IMMEDIATE") == "IMMEDIATE"
+    """False for sessions from session_scope(write=False) / get_read_engine(), True otherwise."""
+    return session.connection().get_execution_options().get(BEGIN_OPTION, "IMMEDIATE") == "IMMEDIATE"
 
 
 @contextmanager

@@ -520,7 +520,7 @@ def claim_next_request(
     if kinds:
         query = query.where(RunRequest.kind.in_(list(kinds)))
     query = query.order_by(RunRequest.created_at, RunRequest.id).limit(1).with_for_update(skip_locked=True)
-    request = session.exec(query).first()
+    request = session.exec(query.execution_options(populate_existing=True)).first()
     if request is None:
         return None
     request.status = "running"

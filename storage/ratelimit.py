@@ -177,7 +177,8 @@ def _lock_subsystem(session: Session, subsystem: str) -> TuningRateLimit:
     session.execute(
         insert(TuningRateLimit).values(subsystem=subsystem, claims_granted=0, claims_refused=0).on_conflict_do_nothing()
     )
-    return session.exec(select(TuningRateLimit).where(TuningRateLimit.subsystem == subsystem).with_for_update()).one()
+    query = select(TuningRateLimit).where(TuningRateLimit.subsystem == subsystem).with_for_update()
+    return session.exec(query.execution_options(populate_existing=True)).one()
 
 
 def claim_run_slot(

@@ -10,6 +10,7 @@ import pytest
 
 from storage.audit import GENESIS_HASH, append_event, canonical_json, event_hash, verify_chain
 from storage.engine import get_engine, session_scope
+from storage.models import AuditHead
 from tests.storage._workers import append_events, run_in_processes
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -147,6 +148,25 @@ def test_rolled_back_append_leaves_no_trace(db_url: str) -> None:
             1 / 0  # noqa: B018
     third = _append(db_url, 1)[0]
     assert third["seq"] == 3
+    assert _verify(db_url).summary() == "audit chain intact: 3 events"
+
+
+def test_long_lived_session_does_not_reuse_a_stale_head(db_url: str) -> None:
+    from sqlmodel import Session
+
+    from storage.engine import get_engine as engine_for
+
+    session = Session(engine_for(db_url), expire_on_commit=False)  # one session, several transactions
+    try:
+        append_event(session, "check", "/a", {}, "t")
+        held = session.get(AuditHead, 1)  # a strong reference keeps the head in the identity map
+        session.commit()
+        _append(db_url, 1)  # another writer moves the head meanwhile
+        third = append_event(session, "check", "/a", {}, "t")
+        session.commit()
+    finally:
+        session.close()
+    assert third["seq"] == 3 and held is not None and held.seq == 3
     assert _verify(db_url).summary() == "audit chain intact: 3 events"
 
 
