@@ -1,1 +1,46 @@
-"""Image registry, golden store and healing actions (DESIGN.md §5: healing is atomic and reversible)."""
+"""Image registry, golden store and healing actions (DESIGN.md §5: healing is atomic and reversible).
+
+Public names are loaded on first use (PEP 562): `selfheal` imports healing.images.commands at start-up,
+which runs this file, so nothing heavy may be imported here.
+
+  register_image(path, *, settings, critical, interval_s, accept_current) -> dict     (registry)
+  ImageService(settings, *, checker, notifier, actions, auto_heal)                    (service: check/heal policy)
+  VLMSelfHealingDaemon(check_interval, auto_heal, vision_model_endpoint)              (daemon: the guide's API)
+  GoldenStore, restore_from_golden, quarantine_copy                                   (golden, healer, quarantine)
+  HealthStatus, CheckResult, IntegrityChecker                                         (integrity)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "register_image": "registry",
+    "ImageService": "service",
+    "HealReport": "service",
+    "CheckRecord": "service",
+    "VLMSelfHealingDaemon": "daemon",
+    "GoldenStore": "golden",
+    "restore_from_golden": "healer",
+    "quarantine_copy": "quarantine",
+    "HealthStatus": "integrity",
+    "CheckResult": "integrity",
+    "IntegrityChecker": "integrity",
+    "WebhookNotifier": "notify",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'healing.images' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"healing.images.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
