@@ -42,7 +42,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from healing.config import Settings, load_settings, mask_url
-from healing.errors import ConfigError, DatabaseError
+from healing.errors import ConfigError, DatabaseError, DependencyError
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 # Execution option read by the "begin" listener: which kind of SQLite transaction to open.
@@ -130,7 +130,15 @@ def _create_engine(url_text: str, busy_timeout_ms: int) -> Engine:
         raise ConfigError(f"config: database_url is not a valid database URL: {mask_url(url_text)}") from None
     shown = mask_url(url_text)
     if url.get_backend_name() != "sqlite":
-        engine = sa.create_engine(url, pool_pre_ping=True, future=True)
+        try:
+            engine = sa.create_engine(url, pool_pre_ping=True)
+        except sa.exc.NoSuchModuleError:
+            raise ConfigError(f"config: database_url names an unknown database driver: {shown}") from None
+        except ModuleNotFoundError as exc:
+            raise DependencyError(
+                f"the database driver for {url.drivername} is not installed ({exc.name}); "
+                "for PostgreSQL: pip install 'psycopg[binary]'"
+            ) from None
         _install_error_translation(engine, shown, busy_timeout_ms)
         return engine
 
@@ -144,7 +152,6 @@ def _create_engine(url_text: str, busy_timeout_ms: int) -> Engine:
         url,
         # sqlite3's own busy handler (seconds) and the PRAGMA below agree; both are set on purpose.
         connect_args={"timeout": busy_timeout_ms / 1000.0, "check_same_thread": False},
-        pool_pre_ping=False,
     )
 
     @event.listens_for(engine, "connect")

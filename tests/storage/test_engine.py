@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from healing.errors import ConfigError, DatabaseError
+from healing.errors import ConfigError, DatabaseError, DependencyError
 from storage.engine import (
     busy_timeout_ms_from_settings,
     get_engine,
@@ -162,3 +162,14 @@ def test_reader_thread_and_writer_process_for_three_seconds_never_lock(db_url: s
     with session_scope(db_url, write=False) as session:
         assert queries.fleet_summary(session)["healthy"] == 1
         assert len(queries.check_history(session, 1, limit=100000)) == written
+
+
+def test_bad_urls_and_missing_drivers_are_one_line_errors() -> None:
+    with pytest.raises(ConfigError, match="^config: database_url is not a valid database URL: not a url$"):
+        get_engine("not a url", busy_timeout_ms=5000)
+    # The password never appears in the message.
+    with pytest.raises(ConfigError, match=r"^config: database_url names an unknown database driver: "
+                                          r"postgresql\+nosuchdriver://u:\*\*\*@db/selfheal$"):
+        get_engine("postgresql+nosuchdriver://u:hunter2@db/selfheal", busy_timeout_ms=5000)
+    with pytest.raises(DependencyError, match=r"^the database driver for postgresql is not installed \(psycopg\); for PostgreSQL: pip install"):
+        get_engine("postgresql://u:hunter2@db/selfheal", busy_timeout_ms=5000)
