@@ -59,6 +59,7 @@ SUBSYSTEM = "vllm"
 MAX_LINE_CHARS = 8192  # longer lines are cut: no vLLM message is longer, and garbage must stay cheap
 LOOKAHEAD = 3  # lines joined after a line so that a hard-wrapped message still matches
 GIB = Decimal(1024**3)
+PRINT_SLACK_GIB = Decimal("0.005")  # half of the 0.01 GiB resolution of vLLM's printed sizes
 
 # Class names: exactly those of VLLM_MESSAGES.md §4.
 STARTUP_FREE_MEMORY = "startup_free_memory_below_request"
@@ -540,6 +541,8 @@ class Observer:
                        if p.event_class != cand.event_class and all(p is not a for a in absorbed)]
         if absorbed:
             cand.payload["absorbed"] = absorbed
+        # the absorbed causes are reprinted by every copy of the traceback: they belong to this failure
+        run.emitted.update(cand.absorbs)
         self._emit(cand)
 
     def _emit(self, cand: _Candidate) -> None:
@@ -686,6 +689,8 @@ class Observer:
         assert gmu is not None
         total = self._total()
         deficit = None
+        # vLLM prints the budget rounded to 0.01 GiB: the true deficit may be up to half a unit larger, and
+        # a budget of exactly 0 still fails ("<= 0"), so the printed deficit plus 0.005 GiB is the minimum.
         if ctx.get("available_kv_gib") is not None and ctx["available_kv_gib"] <= 0:
             deficit = -ctx["available_kv_gib"]
         elif ctx.get("kv_reserved_gib") is not None and ctx["kv_reserved_gib"] <= 0:
@@ -705,10 +710,11 @@ class Observer:
                                reason=f"{head}; it is already at the bound {act.format(act.upper)}: weights, activations "
                                       f"and graphs use the whole budget — a smaller model or a bigger GPU is needed")
         if deficit is not None and total is not None and total > 0:
-            target = gmu + deficit / total
+            target = gmu + (deficit + PRINT_SLACK_GIB) / total
             values["target_gpu_memory_utilization"] = target.quantize(Decimal("0.0001"))
             new, why = self._computed(GMU, gmu, target, "raise")
-            calc = f"the KV cache is {_fmt(deficit)} GiB short: {_fmt(gmu)} + {_fmt(deficit)}/{_fmt(total)} = {_fmt(target, 4)}"
+            calc = (f"the KV cache is {_fmt(deficit)} GiB short: {_fmt(gmu)} + ({_fmt(deficit)} + {_fmt(PRINT_SLACK_GIB)})/{_fmt(total)} "
+                    f"= {_fmt(target, 4)}")
             if new is None:
                 return self._event(KV_NO_MEMORY, variant, line, values, escalate=True, fix=None, context_keys=keys,
                                    reason=f"{head}; {calc}; {why}")

@@ -1,0 +1,88 @@
+"""CLI commands of config tuning: ``tune observe`` and ``simulate vllm``.
+
+``selfheal tune observe LOGFILE [--json] [--current PARAM=VALUE]...`` reads a vLLM log and prints one
+element per failure (DESIGN.md §4). Exit status: 0 whenever the log could be read — finding events is
+the normal result of this command, not an error (the events themselves carry ``escalate``); 3 when the
+file cannot be read; 64 on a usage error (e.g. a malformed ``--current``).
+
+``selfheal simulate vllm [vLLM flags]`` runs the vLLM simulator (healing/tuning/simulator.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from healing.errors import EXIT_OK, UsageError
+from healing.tuning.simargs import add_arguments as add_simulator_arguments
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    tune = sub.add_parser("tune", help="config self-healing for vLLM: observe logs",
+                          description="Config self-healing for vLLM (VLLM_MESSAGES.md).")
+    tsub = tune.add_subparsers(dest="tune_command", metavar="ACTION", parser_class=type(tune))
+    tsub.required = True
+    p = tsub.add_parser("observe", help="read a vLLM log and list its failures with minimal fixes",
+                        description="Read a vLLM log; print one element per failure (not per matching line) with "
+                                    "the numbers read, the fix in the safe direction, or an escalation. "
+                                    "Exit 0 when the log was read (events or not), 3 unreadable, 64 usage error.")
+    p.add_argument("logfile", metavar="LOGFILE")
+    p.add_argument("--json", action="store_true", help="print a JSON array (DESIGN.md §4)")
+    p.add_argument("--current", action="append", default=[], metavar="PARAM=VALUE",
+                   help="running value, e.g. vllm.gpu_memory_utilization=0.6 (repeatable; default: the log, then vLLM defaults)")
+    p.add_argument("--gpu-total-gib", type=float, metavar="GIB", help="GPU size when the log does not print it")
+    p.set_defaults(func=cmd_observe)
+
+    sim = sub.add_parser("simulate", help="run a simulated service (vLLM) for demos and canary tests")
+    ssub = sim.add_subparsers(dest="simulate_command", metavar="SERVICE", parser_class=type(sim))
+    ssub.required = True
+    v = ssub.add_parser("vllm", help="a vLLM 0.10-style server with modelled GPU memory",
+                        description="Accepts vLLM's flags, prints vLLM 0.10.2 log lines, fails like vLLM when the "
+                                    "modelled GPU memory does not fit, else serves /health, /v1/models, /v1/completions.")
+    add_simulator_arguments(v)
+    v.set_defaults(func=cmd_simulate_vllm)
+
+
+def _tuning_settings() -> Any:
+    from healing.config import load_settings
+    from healing.tuning.actuators import parse_tuning_section
+
+    return parse_tuning_section(load_settings().section("tuning"))
+
+
+def cmd_observe(args: argparse.Namespace) -> int:
+    from healing.tuning.observer import observe_file, parse_current
+
+    try:
+        current = parse_current(args.current)
+    except ValueError as exc:
+        raise UsageError(f"tune observe: --current: {exc}") from None
+    if args.gpu_total_gib is not None and not args.gpu_total_gib > 0:
+        raise UsageError("tune observe: --gpu-total-gib must be > 0")
+    events = observe_file(args.logfile, settings=_tuning_settings(), current=current, gpu_total_gib=args.gpu_total_gib)
+    if args.json:
+        json.dump([e.to_json() for e in events], sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    if not events:
+        print(f"{args.logfile}: no failures found")
+        return EXIT_OK
+    print(f"{'LINE':>6}  {'CLASS':<36} {'ACTION':<44} VERSION")
+    for e in events:
+        if e.escalate:
+            action = "ESCALATE"
+        elif e.seed_fix:
+            action = ", ".join(f"{k}={v}" for k, v in e.seed_fix.items())
+        else:
+            action = "-"
+        print(f"{e.line:>6}  {e.event_class:<36} {action:<44} {e.version or '-'}")
+        print(f"        {e.reason}")
+    return EXIT_OK
+
+
+def cmd_simulate_vllm(args: argparse.Namespace) -> int:
+    from healing.tuning.simulator import run_from_args
+
+    return run_from_args(args)
