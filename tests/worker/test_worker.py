@@ -1,0 +1,146 @@
+import sys
+import types
+
+import pytest
+from apscheduler.schedulers.blocking import BlockingScheduler
+from sqlmodel import select
+
+from healing.config import load_settings
+from healing.images.registry import register_image
+from healing.worker import CHECK_JOB_PREFIX, Worker, WorkerLock, WorkerLockedError, WorkerSettings
+from storage import queries
+from storage.engine import session_scope
+from storage.models import Image, RunRequest
+from tests.images.conftest import flip_idat_byte
+
+
+def requests_by_id():
+    with session_scope(write=False) as session:
+        return {r.id: r.model_dump() for r in session.exec(select(RunRequest))}
+
+
+def enqueue(kind, target):
+    with session_scope() as session:
+        return queries.enqueue_request(session, kind, target, requested_by="alice")["id"]
+
+
+def test_run_once_checks_every_image_and_heals_when_auto_heal(settings, make_image, monkeypatch):
+    monkeypatch.setenv("VLM_AUTO_HEAL", "true")
+    a, b = make_image("a.rts.png"), make_image("b.rts.png")
+    good_b = b.read_bytes()
+    for path in (a, b):
+        register_image(path, settings=settings)
+    flip_idat_byte(b)
+    summary = Worker(load_settings()).run_once()
+    assert summary == {"checked": 2, "healthy": 1, "warning": 0, "critical": 1, "unknown": 0, "healed": 1,
+                       "heal_failed": 0, "requests": 0, "reused": 0}
+    assert b.read_bytes() == good_b
+    again = Worker(load_settings()).run_once()
+    assert (again["healthy"], again["reused"]) == (2, 2)
+
+
+def test_requests_check_heal_accept_change_and_tune(settings, make_image, monkeypatch):
+    image = make_image()
+    good = image.read_bytes()
+    image_id = register_image(image, settings=settings)["image"]["id"]
+    flip_idat_byte(image)
+    monkeypatch.setattr("healing.worker.TUNING_HOOK", "no_such_tuning_module:process_pending_intents")
+    ids = [enqueue("check", str(image)), enqueue("heal", str(image_id)), enqueue("tune", "vllm"),
+           enqueue("check", "/nowhere/x.rts.png"), enqueue("heal", "999")]
+    worker = Worker(load_settings())
+    assert worker.process_requests() == 5
+    got = requests_by_id()
+    check, heal, tune, adhoc, missing = (got[i] for i in ids)
+    assert (check["status"], check["result"]["status"], check["claimed_by"]) == ("done", "critical", worker.worker_id)
+    assert (heal["status"], heal["result"]["healthy"], heal["result"]["action"]) == ("done", True, "restore_golden")
+    assert image.read_bytes() == good
+    assert tune["status"] == "failed"
+    assert tune["result"] == {"error": "tuning runner not available: no_such_tuning_module.process_pending_intents cannot be imported"}
+    assert (adhoc["status"], adhoc["result"]["status"]) == ("done", "unknown")
+    assert (missing["status"], missing["result"]) == ("failed", {"error": "image 999 is not registered"})
+
+    # accept_change: the current (changed, valid) file becomes the golden copy
+    from healing.pixelrts import write_image
+    write_image(b"new content " * 500, image)
+    accept = enqueue("accept_change", str(image))
+    worker.process_requests()
+    result = requests_by_id()[accept]
+    assert result["status"] == "done" and result["result"]["changed"] is True
+    with session_scope(write=False) as session:
+        from healing.images.golden import sha256_file
+        assert queries.get_image(session, image_id=image_id)["golden_sha256"] == sha256_file(image)
+
+
+def test_tune_request_calls_the_runner_hook(settings, monkeypatch):
+    module = types.ModuleType("fake_tuning_runner")
+    seen = {}
+
+    def process_pending_intents(settings):
+        seen["mode"] = settings.mode
+        return {"processed": 2}
+
+    module.process_pending_intents = process_pending_intents
+    monkeypatch.setitem(sys.modules, "fake_tuning_runner", module)
+    monkeypatch.setattr("healing.worker.TUNING_HOOK", "fake_tuning_runner:process_pending_intents")
+    request_id = enqueue("tune", "vllm")
+    Worker(load_settings()).process_requests()
+    assert requests_by_id()[request_id]["result"] == {"processed": 2} and seen == {"mode": "prod"}
+
+
+def test_prepare_fails_requests_a_dead_worker_left_running(settings):
+    request_id = enqueue("check", "/x")
+    with session_scope() as session:
+        queries.claim_next_request(session, "dead-worker")
+    Worker(load_settings()).prepare()
+    row = requests_by_id()[request_id]
+    assert (row["status"], row["result"]) == ("failed", {"error": "the worker stopped while running this request"})
+
+
+def test_config_images_are_registered_relative_to_the_config_file(settings, make_image, tmp_path, monkeypatch):
+    image = make_image("cfg.rts.png")
+    config = image.parent / "selfheal.yaml"
+    config.write_text("monitoring:\n  images:\n    - path: cfg.rts.png\n      critical: true\n      check_interval: 45\n"
+                      "    - path: missing.rts.png\n")
+    monkeypatch.setenv("SELFHEAL_CONFIG", str(config))
+    worker = Worker(load_settings())
+    assert worker.sync_config_images() == [str(image)]
+    with session_scope(write=False) as session:
+        row = queries.get_image(session, path=str(image))
+    assert (row["critical"], row["interval_s"]) == (True, 45)
+    assert worker.sync_config_images() == []  # already registered; the missing one is retried, logged once
+    assert str(image.parent / "missing.rts.png") in worker._register_failures
+
+
+def test_jobs_follow_registered_images(settings, make_image):
+    ids = [register_image(make_image(f"{n}.rts.png"), settings=settings, interval_s=60)["image"]["id"] for n in "abc"]
+    worker = Worker(load_settings())
+    worker.scheduler = BlockingScheduler()
+    worker.sync_jobs()
+    jobs = {j.id: j for j in worker.scheduler.get_jobs()}
+    assert set(jobs) == {f"{CHECK_JOB_PREFIX}{i}" for i in ids}
+    job = jobs[f"{CHECK_JOB_PREFIX}{ids[0]}"]
+    assert (job.coalesce, job.max_instances, job.misfire_grace_time, job.trigger.interval.total_seconds()) == (True, 1, 600, 60)
+    with session_scope() as session:
+        session.delete(session.get(Image, ids[2]))
+        image = session.get(Image, ids[1])
+        image.interval_s = 7
+        session.add(image)
+    worker.sync_jobs()
+    jobs = {j.id: j for j in worker.scheduler.get_jobs()}
+    assert set(jobs) == {f"{CHECK_JOB_PREFIX}{ids[0]}", f"{CHECK_JOB_PREFIX}{ids[1]}"}
+    assert jobs[f"{CHECK_JOB_PREFIX}{ids[1]}"].trigger.interval.total_seconds() == 7
+
+
+def test_one_worker_per_home(settings):
+    with WorkerLock(settings.home):
+        with pytest.raises(WorkerLockedError, match=r"another worker is already running for this database \(pid \d+"):
+            Worker(load_settings()).run_once()
+
+
+def test_worker_settings_are_validated(settings, tmp_path, monkeypatch):
+    config = tmp_path / "c.yaml"
+    config.write_text("worker:\n  poll_interval: 0\n")
+    monkeypatch.setenv("SELFHEAL_CONFIG", str(config))
+    from healing.errors import ConfigError
+    with pytest.raises(ConfigError, match="worker.poll_interval must be ≥ 0.1, got 0.0"):
+        WorkerSettings.from_settings(load_settings())
