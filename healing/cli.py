@@ -18,6 +18,9 @@ from healing.errors import EXIT_UNKNOWN, EXIT_USAGE, SelfHealError
 # Modules that add sub-commands, in the order they appear in --help.
 COMMAND_MODULES = [
     "healing.pixelrts.commands",
+    "storage.commands",
+    "healing.images.commands",
+    "healing.worker_commands",
 ]
 
 DESCRIPTION = """\
