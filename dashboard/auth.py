@@ -1,0 +1,259 @@
+"""The dashboard's login gate: operator password, OIDC through ``st.login``, or off on loopback only.
+
+Where the password comes from (first found wins):
+  1. Streamlit secrets: ``[dashboard] password = "..."`` in ``.streamlit/secrets.toml``;
+  2. the ``SELFHEAL_DASHBOARD_PASSWORD`` environment variable.
+Either may hold the plain password or a PBKDF2 hash written by :func:`hash_password`
+(``pbkdf2_sha256$<iterations>$<salt hex>$<digest hex>``), so a secrets file need not hold the clear text.
+A submitted password is compared as a PBKDF2 digest with ``hmac.compare_digest`` (constant time).
+
+OIDC: when the secrets hold an ``[auth]`` section, a "Log in with single sign-on" button calls
+``st.login`` (one button per named provider sub-section, e.g. ``[auth.okta]``).
+
+``SELFHEAL_DASHBOARD_AUTH=off`` disables the gate, but only while the server is bound to the loopback
+address (``server.address`` 127.0.0.1 or ::1); on any other address the variable is refused with a
+message, never silently honoured.
+
+No page is drawn before :func:`require_operator` returns: it calls ``st.stop()`` instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PBKDF2_ITERATIONS = 120_000
+LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
+DEFAULT_OPERATOR = "operator"
+MAX_OPERATOR_NAME = 64
+# After this many failed attempts in one browser session, wait LOCKOUT_S before the next one.
+MAX_FAILED_ATTEMPTS = 5
+LOCKOUT_S = 30.0
+
+SESSION_OPERATOR = "operator"
+SESSION_AUTH_METHOD = "auth_method"
+_SESSION_FAILURES = "_login_failures"
+_SESSION_LOCKED_UNTIL = "_login_locked_until"
+
+
+# --------------------------------------------------------------------------- pure functions
+
+def hash_password(password: str, *, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> str:
+    """A PBKDF2-SHA256 hash of ``password`` in the ``pbkdf2_sha256$iter$salt$digest`` form."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    return f"pbkdf2_sha256${iterations}${salt.hex()}${digest.hex()}"
+
+
+def _parse_hash(stored: str) -> tuple[int, bytes, bytes] | None:
+    parts = stored.split("$")
+    if len(parts) != 4 or parts[0] != "pbkdf2_sha256":
+        return None
+    try:
+        iterations, salt, digest = int(parts[1]), bytes.fromhex(parts[2]), bytes.fromhex(parts[3])
+    except ValueError:
+        return None
+    if iterations < 1 or not salt or len(digest) != 32:
+        return None
+    return iterations, salt, digest
+
+
+def verify_password(submitted: str, configured: str) -> bool:
+    """Whether ``submitted`` matches ``configured`` (a plain password or a :func:`hash_password` hash).
+
+    Both sides are reduced to PBKDF2 digests with the same salt and compared with
+    ``hmac.compare_digest``, so the time taken does not depend on how many characters match.
+    """
+    if not configured:
+        return False
+    parsed = _parse_hash(configured)
+    if parsed is None:
+        # A plain configured password: hash both with a fresh salt; the work factor applies to both.
+        iterations, salt = PBKDF2_ITERATIONS, secrets.token_bytes(16)
+        expected = hashlib.pbkdf2_hmac("sha256", configured.encode("utf-8"), salt, iterations)
+    else:
+        iterations, salt, expected = parsed
+    given = hashlib.pbkdf2_hmac("sha256", submitted.encode("utf-8"), salt, iterations)
+    return hmac.compare_digest(given, expected)
+
+
+def auth_disabled(env: Mapping[str, str], server_address: str | None) -> tuple[bool, str | None]:
+    """(gate off?, warning). ``SELFHEAL_DASHBOARD_AUTH=off`` counts only on a loopback address."""
+    wanted = env.get("SELFHEAL_DASHBOARD_AUTH", "").strip().lower() in ("off", "0", "false", "no", "disabled")
+    if not wanted:
+        return False, None
+    address = (server_address or "").strip()
+    if address in LOOPBACK_ADDRESSES:
+        return True, None
+    shown = address or "all interfaces"
+    return False, (f"SELFHEAL_DASHBOARD_AUTH=off is ignored: the server listens on {shown}, "
+                   "not 127.0.0.1 (start it with --host 127.0.0.1 to run without a login)")
+
+
+def configured_password(secret_values: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    """The operator password (or its hash) from secrets ``[dashboard] password``, else the environment."""
+    section = secret_values.get("dashboard")
+    if isinstance(section, Mapping):
+        value = section.get("password")
+        if isinstance(value, str) and value:
+            return value
+    value = env.get("SELFHEAL_DASHBOARD_PASSWORD", "")
+    return value or None
+
+
+def oidc_providers(secret_values: Mapping[str, Any]) -> list[str | None]:
+    """The ``st.login`` providers configured in the ``[auth]`` secrets section ([] when none).
+
+    ``[None]`` means the single default provider (client_id directly under ``[auth]``); named
+    providers are the sub-sections that carry a ``client_id``.
+    """
+    section = secret_values.get("auth")
+    if not isinstance(section, Mapping):
+        return []
+    providers: list[str | None] = [None] if section.get("client_id") else []
+    providers += sorted(name for name, value in section.items() if isinstance(value, Mapping) and value.get("client_id"))
+    return providers
+
+
+def clean_operator_name(name: str | None) -> str:
+    """The operator name recorded as the audit actor: printable, single line, at most 64 characters."""
+    text = " ".join("".join(ch for ch in (name or "") if ch.isprintable()).split())
+    return text[:MAX_OPERATOR_NAME] or DEFAULT_OPERATOR
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """What the gate found in the environment, secrets and server options for this run."""
+
+    disabled: bool
+    warning: str | None
+    password: str | None
+    providers: list[str | None]
+
+    @property
+    def usable(self) -> bool:
+        return self.disabled or bool(self.password) or bool(self.providers)
+
+
+def gate_config(secret_values: Mapping[str, Any], env: Mapping[str, str], server_address: str | None) -> GateConfig:
+    """Combine the three sources of the gate's configuration (pure, for tests)."""
+    disabled, warning = auth_disabled(env, server_address)
+    return GateConfig(disabled, warning, configured_password(secret_values, env), oidc_providers(secret_values))
+
+
+# --------------------------------------------------------------------------- Streamlit side
+
+def _secret_values() -> dict[str, Any]:
+    """st.secrets as a plain dict; {} when there is no secrets file (Streamlit raises then)."""
+    import streamlit as st
+
+    try:
+        return {key: st.secrets[key] for key in st.secrets}
+    except Exception:  # no secrets.toml, or an unreadable one: the gate falls back to the environment
+        return {}
+
+
+def _oidc_user_name() -> str | None:
+    import streamlit as st
+
+    try:
+        if not st.user.is_logged_in:
+            return None
+    except Exception:  # st.user without an auth configuration
+        return None
+    for claim in ("name", "preferred_username", "email", "sub"):
+        value = st.user.get(claim)
+        if value:
+            return clean_operator_name(str(value))
+    return DEFAULT_OPERATOR
+
+
+def current_operator() -> str | None:
+    """The logged-in operator's name in this session, or None."""
+    import streamlit as st
+
+    return st.session_state.get(SESSION_OPERATOR)
+
+
+def logout() -> None:
+    """Forget this session's login (and end the OIDC session when that is how the operator came in)."""
+    import streamlit as st
+
+    method = st.session_state.get(SESSION_AUTH_METHOD)
+    for key in (SESSION_OPERATOR, SESSION_AUTH_METHOD):
+        st.session_state.pop(key, None)
+    if method == "oidc":
+        st.logout()
+
+
+def require_operator() -> str:
+    """Return the operator's name, or draw the login form and stop the script run.
+
+    Nothing else is drawn before this returns, so no data reaches a browser that has not logged in.
+    """
+    import streamlit as st
+
+    config = gate_config(_secret_values(), os.environ, st.get_option("server.address"))
+    if config.disabled:
+        st.session_state[SESSION_OPERATOR] = st.session_state.get(SESSION_OPERATOR) or "local-operator"
+        st.session_state[SESSION_AUTH_METHOD] = "off"
+        return st.session_state[SESSION_OPERATOR]
+    if config.providers:
+        oidc_name = _oidc_user_name()
+        if oidc_name:
+            st.session_state[SESSION_OPERATOR] = oidc_name
+            st.session_state[SESSION_AUTH_METHOD] = "oidc"
+            return oidc_name
+    operator = current_operator()
+    if operator and st.session_state.get(SESSION_AUTH_METHOD) == "password":
+        return operator
+    _draw_login(config)
+    st.stop()
+    raise AssertionError("unreachable: st.stop() ends the run")  # pragma: no cover
+
+
+def _draw_login(config: GateConfig) -> None:
+    import streamlit as st
+
+    st.title("selfheal — operator login")
+    if config.warning:
+        st.warning(config.warning)
+    if not config.usable:
+        st.error("No login is configured: set SELFHEAL_DASHBOARD_PASSWORD (or [dashboard] password in "
+                 ".streamlit/secrets.toml, or an [auth] OIDC section) and restart the dashboard.")
+        return
+    for provider in config.providers:
+        label = "Log in with single sign-on" if provider is None else f"Log in with {provider}"
+        if st.button(label, key=f"oidc-{provider or 'default'}"):
+            st.login(provider) if provider else st.login()
+    if not config.password:
+        return
+    with st.form("login", clear_on_submit=False):
+        name = st.text_input("Operator name", value=DEFAULT_OPERATOR, max_chars=MAX_OPERATOR_NAME,
+                             help="Recorded as the actor of every decision you make in the audit trail.")
+        password = st.text_input("Password", type="password")
+        submitted = st.form_submit_button("Log in")
+    if not submitted:
+        return
+    locked_until = float(st.session_state.get(_SESSION_LOCKED_UNTIL, 0.0))
+    now = time.monotonic()
+    if now < locked_until:
+        st.error(f"Too many failed attempts: try again in {int(locked_until - now) + 1} s.")
+        return
+    if verify_password(password, config.password):
+        st.session_state[SESSION_OPERATOR] = clean_operator_name(name)
+        st.session_state[SESSION_AUTH_METHOD] = "password"
+        st.session_state[_SESSION_FAILURES] = 0
+        st.rerun()
+    failures = int(st.session_state.get(_SESSION_FAILURES, 0)) + 1
+    st.session_state[_SESSION_FAILURES] = failures
+    if failures >= MAX_FAILED_ATTEMPTS:
+        st.session_state[_SESSION_LOCKED_UNTIL] = now + LOCKOUT_S
+        st.session_state[_SESSION_FAILURES] = 0
+    st.error("Wrong password.")

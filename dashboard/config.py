@@ -1,0 +1,49 @@
+"""The ``dashboard`` section of the settings, validated like the rest of healing.config.
+
+Keys (YAML ``dashboard:`` section; defaults in parentheses):
+  max_upload_mb      (50)    largest upload the Analyze page accepts, checked on the server; also
+                             passed to Streamlit as server.maxUploadSize by `selfheal dashboard`
+  max_upload_pixels  (16777216 = 4096²) largest declared PNG dimensions analysed in the dashboard
+                             process; never more than pixelrts.max_pixels
+  refresh_s          (10)    how often the Overview's live panels refresh
+  page_size          (50)    audit events per page
+  worker_stale_s     (120)   a heartbeat older than this shows the worker as not running
+  csv_export_max     (100000) most audit rows one CSV export holds
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from healing.config import Settings, _as_number
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    max_upload_mb: int = 50
+    max_upload_pixels: int = 4096 * 4096
+    refresh_s: float = 10.0
+    page_size: int = 50
+    worker_stale_s: float = 120.0
+    csv_export_max: int = 100_000
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+
+def dashboard_settings(settings: Settings) -> DashboardSettings:
+    """Parse ``settings.section("dashboard")``; a bad value raises ConfigError naming the key."""
+    section: dict[str, Any] = settings.section("dashboard")
+    defaults = DashboardSettings()
+    pixels = _as_number("dashboard.max_upload_pixels", section.get("max_upload_pixels", defaults.max_upload_pixels), int, 1)
+    return DashboardSettings(
+        max_upload_mb=_as_number("dashboard.max_upload_mb", section.get("max_upload_mb", defaults.max_upload_mb), int, 1, 4096),
+        # The codec's own limit is the ceiling: the dashboard may be stricter, never looser.
+        max_upload_pixels=min(pixels, settings.pixelrts.max_pixels),
+        refresh_s=_as_number("dashboard.refresh_s", section.get("refresh_s", defaults.refresh_s), float, 1, 3600),
+        page_size=_as_number("dashboard.page_size", section.get("page_size", defaults.page_size), int, 5, 1000),
+        worker_stale_s=_as_number("dashboard.worker_stale_s", section.get("worker_stale_s", defaults.worker_stale_s), float, 5),
+        csv_export_max=_as_number("dashboard.csv_export_max", section.get("csv_export_max", defaults.csv_export_max), int, 1),
+    )

@@ -1,0 +1,287 @@
+"""Read-side data for the dashboard pages: plain dicts and DataFrames, never ORM objects.
+
+Every function opens its own read session (``session_scope(url, write=False)``: a deferred SQLite
+transaction that never blocks the worker) and returns data that outlives it. ``url`` defaults to the
+configured database. Queries that storage.queries already offers are delegated there; the few the
+pages need beyond them (tuning intents/runs/candidates, requests of one target, audit CSV export)
+live here as plain SQLAlchemy Core selects.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import fields
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from healing.config import Settings
+from storage import queries
+from storage.engine import session_scope
+from storage.models import (
+    CHECK_STATUSES,
+    AuditEvent,
+    AuditHead,
+    Promotion,
+    RunRequest,
+    TuningCandidate,
+    TuningIntent,
+    TuningRun,
+    utcnow,
+)
+from storage.ratelimit import RateLimits, rate_limit_state
+
+DEFAULT_SUBSYSTEM = "vllm"
+
+
+def _rows(result: sa.Result[Any]) -> list[dict[str, Any]]:
+    return [dict(row._mapping) for row in result]
+
+
+# --------------------------------------------------------------------------- overview
+
+def fleet(url: str | None = None) -> dict[str, int]:
+    """Counts of registered images per status (healthy/warning/critical/unknown), total, marked bad."""
+    with session_scope(url, write=False) as session:
+        return queries.fleet_summary(session)
+
+
+def recent_alerts(url: str | None = None, *, limit: int = 10) -> list[dict[str, Any]]:
+    """The newest alerts, newest first."""
+    with session_scope(url, write=False) as session:
+        return queries.recent_alerts(session, limit=limit)
+
+
+def worker_status(url: str | None = None, *, stale_after_s: float = 120.0, now: datetime | None = None) -> dict[str, Any]:
+    """The latest worker heartbeat judged for the operator.
+
+    ``state`` is "running" (recent beat, running), "stale" (no beat for ``stale_after_s``),
+    "stopped" (the worker said so) or "absent" (no worker ever beat into this database).
+    """
+    with session_scope(url, write=False) as session:
+        beat = queries.worker_heartbeat(session, now=now)
+        pending = len(queries.pending_requests(session, limit=1000))
+    if beat is None:
+        return {"state": "absent", "beat": None, "pending_requests": pending}
+    if beat["state"] in ("stopping", "stopped"):
+        state = "stopped"
+    elif beat["age_s"] > stale_after_s:
+        state = "stale"
+    else:
+        state = "running"
+    return {"state": state, "beat": beat, "pending_requests": pending}
+
+
+def rate_limits_from_settings(settings: Settings) -> RateLimits:
+    """RateLimits from ``tuning.rate_limits`` (keys as RateLimits' fields); the DESIGN defaults otherwise."""
+    section = settings.section("tuning").get("rate_limits") or {}
+    known = {f.name for f in fields(RateLimits)}
+    given = {k: v for k, v in section.items() if k in known} if isinstance(section, dict) else {}
+    return RateLimits(**given)
+
+
+def known_subsystems(url: str | None = None) -> list[str]:
+    """Subsystems that have intents or runs, plus vllm (the first one we tune), sorted."""
+    with session_scope(url, write=False) as session:
+        names = {DEFAULT_SUBSYSTEM}
+        for table in (TuningRun.__table__, TuningIntent.__table__):
+            names.update(row[0] for row in session.execute(sa.select(table.c.subsystem).distinct()))
+    return sorted(names)
+
+
+def rate_limit_states(url: str | None = None, *, limits: RateLimits | None = None,
+                      now: datetime | None = None) -> list[dict[str, Any]]:
+    """One row per known subsystem: runs used in the window, cooldown and backoff left, next allowed run."""
+    limits = limits or RateLimits()
+    subsystems = known_subsystems(url)
+    with session_scope(url, write=False) as session:
+        return [rate_limit_state(session, name, limits, now).as_dict() for name in subsystems]
+
+
+# --------------------------------------------------------------------------- images
+
+def images_frame(url: str | None = None) -> pd.DataFrame:
+    """Registered images with their latest status, one row per image, ordered by path."""
+    with session_scope(url, write=False) as session:
+        rows = queries.list_images_with_latest_status(session)
+    columns = ["id", "name", "path", "last_status", "last_checked_at", "last_confidence", "last_findings_count",
+               "last_duration_ms", "critical", "interval_s", "auto_heal_enabled", "marked_bad", "consecutive_heal_failures"]
+    return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def image_detail(url: str | None = None, *, image_id: int, history_limit: int = 500) -> dict[str, Any] | None:
+    """Everything the image detail view shows: the image row, its latest check, trend history,
+    recent heals and the run-now requests that name it. None when the image is not registered."""
+    with session_scope(url, write=False) as session:
+        image = queries.get_image(session, image_id=image_id)
+        if image is None:
+            return None
+        image.pop("baseline", None)  # large (per-block hashes); the page does not show it
+        r = RunRequest.__table__.c
+        requests = _rows(session.execute(
+            sa.select(r.id, r.kind, r.status, r.requested_by, r.created_at, r.finished_at, r.result)
+            .where(r.target == image["path"]).order_by(r.created_at.desc(), r.id.desc()).limit(20)
+        ))
+        return {
+            "image": image,
+            "latest_check": queries.latest_check(session, image_id),
+            "history": queries.check_history_frame(session, image_id, limit=history_limit),
+            "heals": queries.recent_heals(session, image_id=image_id, limit=20),
+            "requests": requests,
+        }
+
+
+# --------------------------------------------------------------------------- tuning
+
+def tuning_intents(url: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
+    """Observer intents, newest first."""
+    t = TuningIntent.__table__.c
+    with session_scope(url, write=False) as session:
+        return _rows(session.execute(sa.select(TuningIntent.__table__).order_by(t.created_at.desc(), t.id.desc()).limit(limit)))
+
+
+def tuning_runs(url: str | None = None, *, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest runs, newest first, each with its candidates (best score first) under "candidates"."""
+    r = TuningRun.__table__.c
+    c = TuningCandidate.__table__.c
+    with session_scope(url, write=False) as session:
+        runs = _rows(session.execute(sa.select(TuningRun.__table__).order_by(r.started_at.desc(), r.id.desc()).limit(limit)))
+        ids = [run["id"] for run in runs]
+        candidates = _rows(session.execute(
+            sa.select(TuningCandidate.__table__).where(c.run_id.in_(ids)).order_by(c.run_id, c.score.desc().nulls_last(), c.id)
+        )) if ids else []
+    by_run: dict[int, list[dict[str, Any]]] = {run_id: [] for run_id in ids}
+    for candidate in candidates:
+        by_run[candidate["run_id"]].append(candidate)
+    for run in runs:
+        run["candidates"] = by_run[run["id"]]
+    return runs
+
+
+# --------------------------------------------------------------------------- promotions
+
+def promotions(url: str | None = None, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """Promotions newest first (optionally one status), each with its candidate's score when known."""
+    with session_scope(url, write=False) as session:
+        rows = queries.list_promotions(session, status=status, limit=limit)
+        ids = [p["candidate_id"] for p in rows if p["candidate_id"] is not None]
+        c = TuningCandidate.__table__.c
+        scores = {row.id: row for row in session.execute(
+            sa.select(c.id, c.score, c.score_breakdown).where(c.id.in_(ids)))} if ids else {}
+    for row in rows:
+        found = scores.get(row["candidate_id"])
+        row["score"] = found.score if found is not None else None
+        row["score_breakdown"] = found.score_breakdown if found is not None else None
+    return rows
+
+
+def promotion(url: str | None, promotion_id: int) -> dict[str, Any] | None:
+    """One promotion row as a dict, or None."""
+    with session_scope(url, write=False) as session:
+        row = session.get(Promotion, promotion_id)
+        return row.model_dump() if row is not None else None
+
+
+def value_changes(old: dict[str, Any] | None, new: dict[str, Any] | None) -> pd.DataFrame:
+    """Old and new values side by side, one row per parameter (union of both sides, sorted)."""
+    old, new = old or {}, new or {}
+    keys = sorted(set(old) | set(new))
+    return pd.DataFrame({
+        "parameter": keys,
+        "current": [_plain(old.get(k)) for k in keys],
+        "proposed": [_plain(new.get(k)) for k in keys],
+        "changed": [old.get(k) != new.get(k) for k in keys],
+    })
+
+
+def _plain(value: Any) -> str:
+    """One display cell: JSON for containers, '—' for missing, text otherwise (mixed types break Arrow)."""
+    if value is None:
+        return "—"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+# --------------------------------------------------------------------------- audit
+
+def audit_page(url: str | None = None, *, kind: str | None = None, subject: str | None = None,
+               start: datetime | None = None, end: datetime | None = None, offset: int = 0,
+               limit: int = 50) -> list[dict[str, Any]]:
+    """One page of matching audit events, newest first (payload decoded)."""
+    with session_scope(url, write=False) as session:
+        return queries.audit_page(session, kind=kind, subject=subject, start=start, end=end, offset=offset, limit=limit)
+
+
+def audit_count(url: str | None = None, *, kind: str | None = None, subject: str | None = None,
+                start: datetime | None = None, end: datetime | None = None) -> int:
+    """How many audit events match the filters."""
+    with session_scope(url, write=False) as session:
+        return queries.audit_count(session, kind=kind, subject=subject, start=start, end=end)
+
+
+def audit_kinds(url: str | None = None) -> list[str]:
+    """Distinct audit kinds, for the filter."""
+    with session_scope(url, write=False) as session:
+        return queries.audit_kinds(session)
+
+
+AUDIT_CSV_COLUMNS = ("seq", "created_at", "kind", "subject", "actor", "payload", "hash", "prev_hash")
+
+
+def audit_csv(url: str | None = None, *, kind: str | None = None, subject: str | None = None,
+              start: datetime | None = None, end: datetime | None = None, max_rows: int = 100_000) -> str:
+    """The matching audit events (newest first, at most ``max_rows``) as CSV text with a header.
+
+    The payload column is the canonical JSON exactly as hashed, so an export can be re-verified.
+    """
+    a = AuditEvent.__table__.c
+    filters: list[Any] = []
+    if kind:
+        filters.append(a.kind == kind)
+    if subject:
+        filters.append(a.subject == subject)
+    if start is not None:
+        filters.append(a.created_at >= start)
+    if end is not None:
+        filters.append(a.created_at < end)
+    query = (sa.select(*(getattr(a, col) for col in AUDIT_CSV_COLUMNS)).where(*filters)
+             .order_by(a.created_at.desc(), a.id.desc()).limit(max_rows))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(AUDIT_CSV_COLUMNS)
+    with session_scope(url, write=False) as session:
+        for row in session.execute(query):
+            created = row.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            writer.writerow([row.seq, created, row.kind, row.subject, row.actor, row.payload, row.hash, row.prev_hash])
+    return out.getvalue()
+
+
+def audit_head(url: str | None = None) -> dict[str, Any]:
+    """The chain's recorded tail {"seq", "last_hash"} (seq 0 for an empty chain): cheap cache key."""
+    with session_scope(url, write=False) as session:
+        head = session.get(AuditHead, 1)
+        return {"seq": head.seq if head else 0, "last_hash": head.last_hash if head else None}
+
+
+def verify_audit_chain(url: str | None = None) -> dict[str, Any]:
+    """storage.audit.verify_chain as plain data, plus when it ran and the one-line summary."""
+    from storage.audit import verify_chain
+
+    with session_scope(url, write=False) as session:
+        report = verify_chain(session)
+    return {**report.as_dict(), "summary": report.summary(), "verified_at": utcnow()}
+
+
+def status_counts_complete(counts: dict[str, int]) -> dict[str, int]:
+    """The four status counts in display order, zero-filled (fleet_summary may grow more keys)."""
+    return {status: int(counts.get(status, 0)) for status in CHECK_STATUSES}
+
+
+def now_utc() -> datetime:
+    """The dashboard's clock (UTC)."""
+    return utcnow()

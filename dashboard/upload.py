@@ -1,0 +1,245 @@
+"""Ad-hoc analysis of an uploaded `.rts.png` or PNG, in the dashboard process (DESIGN.md §3).
+
+``analyze_upload(filename, data, settings, model=None)`` is what the Analyze page calls; it is a
+plain function so tests can drive it without a browser. Limits are enforced here, on the server:
+
+  * the byte size (``dashboard.max_upload_mb``) before anything is parsed;
+  * the PNG signature;
+  * the declared dimensions, refused by the codec (``read_image(max_pixels=…)``,
+    ``dashboard.max_upload_pixels`` capped by ``pixelrts.max_pixels``) before pixels are allocated.
+
+The health verdict comes from the same checker the worker uses (healing.images.service
+default_checker: the full healing.analysis checker when installed, else the integrity checker).
+The maps drawn on the page (block entropy, edge magnitude, Fourier spectrum, block clusters) are
+computed by small pure functions below. A vision model may be added, chosen by name from
+``vision_model.upload_allowlist`` only (healing.vision.providers_for_upload refuses anything else,
+URLs included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dashboard.config import DashboardSettings, dashboard_settings
+from healing.config import Settings
+from healing.errors import CorruptedError, InputError, SelfHealError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ENTROPY_TILE = 16  # pixels per side of one entropy/cluster block (16·16·4 = 1024 bytes)
+CLUSTERS = 4
+
+
+class UploadRefused(Exception):
+    """The upload was refused before analysis; the message is one line for the page."""
+
+
+@dataclass
+class UploadAnalysis:
+    """Everything the Analyze page shows about one upload; ``report()`` is the downloadable JSON."""
+
+    filename: str
+    size: int
+    sha256: str
+    status: str
+    check: dict[str, Any]
+    integrity: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    pixels: np.ndarray | None = None
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    summaries: dict[str, Any] = field(default_factory=dict)
+    vision: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def findings(self) -> list[dict[str, Any]]:
+        found = list(self.check.get("findings") or [])
+        for result in self.vision:
+            found.extend(result.get("findings") or [])
+        return found
+
+    def report(self) -> dict[str, Any]:
+        """The JSON report: file facts, the check result, integrity, analysis summaries, vision results."""
+        return {
+            "file": {"name": self.filename, "size": self.size, "sha256": self.sha256},
+            "status": self.status,
+            "error": self.error,
+            "check": self.check,
+            "integrity": self.integrity,
+            "metadata": self.metadata,
+            "analyses": self.summaries,
+            "vision": self.vision,
+        }
+
+
+def safe_filename(name: str) -> str:
+    """The upload's base name reduced to safe characters, keeping a .rts.png / .png suffix."""
+    base = Path(name or "upload.png").name
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".") or "upload.png"
+    return base[-120:]
+
+
+def check_upload_limits(data: bytes, limits: DashboardSettings) -> None:
+    """Refuse an upload that is too large or not a PNG (server side; the browser limit is only a hint)."""
+    if len(data) > limits.max_upload_bytes:
+        raise UploadRefused(f"the file is {len(data) / 1048576:.1f} MiB; uploads are limited to "
+                            f"{limits.max_upload_mb} MiB (dashboard.max_upload_mb)")
+    if not data:
+        raise UploadRefused("the file is empty")
+    if not data.startswith(PNG_SIGNATURE):
+        raise UploadRefused("not a PNG file (PixelRTS images are PNGs: .rts.png)")
+
+
+# --------------------------------------------------------------------------- display maps (pure)
+
+def block_entropy_map(pixels: np.ndarray, tile: int = ENTROPY_TILE) -> np.ndarray:
+    """Shannon entropy (bits per byte, 0..8) of the RGBA bytes of each ``tile``×``tile`` block.
+
+    Along the Hilbert curve a square block of a PixelRTS grid is a contiguous run of the stream, so
+    this is also the entropy of the payload bytes stored there. Edge blocks are cropped.
+    """
+    array = pixels if pixels.ndim == 3 else pixels[:, :, None]
+    height, width, channels = array.shape
+    rows, cols = height // tile, width // tile
+    if rows == 0 or cols == 0:
+        return np.zeros((max(rows, 1), max(cols, 1)))
+    blocks = (array[: rows * tile, : cols * tile]
+              .reshape(rows, tile, cols, tile, channels).transpose(0, 2, 1, 3, 4).reshape(rows * cols, -1))
+    count = blocks.shape[0]
+    offsets = (np.arange(count, dtype=np.int64) * 256)[:, None]
+    hist = np.bincount((blocks.astype(np.int64) + offsets).ravel(), minlength=count * 256).reshape(count, 256)
+    p = hist / float(blocks.shape[1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(p > 0, p * np.log2(p), 0.0).sum(axis=1)
+    return entropy.reshape(rows, cols)
+
+
+def edge_magnitude(pixels: np.ndarray) -> np.ndarray:
+    """Sobel gradient magnitude of the image's luminance (float, same height and width)."""
+    import cv2
+
+    grey = pixels.astype(np.float32)
+    if grey.ndim == 3:
+        grey = grey[:, :, :3].mean(axis=2)
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    return np.sqrt(gx * gx + gy * gy)
+
+
+def fourier_spectrum(pixels: np.ndarray) -> np.ndarray:
+    """log(1 + |FFT|) of the luminance, zero frequency centred."""
+    grey = pixels.astype(np.float64)
+    if grey.ndim == 3:
+        grey = grey[:, :, :3].mean(axis=2)
+    return np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(grey - grey.mean()))))
+
+
+def block_clusters(entropy: np.ndarray, pixels: np.ndarray, tile: int = ENTROPY_TILE, k: int = CLUSTERS) -> np.ndarray:
+    """k-means labels (0..k-1) of blocks by (entropy, mean byte value): regions of similar content."""
+    from sklearn.cluster import KMeans
+
+    rows, cols = entropy.shape
+    array = pixels if pixels.ndim == 3 else pixels[:, :, None]
+    means = array[: rows * tile, : cols * tile].reshape(rows, tile, cols, tile, -1).mean(axis=(1, 3, 4))
+    features = np.column_stack([entropy.ravel() / 8.0, means.ravel() / 255.0])
+    k = max(1, min(k, len(np.unique(features, axis=0))))
+    labels = KMeans(n_clusters=k, n_init=3, random_state=0).fit_predict(features)
+    return labels.reshape(rows, cols)
+
+
+def summarise_maps(maps: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Numbers for the JSON report (the maps themselves stay on the page)."""
+    out: dict[str, Any] = {}
+    if "entropy" in maps:
+        e = maps["entropy"]
+        out["entropy"] = {"tile": ENTROPY_TILE, "mean": round(float(e.mean()), 4), "min": round(float(e.min()), 4) + 0.0,
+                          "max": round(float(e.max()), 4), "std": round(float(e.std()), 4)}
+    if "edges" in maps:
+        g = maps["edges"]
+        threshold = float(g.mean() + 2 * g.std())
+        out["edges"] = {"mean_magnitude": round(float(g.mean()), 4),
+                        "edge_density": round(float((g > threshold).mean()), 6) if g.size else 0.0}
+    if "fourier" in maps:
+        f = maps["fourier"]
+        out["fourier"] = {"mean_log_magnitude": round(float(f.mean()), 4), "peak_log_magnitude": round(float(f.max()), 4)}
+    if "clusters" in maps:
+        labels, counts = np.unique(maps["clusters"], return_counts=True)
+        out["clusters"] = {"k": int(labels.size), "blocks_per_cluster": [int(c) for c in counts]}
+    return out
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+def _vision_results(model: str | None, settings: Settings, path: Path, image: Any, entropy: np.ndarray | None,
+                    metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    from healing.vision import AnalysisContext, providers_for_upload, run_providers
+
+    providers = providers_for_upload(model, settings)  # UsageError for names off the allow-list
+    outliers: list[dict[str, Any]] = []
+    if entropy is not None and entropy.size > 1 and entropy.std() > 0:
+        z = (entropy - entropy.mean()) / entropy.std()
+        for r, c in zip(*np.nonzero(np.abs(z) >= 3.0), strict=True):
+            outliers.append({"region": [int(c) * ENTROPY_TILE, int(r) * ENTROPY_TILE, ENTROPY_TILE, ENTROPY_TILE],
+                             "entropy": float(entropy[r, c]), "zscore": float(z[r, c])})
+    context = AnalysisContext(image_path=str(path), pixels=image.pixels,
+                              grid_size=image.grid_size if image.is_pixelrts else None,
+                              metadata=image.metadata, metrics=metrics, outliers=outliers[:64])
+    return [result.to_dict() for result in run_providers(providers, context)]
+
+
+def analyze_upload(filename: str, data: bytes, settings: Settings, *, model: str | None = None,
+                   maps: bool = True) -> UploadAnalysis:
+    """Check and analyse one uploaded file; raises UploadRefused for input refused by the limits.
+
+    An upload that parses but is damaged is not refused: it comes back with status critical (or
+    unknown for an unreadable PNG) and the reason, like `selfheal check` would report it.
+    """
+    from healing.images.service import default_checker
+    from healing.pixelrts import read_image, verify_image
+
+    limits = dashboard_settings(settings)
+    check_upload_limits(data, limits)
+    name = safe_filename(filename)
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        image = read_image(name, data=data, max_pixels=limits.max_upload_pixels, use_sidecar=False)
+    except InputError as exc:
+        if "exceed the limit" in str(exc):
+            raise UploadRefused(f"{exc} — the dashboard analyses images up to {limits.max_upload_pixels} pixels") from None
+        return UploadAnalysis(name, len(data), digest, "unknown", {"status": "unknown", "findings": []}, error=str(exc))
+    except CorruptedError as exc:
+        return UploadAnalysis(name, len(data), digest, "critical", {
+            "status": "critical", "findings": [{"category": "structural", "severity": "high", "description": str(exc),
+                                                "byte_range": None, "region": None, "source": "codec"}],
+        }, error=str(exc))
+
+    integrity = verify_image(image).to_dict()
+    with tempfile.TemporaryDirectory(prefix="selfheal-upload-") as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        started = time.perf_counter()
+        check = default_checker(settings).check_health(path).to_dict()
+        check["image_path"] = name  # the temporary path means nothing to the operator
+        check.setdefault("duration_ms", round((time.perf_counter() - started) * 1000, 3))
+        analysis = UploadAnalysis(name, len(data), digest, str(check.get("status", "unknown")), check,
+                                  integrity=integrity, metadata=image.metadata, pixels=image.pixels)
+        if maps and image.pixels is not None:
+            entropy = block_entropy_map(image.pixels)
+            analysis.maps = {"entropy": entropy, "edges": edge_magnitude(image.pixels),
+                             "fourier": fourier_spectrum(image.pixels),
+                             "clusters": block_clusters(entropy, image.pixels)}
+            analysis.summaries = summarise_maps(analysis.maps)
+        if model:
+            try:
+                analysis.vision = _vision_results(model, settings, path, image, analysis.maps.get("entropy"),
+                                                  dict(check.get("metrics") or {}))
+            except SelfHealError as exc:
+                raise UploadRefused(str(exc)) from None
+    return analysis

@@ -1,0 +1,108 @@
+"""Analyze: upload a .rts.png or PNG, run every analysis, see overlays and findings, download the report."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from dashboard import charts
+from dashboard.upload import ENTROPY_TILE, UploadAnalysis, UploadRefused, analyze_upload
+from dashboard.views.common import dash_settings, findings_rows, settings, status_label
+
+ENV = settings()
+LIMITS = dash_settings()
+NO_MODEL = "(statistics only)"
+
+
+def run_analysis(name: str, content: bytes, model: str | None) -> UploadAnalysis | None:
+    """Analyse once per (file, model) and keep the result for this session's reruns."""
+    import hashlib
+
+    key = (hashlib.sha256(content).hexdigest(), name, model)
+    cached = st.session_state.get("upload-analysis")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        with st.spinner("Analysing …"):
+            result = analyze_upload(name, content, ENV, model=model)
+    except UploadRefused as exc:
+        st.error(f"Upload refused: {exc}")
+        return None
+    st.session_state["upload-analysis"] = (key, result)
+    return result
+
+
+def draw(result: UploadAnalysis) -> None:
+    st.subheader(f"{result.filename}: {status_label(result.status)}")
+    st.caption(f"{result.size:,} bytes · sha256 {result.sha256}")
+    if result.error:
+        st.error(result.error)
+    check = result.check
+    if check.get("recommendation"):
+        st.write(f"Recommendation: {check['recommendation']}")
+    metrics = check.get("metrics") or {}
+    if metrics:
+        cols = st.columns(4)
+        for col, key in zip(cols, ("hash_verified", "anomaly_score", "grid_size", "data_size"), strict=True):
+            value = metrics.get(key)
+            col.metric(key.replace("_", " "), "—" if value is None else str(value))
+
+    st.subheader("Findings")
+    findings = result.findings
+    if findings:
+        st.dataframe(findings_rows(findings), hide_index=True, width="stretch")
+    else:
+        st.success("No findings.")
+
+    if result.pixels is not None and result.maps:
+        st.subheader("Overlays")
+        tabs = st.tabs(["Findings", "Entropy", "Edges", "Fourier", "Clusters"])
+        with tabs[0]:
+            st.plotly_chart(charts.findings_overlay_figure(result.pixels, findings, title="Image with findings"),
+                            key="up-findings")
+        with tabs[1]:
+            st.plotly_chart(charts.heatmap_figure(result.maps["entropy"], title=f"Entropy per {ENTROPY_TILE}×{ENTROPY_TILE} block",
+                                                  colorbar_title="bits/byte", cell=(ENTROPY_TILE, ENTROPY_TILE), zmin=0, zmax=8),
+                            key="up-entropy")
+        with tabs[2]:
+            st.plotly_chart(charts.heatmap_figure(result.maps["edges"], title="Edge magnitude (Sobel)",
+                                                  colorbar_title="gradient", colorscale="Greys"), key="up-edges")
+        with tabs[3]:
+            st.plotly_chart(charts.heatmap_figure(result.maps["fourier"], title="Fourier spectrum (log magnitude)",
+                                                  colorbar_title="log |F|", colorscale="Magma"), key="up-fourier")
+        with tabs[4]:
+            st.plotly_chart(charts.heatmap_figure(result.maps["clusters"], title="Block clusters (entropy, mean value)",
+                                                  colorbar_title="cluster", colorscale="Turbo",
+                                                  cell=(ENTROPY_TILE, ENTROPY_TILE)), key="up-clusters")
+        with st.expander("Analysis summary"):
+            st.json(result.summaries)
+
+    if result.integrity:
+        with st.expander("Integrity (codec verify)"):
+            st.json(result.integrity)
+    for vision in result.vision:
+        with st.expander(f"Vision model {vision['provider']}: {vision['status']}"):
+            st.json(vision)
+    st.download_button("Download JSON report", json.dumps(result.report(), indent=2, sort_keys=True, default=str),
+                       file_name=f"{result.filename}.report.json", mime="application/json", key="download-report")
+
+
+st.title("Analyze an image")
+st.write(f"Upload a PixelRTS `.rts.png` or a plain PNG (at most {LIMITS.max_upload_mb} MiB and "
+         f"{LIMITS.max_upload_pixels:,} pixels). It is analysed here and not registered or stored.")
+allowed = [name for name in ENV.vision_model.upload_allowlist]
+model_choice = st.selectbox("Vision model", [NO_MODEL, *allowed], key="vision-model",
+                            help="Only models on vision_model.upload_allowlist can be chosen; their endpoints come "
+                                 "from the server's configuration.")
+uploaded = st.file_uploader("Image", type=["png"], key="upload", max_upload_size=LIMITS.max_upload_mb)
+if uploaded is None:
+    st.info("Choose a file to start. The report lists findings with their byte ranges and pixel regions.")
+    st.stop()
+if uploaded.size > LIMITS.max_upload_bytes:
+    # Checked before reading the bytes; analyze_upload checks again on the data itself.
+    st.error(f"Upload refused: the file is {uploaded.size / 1048576:.1f} MiB; the limit is {LIMITS.max_upload_mb} MiB.")
+    st.stop()
+analysis = run_analysis(uploaded.name, uploaded.getvalue(), None if model_choice == NO_MODEL else model_choice)
+if analysis is not None:
+    draw(analysis)

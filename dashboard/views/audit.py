@@ -1,0 +1,88 @@
+"""Audit: filterable, paginated history; CSV export; the hash chain's verification status."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, time, timedelta
+
+import streamlit as st
+
+from dashboard import data
+from dashboard.views.common import dash_settings, fmt_time
+
+LIMITS = dash_settings()
+ALL = "(all kinds)"
+
+
+@st.cache_data(show_spinner="Verifying the audit chain …", max_entries=4, ttl=600)
+def _chain_report(url_key: str, head_seq: int, head_hash: str | None) -> dict:
+    """verify_chain, cached per chain head: unchanged while no event is appended (the head moves)."""
+    return data.verify_audit_chain()
+
+
+def draw_chain_status() -> None:
+    from healing.config import load_settings
+
+    head = data.audit_head()
+    report = _chain_report(load_settings().database_url, head["seq"], head["last_hash"])
+    if report["ok"]:
+        st.success(f"🔒 {report['summary']} (verified {fmt_time(report['verified_at'])})")
+    else:
+        st.error(f"⚠️ {report['summary']} (verified {fmt_time(report['verified_at'])}). Run `selfheal audit verify` "
+                 "and compare with a backup; the events after the break cannot be trusted.")
+    if st.button("Verify again", key="reverify"):
+        _chain_report.clear()
+        st.rerun()
+
+
+def _day_bounds(days: tuple) -> tuple[datetime | None, datetime | None]:
+    """Inclusive UTC date range → [start, end) datetimes."""
+    if len(days) != 2:
+        return None, None
+    start = datetime.combine(days[0], time.min, tzinfo=UTC)
+    end = datetime.combine(days[1], time.min, tzinfo=UTC) + timedelta(days=1)
+    return start, end
+
+
+st.title("Audit trail")
+draw_chain_status()
+
+kinds = data.audit_kinds()
+if not kinds:
+    st.info("The audit trail is empty: checks, heals, requests, tuning runs and operator decisions are recorded here.")
+    st.stop()
+
+cols = st.columns([2, 3, 3])
+kind_choice = cols[0].selectbox("Kind", [ALL, *kinds], key="audit-kind")
+subject = cols[1].text_input("Subject (exact: image path, subsystem …)", key="audit-subject").strip() or None
+use_dates = cols[2].toggle("Limit to a date range (UTC)", key="audit-use-dates")
+start = end = None
+if use_dates:
+    today = datetime.now(UTC).date()
+    days = cols[2].date_input("Days", value=(today - timedelta(days=7), today), key="audit-days")
+    start, end = _day_bounds(tuple(days) if isinstance(days, tuple | list) else (days, days))
+kind = None if kind_choice == ALL else kind_choice
+filters = {"kind": kind, "subject": subject, "start": start, "end": end}
+
+page_size = LIMITS.page_size
+total = data.audit_count(**filters)
+pages = max(1, -(-total // page_size))
+page = int(st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, step=1, key="audit-page"))
+rows = data.audit_page(**filters, offset=(page - 1) * page_size, limit=page_size)
+st.caption(f"{total:,} matching event(s), newest first; page {page} of {pages}.")
+if not rows:
+    st.info("No event matches these filters.")
+else:
+    st.dataframe([{
+        "seq": r["seq"], "time": fmt_time(r["created_at"]), "kind": r["kind"], "subject": r["subject"],
+        "actor": r["actor"], "payload": json.dumps(r["payload"], sort_keys=True), "hash": r["hash"][:12],
+    } for r in rows], hide_index=True, width="stretch")
+
+if st.button("Prepare CSV export", key="csv-prepare"):
+    # Built on demand: an export of 100,000 rows is too much work for every rerun of the page.
+    st.session_state["audit-csv"] = (filters, data.audit_csv(**filters, max_rows=LIMITS.csv_export_max))
+prepared = st.session_state.get("audit-csv")
+if prepared is not None and prepared[0] == filters:
+    shown = min(total, LIMITS.csv_export_max)
+    st.download_button(f"Download CSV ({shown:,} events)", prepared[1], file_name="selfheal-audit.csv",
+                       mime="text/csv", key="csv-download")

@@ -1,0 +1,182 @@
+"""Images: registered images with their latest status; detail view with overlays, findings, trends, actions."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import streamlit as st
+
+from dashboard import actions, charts, data
+from dashboard.upload import ENTROPY_TILE, block_entropy_map, edge_magnitude
+from dashboard.views.common import findings_rows, fmt_time, operator, settings, status_label
+
+ENV = settings()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _image_maps(path: str, mtime_ns: int, size: int, max_pixels: int) -> dict[str, Any]:
+    """Pixels, entropy and edge maps of an image file; keyed by mtime and size so a change re-reads it."""
+    from healing.pixelrts import read_image
+
+    image = read_image(path, max_pixels=max_pixels)
+    pixels = image.pixels
+    return {"pixels": pixels, "entropy": block_entropy_map(pixels), "edges": edge_magnitude(pixels)}
+
+
+def draw_overlays(path: str, findings: list[dict[str, Any]]) -> None:
+    from healing.errors import SelfHealError
+
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        st.warning(f"Cannot read {path}: {exc.strerror or exc}. The worker will report it on its next check.")
+        return
+    try:
+        maps = _image_maps(path, stat.st_mtime_ns, stat.st_size, ENV.pixelrts.max_pixels)
+    except SelfHealError as exc:
+        st.warning(f"Cannot draw {path}: {exc}")
+        return
+    tabs = st.tabs(["Findings overlay", "Entropy", "Edges"])
+    with tabs[0]:
+        st.plotly_chart(charts.findings_overlay_figure(maps["pixels"], findings, title="Image with findings"),
+                        key="img-findings")
+    with tabs[1]:
+        st.plotly_chart(charts.heatmap_figure(maps["entropy"], title=f"Entropy per {ENTROPY_TILE}×{ENTROPY_TILE} block",
+                                              colorbar_title="bits/byte", cell=(ENTROPY_TILE, ENTROPY_TILE), zmin=0, zmax=8),
+                        key="img-entropy")
+    with tabs[2]:
+        st.plotly_chart(charts.heatmap_figure(maps["edges"], title="Edge magnitude (Sobel)", colorbar_title="gradient",
+                                              colorscale="Greys"), key="img-edges")
+
+
+def draw_actions(image: dict[str, Any]) -> None:
+    st.subheader("Actions")
+    st.caption("Requests are carried out by the worker; their outcome appears below and in the audit trail.")
+    pending = st.session_state.get("confirm-image-action")
+    columns = st.columns(3)
+    labels = {"check": "Check now", "heal": "Heal now", "accept_change": "Accept change (new baseline)"}
+    for column, kind in zip(columns, labels, strict=True):
+        if column.button(labels[kind], key=f"action-{kind}"):
+            if kind == "check":
+                _submit(kind, image["path"])
+            else:
+                st.session_state["confirm-image-action"] = (kind, image["path"])
+                st.rerun()
+    if pending and pending[1] == image["path"]:
+        kind = pending[0]
+        explain = {"heal": "restore the file from its golden copy (the current file is quarantined first)",
+                   "accept_change": "accept the current file as the new golden copy and baseline"}[kind]
+        st.warning(f"Really {explain}?")
+        yes, no = st.columns(2)
+        if yes.button("Confirm", key="confirm-yes", type="primary"):
+            st.session_state.pop("confirm-image-action", None)
+            _submit(kind, image["path"])
+        if no.button("Cancel", key="confirm-no"):
+            st.session_state.pop("confirm-image-action", None)
+            st.rerun()
+
+
+def _submit(kind: str, path: str) -> None:
+    try:
+        request = actions.request_run(kind, path, operator())
+    except actions.ActionRefused as exc:
+        st.error(str(exc))
+        return
+    if request["duplicate"]:
+        st.info(f"A {kind} request (#{request['id']}) for this image is already waiting for the worker.")
+    else:
+        st.success(f"Requested {kind} (#{request['id']}); the worker picks it up within seconds.")
+
+
+def draw_detail(image_id: int) -> None:
+    detail = data.image_detail(image_id=image_id)
+    if detail is None:
+        st.error(f"Image {image_id} is no longer registered.")
+        return
+    image, check = detail["image"], detail["latest_check"]
+    st.header(image["name"] or os.path.basename(image["path"]))
+    st.caption(image["path"])
+    columns = st.columns(4)
+    columns[0].metric("status", status_label(image["last_status"]))
+    columns[1].metric("last check", fmt_time(image["last_checked_at"]))
+    columns[2].metric("critical image", "yes" if image["critical"] else "no")
+    columns[3].metric("auto-heal", "on" if image["auto_heal_enabled"] else "off")
+    if image["marked_bad"]:
+        st.error(f"Marked bad after {image['consecutive_heal_failures']} failed heal(s): operator attention needed.")
+
+    draw_actions(image)
+
+    if check is None:
+        st.info("This image has not been checked yet; press \"Check now\" or wait for the worker's interval.")
+        findings: list[dict[str, Any]] = []
+    else:
+        findings = list(check["findings"] or [])
+        st.subheader("Latest check")
+        st.write(f"{status_label(check['status'])} · confidence {check['confidence']:.2f} · "
+                 f"{check['duration_ms']:.0f} ms · {fmt_time(check['created_at'])}"
+                 + (" · analysis reused (file unchanged)" if check["reused_analysis"] else ""))
+        if check["recommendation"]:
+            st.write(f"Recommendation: {check['recommendation']}")
+        if findings:
+            st.dataframe(findings_rows(findings), hide_index=True, width="stretch")
+        else:
+            st.success("No findings.")
+        with st.expander("Metrics"):
+            st.json(check["metrics"] or {})
+
+    st.subheader("Overlays")
+    if st.toggle("Show the image and its overlays", value=True, key="show-overlays"):
+        draw_overlays(image["path"], findings)
+
+    st.subheader("Trends")
+    history = detail["history"]
+    if len(history) < 2:
+        st.info("Trend charts appear after two checks.")
+    else:
+        hc = ENV.health_check
+        cols = st.columns(3)
+        cols[0].plotly_chart(charts.trend_figure(history, "mean_entropy"), key="trend-entropy")
+        cols[1].plotly_chart(charts.trend_figure(history, "anomaly_score", warning=hc.warning_threshold,
+                                                 critical=hc.critical_threshold), key="trend-anomaly")
+        cols[2].plotly_chart(charts.trend_figure(history, "duration_ms"), key="trend-duration")
+
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Healing actions")
+        if detail["heals"]:
+            st.dataframe([{"time": fmt_time(h["created_at"]), "action": h["action"], "outcome": h["outcome"],
+                           "quarantine": h["quarantine_path"] or "—"} for h in detail["heals"]], hide_index=True)
+        else:
+            st.caption("None yet.")
+    with right:
+        st.subheader("Requests")
+        if detail["requests"]:
+            st.dataframe([{"#": r["id"], "kind": r["kind"], "status": r["status"], "by": r["requested_by"],
+                           "requested": fmt_time(r["created_at"]), "finished": fmt_time(r["finished_at"])}
+                          for r in detail["requests"]], hide_index=True)
+        else:
+            st.caption("None yet.")
+
+
+st.title("Images")
+frame = data.images_frame()
+if frame.empty:
+    st.info("No images are registered yet. Register one with `selfheal register IMAGE.rts.png [--critical]`, "
+            "or try an image without registering it on the Analyze page.")
+    st.stop()
+
+status_filter = st.multiselect("Status", ["healthy", "warning", "critical", "unknown"], key="status-filter")
+shown = frame[frame["last_status"].isin(status_filter)] if status_filter else frame
+st.dataframe(
+    shown.assign(last_status=shown["last_status"].map(status_label),
+                 last_checked_at=shown["last_checked_at"].map(lambda t: fmt_time(t) if t is not None and t == t else "—")),
+    hide_index=True, width="stretch", height=min(400, 40 + 35 * len(shown)),
+    column_config={"id": None, "last_duration_ms": st.column_config.NumberColumn("last duration (ms)", format="%.0f")},
+)
+labels = dict(zip(shown["id"], (shown["name"].fillna(shown["path"]) + "  —  " + shown["path"]), strict=True))
+if not labels:
+    st.info("No image has one of the selected statuses.")
+    st.stop()
+selected = st.selectbox("Image details", list(labels), format_func=lambda i: labels[i], key="image-select")
+draw_detail(int(selected))
