@@ -26,10 +26,10 @@ def draw_chain_status() -> None:
     head = data.audit_head()
     report = _chain_report(load_settings().database_url, head["seq"], head["last_hash"])
     if report["ok"]:
-        st.success(f"🔒 {report['summary']} (verified {fmt_time(report['verified_at'])})")
+        st.success(f"{report['summary']} (verified {fmt_time(report['verified_at'])})", icon="🔒")
     else:
-        st.error(f"⚠️ {report['summary']} (verified {fmt_time(report['verified_at'])}). Run `selfheal audit verify` "
-                 "and compare with a backup; the events after the break cannot be trusted.")
+        st.error(f"{report['summary']} (verified {fmt_time(report['verified_at'])}). Run `selfheal audit verify` "
+                 "and compare with a backup; the events after the break cannot be trusted.", icon="⚠️")
     if st.button("Verify again", key="reverify"):
         _chain_report.clear()
         st.rerun()

@@ -43,7 +43,7 @@ def draw_pending(promotion: dict[str, Any]) -> None:
                 except actions.ActionRefused as exc:
                     st.session_state["promotion-message"] = ("error", str(exc))
                 else:
-                    st.session_state["promotion-message"] = ("success", f"Promotion #{pid} {verb}d by {operator()}.")
+                    st.session_state["promotion-message"] = ("success", f"Promotion #{pid} {'approved' if pending[1] else 'rejected'} by {operator()}.")
                 st.rerun()
             if no.button("Cancel", key=f"cancel-{pid}"):
                 st.session_state.pop(CONFIRM_KEY, None)
