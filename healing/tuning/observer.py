@@ -778,6 +778,7 @@ class Observer:
     # -- E
     def _build_e(self, line: LogLine, m: re.Match[str]) -> ObserverEvent:
         n = Decimal(m["n"])
+        variant = "E" if m["what"] == "sampler" else "E-pooler"
         act = self._act(MAX_NUM_SEQS)
         values = {"num_dummy_requests": n}
         head = f"CUDA ran out of memory warming up the {m['what']} with {n} dummy requests (= max_num_seqs)"
@@ -785,14 +786,14 @@ class Observer:
             gmu, _ = self._value(GMU)
             alt = self._stepped(GMU, gmu, "lower") if gmu is not None else None
             if alt is not None:
-                return self._event(SAMPLER_OOM, "E", line, values, escalate=False, fix={GMU: alt},
+                return self._event(SAMPLER_OOM, variant, line, values, escalate=False, fix={GMU: alt},
                                    reason=f"{head}; max_num_seqs is at its floor {act.format(act.lower)}, lower "
                                           f"gpu_memory_utilization one step to {self._act(GMU).format(alt)}")
-            return self._event(SAMPLER_OOM, "E", line, values, escalate=True, fix=None,
+            return self._event(SAMPLER_OOM, variant, line, values, escalate=True, fix=None,
                                reason=f"{head}; max_num_seqs is already at its floor {act.format(act.lower)}")
         new = min(max(act.floor_to_step(n / 2), act.lower), act.upper)
         note = f" (the bound {act.format(act.upper)}; halving gives {_fmt(n / 2)})" if act.floor_to_step(n / 2) > act.upper else ""
-        return self._event(SAMPLER_OOM, "E", line, values, escalate=False, fix={MAX_NUM_SEQS: new},
+        return self._event(SAMPLER_OOM, variant, line, values, escalate=False, fix={MAX_NUM_SEQS: new},
                            reason=f"{head}; halve max_num_seqs to {act.format(new)}{note}")
 
     # -- PyTorch OOM and CUDA error OOM
