@@ -123,7 +123,8 @@ def oidc_providers(secret_values: Mapping[str, Any]) -> list[str | None]:
 
 def clean_operator_name(name: str | None) -> str:
     """The operator name recorded as the audit actor: printable, single line, at most 64 characters."""
-    text = " ".join("".join(ch for ch in (name or "") if ch.isprintable()).split())
+    # Whitespace (newlines included) first becomes single spaces, then control characters go.
+    text = "".join(ch for ch in " ".join((name or "").split()) if ch.isprintable()).strip()
     return text[:MAX_OPERATOR_NAME] or DEFAULT_OPERATOR
 
 
