@@ -180,6 +180,7 @@ class IntegrityChecker:
             severe = problem.kind in ("hash_mismatch", "padding", "segment_mismatch", "structure")
             result.findings.append(finding("corruption" if severe else "structural", "high" if severe else "low",
                                            problem.message, byte_range=problem.byte_range))
+        ranges: list[tuple[int, int]] | None = None
         if baseline and baseline.get("block_sha256") and baseline.get("grid_size") == image.grid_size:
             ranges = changed_blocks(image, baseline)
             result.metrics["changed_blocks_bytes"] = sum(e - s for s, e in ranges)
@@ -194,6 +195,10 @@ class IntegrityChecker:
         elif report.ok:
             result.status, result.confidence = HealthStatus.HEALTHY, 0.99
             result.recommendation = "no action required"
+        elif not image.is_pixelrts and ranges == []:
+            # No hash of its own, but every block matches the registered baseline: nothing changed.
+            result.status, result.confidence = HealthStatus.HEALTHY, 0.9
+            result.recommendation = "no action required (plain PNG, identical to its baseline)"
         elif image.is_pixelrts:
             result.status, result.confidence = HealthStatus.WARNING, 0.6
             result.recommendation = "integrity cannot be fully proven; re-register the image with complete metadata"

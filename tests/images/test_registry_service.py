@@ -298,3 +298,21 @@ def test_adhoc_check_of_unregistered_file(settings, make_image, tmp_path):
     gone = ImageService(settings).check_path(str(image))
     assert gone.status == "unknown" and "no such file" in gone.result["findings"][0]["description"]
     assert [c["image_id"] for c in rows(Check)] == [None, None]
+
+
+def test_plain_png_is_judged_against_its_baseline(settings, tmp_path):
+    import cv2
+    import numpy as np
+
+    path = tmp_path / "plain.png"
+    pixels = np.random.default_rng(1).integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    cv2.imwrite(str(path), pixels)
+    image_id = register_image(path, settings=settings)["image"]["id"]
+    assert ImageService(settings).check(image_id).status == "healthy"
+    pixels[10, 10, 0] ^= 0xFF
+    cv2.imwrite(str(path), pixels)
+    record = ImageService(settings).check(image_id)
+    assert record.status == "critical"
+    ranges = [f["byte_range"] for f in record.result["findings"] if f["category"] == "corruption"]
+    assert len(ranges) == 1 and ranges[0][1] - ranges[0][0] == 4096
+    assert ImageService(settings).check_path(str(tmp_path / "plain.png")).status == "critical"
