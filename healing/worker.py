@@ -146,6 +146,21 @@ class Worker:
 
     # ------------------------------------------------------------------ preparation
 
+    def refuse_remote_worker(self) -> None:
+        """The flock guards one machine; on a shared database (PostgreSQL) a live heartbeat from another
+        host means another worker is running against it."""
+        from storage import queries
+        from storage.engine import session_scope
+
+        with session_scope(write=False) as session:
+            beat = queries.worker_heartbeat(session)
+        if beat is None or beat["worker_id"] == self.worker_id or beat["host"] == socket.gethostname():
+            return
+        interval = float((beat.get("info") or {}).get("heartbeat_interval") or self.config.heartbeat_interval)
+        if beat["state"] in ("starting", "running") and beat["age_s"] <= 3 * interval:
+            raise WorkerLockedError(f"another worker is already running for this database (pid {beat['pid']} on "
+                                    f"{beat['host']}, heartbeat {beat['age_s']:.0f} s ago)")
+
     def prepare(self) -> None:
         """Schema upgrade, close requests a dead worker left running, register config images, resend alerts."""
         from storage.engine import session_scope
@@ -153,6 +168,7 @@ class Worker:
         from storage.worker_queries import fail_abandoned_requests
 
         upgrade()
+        self.refuse_remote_worker()
         with session_scope() as session:
             fail_abandoned_requests(session, reason="the worker stopped while running this request")
         self.sync_config_images()
@@ -331,6 +347,7 @@ class Worker:
             from storage.migrate import upgrade
 
             upgrade()  # the heartbeat table must exist before the first beat
+            self.refuse_remote_worker()
             self.beat("starting")
             self.prepare()
             self.scheduler = BlockingScheduler(executors={"default": executor}, timezone=UTC)

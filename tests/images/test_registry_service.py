@@ -316,3 +316,14 @@ def test_plain_png_is_judged_against_its_baseline(settings, tmp_path):
     ranges = [f["byte_range"] for f in record.result["findings"] if f["category"] == "corruption"]
     assert len(ranges) == 1 and ranges[0][1] - ranges[0][0] == 4096
     assert ImageService(settings).check_path(str(tmp_path / "plain.png")).status == "critical"
+
+
+def test_explicit_heal_reverts_an_unexpected_change(settings, make_image):
+    image = make_image()
+    good = image.read_bytes()
+    register_image(image, settings=settings)
+    write_image(os.urandom(7000), image)
+    report = ImageService(settings).heal(str(image))
+    assert (report.healthy, report.action) == (True, "restore_golden") and image.read_bytes() == good
+    decision = json.loads(rows(AuditEvent, kind="heal.decision")[0]["payload"])
+    assert (decision["trigger"], decision["status"], decision["unexpected_change"]) == ("explicit", "warning", True)

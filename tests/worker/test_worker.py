@@ -144,3 +144,36 @@ def test_worker_settings_are_validated(settings, tmp_path, monkeypatch):
     from healing.errors import ConfigError
     with pytest.raises(ConfigError, match="worker.poll_interval must be ≥ 0.1, got 0.0"):
         WorkerSettings.from_settings(load_settings())
+
+
+def test_a_live_worker_on_another_host_is_refused(settings):
+    with session_scope() as session:
+        queries.beat_heartbeat(session, "other-host:99", pid=99, host="other-host", info={"heartbeat_interval": 10})
+    with pytest.raises(WorkerLockedError, match=r"\(pid 99 on other-host, heartbeat 0 s ago\)"):
+        Worker(load_settings()).run_once()
+    with session_scope() as session:
+        queries.beat_heartbeat(session, "other-host:99", pid=99, host="other-host", state="stopped")
+    assert Worker(load_settings()).run_once()["checked"] == 0
+
+
+def test_configured_healing_actions_are_loaded_by_the_worker(settings, make_image, tmp_path, monkeypatch):
+    image = make_image()
+    good = image.read_bytes()
+    register_image(image, settings=settings)
+    (tmp_path / "site_actions.py").write_text(
+        "from pathlib import Path\n"
+        "CALLS = []\n"
+        f"GOOD = Path({str(image)!r}).read_bytes()\n"
+        "async def repair(result):\n"
+        "    CALLS.append((result.image_path, str(result.status)))\n"
+        "    Path(result.image_path).write_bytes(GOOD)\n"
+        "    return True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "c.yaml"
+    config.write_text("health_check:\n  auto_heal: true\nhealing:\n  actions: ['site_actions:repair']\n")
+    monkeypatch.setenv("SELFHEAL_CONFIG", str(config))
+    flip_idat_byte(image)
+    summary = Worker(load_settings()).run_once()
+    import site_actions
+    assert site_actions.CALLS == [(str(image), "critical")]
+    assert (summary["healed"], image.read_bytes() == good) == (1, True)
