@@ -169,6 +169,16 @@ class ImageService:
         with session_scope(write=False) as session:
             return queries.get_image(session, image_id=image_id, path=path)
 
+    @staticmethod
+    def _snapshot(image_id: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The image row and its latest check, read in one short read transaction."""
+        from storage import queries
+        from storage.engine import session_scope
+
+        with session_scope(write=False) as session:
+            image = queries.get_image(session, image_id=image_id)
+            return image, (queries.latest_check(session, image_id) if image is not None else None)
+
     # ------------------------------------------------------------------ checking
 
     def _analyse(self, path: str, baseline: dict[str, Any] | None) -> tuple[dict[str, Any], Any]:
@@ -185,11 +195,11 @@ class ImageService:
             return data, CheckResult.from_dict(data)
         return _result_dict(raw), raw
 
-    def _fresh_or_reused(self, image: dict[str, Any] | None, path: str) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-        """The check result for ``path``, its result object, and file facts (size, mtime_ns, sha256, reused)."""
-        from storage import queries
-        from storage.engine import session_scope
+    def _fresh_or_reused(self, image: dict[str, Any] | None, last: dict[str, Any] | None,
+                         path: str) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+        """The check result for ``path``, its result object, and file facts (size, mtime_ns, sha256, reused).
 
+        ``last`` is the image's latest check: its analysis is reused when size and sha256 are unchanged."""
         start = time.perf_counter()
         facts: dict[str, Any] = {"file_size": None, "file_mtime_ns": None, "file_sha256": None, "reused": False}
         try:
@@ -212,8 +222,6 @@ class ImageService:
             return data, CheckResult.from_dict(data), facts
 
         if image is not None:
-            with session_scope(write=False) as session:
-                last = queries.latest_check(session, image["id"])
             if (last is not None and last["status"] != "unknown" and last["file_sha256"] == facts["file_sha256"]
                     and last["file_size"] == facts["file_size"]):
                 data = {
@@ -253,17 +261,17 @@ class ImageService:
     def check(self, image_id: int, *, allow_heal: bool = True) -> CheckRecord:
         """Check one registered image, record it and heal when the policy says so."""
         with self._lock_for(image_id):
-            image = self.get_image(image_id=image_id)
-            if image is None:
-                raise LookupError(f"image {image_id} is not registered")
-            return self._check_locked(image, allow_heal=allow_heal)
+            return self._check_locked(image_id, allow_heal=allow_heal)
 
-    def _check_locked(self, image: dict[str, Any], *, allow_heal: bool) -> CheckRecord:
+    def _check_locked(self, image_id: int, *, allow_heal: bool) -> CheckRecord:
         from storage import queries
         from storage.engine import session_scope
 
+        image, last = self._snapshot(image_id)
+        if image is None:
+            raise LookupError(f"image {image_id} is not registered")
         path = image["path"]
-        data, raw, facts = self._fresh_or_reused(image, path)
+        data, raw, facts = self._fresh_or_reused(image, last, path)
         unexpected = self._mark_unexpected_change(data, image, facts["file_sha256"])
         if unexpected:
             raw = CheckResult.from_dict(data)  # custom actions must see the adjusted status
@@ -296,7 +304,7 @@ class ImageService:
         from storage import queries
         from storage.engine import session_scope
 
-        data, _raw, facts = self._fresh_or_reused(None, text)
+        data, _raw, facts = self._fresh_or_reused(None, None, text)
         with session_scope() as session:
             row = queries.record_check(session, data, file_size=facts["file_size"], file_sha256=facts["file_sha256"],
                                        file_mtime_ns=facts["file_mtime_ns"], actor=self.actor)
@@ -347,8 +355,8 @@ class ImageService:
         if image is None:
             return HealReport(text, False, "none", "not registered: no golden copy to restore from")
         with self._lock_for(image["id"]):
+            record = self._check_locked(image["id"], allow_heal=False)
             image = self.get_image(image_id=image["id"]) or image
-            record = self._check_locked(image, allow_heal=False)
             if record.status in ("healthy", "warning") and record.file_sha256 == image.get("golden_sha256"):
                 return HealReport(text, True, "none", f"{Path(text).name} is {record.status} and equals its golden copy; nothing to do")
             return self._heal_locked(image, record, CheckResult.from_dict(record.result), trigger="explicit",
@@ -378,7 +386,7 @@ class ImageService:
                 claimed, error = run_action(action, raw), None
             except Exception as exc:  # noqa: BLE001 - user code: record the failure and go on
                 claimed, error = False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-            after = self._check_locked(self.get_image(image_id=image["id"]) or image, allow_heal=False) if claimed else None
+            after = self._check_locked(image["id"], allow_heal=False) if claimed else None
             healthy = after is not None and after.status in ("healthy", "warning")
             outcome = "healed" if healthy else ("failed" if claimed or error else "declined")
             detail = {"trigger": trigger, "error": error, "status_after": after.status if after else None}
@@ -422,7 +430,7 @@ class ImageService:
                 duration_ms=round((time.perf_counter() - start) * 1000, 3), actor=actor)["id"]))
         if outcome_ok:
             # Record the healed state, so the image's last status says what is on disk now.
-            after = self._check_locked(self.get_image(image_id=image["id"]) or image, allow_heal=False)
+            after = self._check_locked(image["id"], allow_heal=False)
             outcome_ok = after.status in ("healthy", "warning")
             if not outcome_ok:
                 message = f"restored, but the re-check says {after.status}"
