@@ -6,7 +6,8 @@ One check of a registered image:
      the checker with the image's baseline;
   3. a file that differs from its golden copy but verifies (its own data hash holds) is a
      ``security`` finding — an unexpected change, not corruption — and the status is at least warning;
-  4. record the check (audited), alert on a change of status to critical / to an unexpected change;
+  4. record the check (audited); alert when the status turns critical, turns unknown (cannot be
+     checked), or an unexpected change appears — once per transition, not at every check;
   5. heal when auto-heal applies: critical images, and changed-but-valid ones only with
      ``healing.revert_unexpected_changes``; never an image marked bad (until an operator acts).
 
@@ -287,6 +288,10 @@ class ImageService:
             elif unexpected and previous != "warning":
                 alerts.append(self._alert(session, "image.unexpected_change", "warning", path,
                                           f"{Path(path).name} changed but verifies: possible tampering", "check"))
+            elif data["status"] == "unknown" and (previous != "unknown" or image.get("last_check_id") is None):
+                # A registered image the worker cannot judge (unreadable, replaced by a directory …).
+                alerts.append(self._alert(session, "image.unknown", "warning", path,
+                                          f"{Path(path).name} cannot be checked: {_first_description(data)}", "check"))
         self._deliver(alerts)
         record = CheckRecord(path, image["id"], data, int(row["id"]), facts["file_sha256"], facts["reused"], unexpected)
         if self.on_progress:

@@ -277,6 +277,8 @@ def test_hostile_files_are_recorded_and_do_not_stop_the_cycle(settings, make_ima
     assert "is a directory" in records["directory"].result["findings"][0]["description"]
     assert "exceed the limit" in records["huge"].result["findings"][0]["description"]
     assert len(rows(Check)) == len(names)
+    alerted = sorted(Path(a["subject"]).name.split(".")[0] + ":" + a["kind"] for a in rows(Alert))
+    assert alerted == sorted(f"{k}:image.{'critical' if v == 'critical' else 'unknown'}" for k, v in expected.items() if v != "healthy")
 
 
 def test_missing_registered_image_is_critical_and_restored(settings, make_image):
