@@ -1,0 +1,71 @@
+"""Analysis engine and health checker for PixelRTS images and plain PNGs.
+
+Pure functions (arrays in, results out): entropy maps (``block_entropy``, ``entropy_map``), edges
+(``sobel_edges``, ``canny_edges``), Fourier (``analyze_fourier``), clusters (``detect_clusters``,
+``dbscan``), anomaly scoring (``assess``), overlays (``entropy_heatmap``, ``edge_overlay``,
+``findings_overlay``). The checker, ``VLMHealthChecker().check_health(path, ...)``, applies the
+decision rules of DESIGN.md §5 and returns a ``HealthCheckResult``.
+
+Names are loaded on first use (PEP 562): the CLI imports ``healing.analysis.commands`` at start-up,
+which runs this file, so nothing heavy is imported here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BANDS": "entropy",
+    "EntropyMap": "entropy",
+    "block_entropy": "entropy",
+    "block_histograms": "entropy",
+    "entropy_band": "entropy",
+    "entropy_map": "entropy",
+    "tiled_entropy_map": "entropy",
+    "EdgeResult": "edges",
+    "canny_edges": "edges",
+    "sobel_edges": "edges",
+    "FourierResult": "fourier",
+    "analyze_fourier": "fourier",
+    "ClusterResult": "clusters",
+    "dbscan": "clusters",
+    "detect_clusters": "clusters",
+    "AnomalyModel": "anomaly",
+    "AnomalyReport": "anomaly",
+    "Outlier": "anomaly",
+    "anomaly_score": "anomaly",
+    "assess": "anomaly",
+    "colormaps": "overlays",
+    "edge_overlay": "overlays",
+    "entropy_heatmap": "overlays",
+    "findings_overlay": "overlays",
+    "write_png": "overlays",
+    "range_region": "geometry",
+    "build_baseline": "baseline",
+    "changed_ranges": "baseline",
+    "load_baseline": "baseline",
+    "LoadedImage": "loading",
+    "load_image": "loading",
+    "HealthCheckResult": "health",
+    "HealthStatus": "health",
+    "VLMHealthChecker": "health",
+    "analyze_image": "engine",
+    "PixelRTSVisionAnalyzer": "engine",
+    "PatternDetector": "engine",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'healing.analysis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"healing.analysis.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,101 @@
+"""Reading an image for analysis: a PixelRTS grid (through the codec) or a plain PNG.
+
+Square power-of-two PNGs go through the codec, which yields the pixels, the curve-ordered stream and
+(for PixelRTS) the metadata; their integrity is then verified. Other PNGs (any size, no curve) are
+decoded directly and judged by statistics only. Errors follow the codec: InputError for input that
+cannot be judged (exit 3), CorruptedError for a damaged container (exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from healing.errors import CorruptedError, InputError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass
+class LoadedImage:
+    """pixels (H, W, 4) RGBA; grid_size/stream for curve-ordered grids; report for PixelRTS images."""
+
+    path: str
+    pixels: np.ndarray
+    grid_size: int | None
+    stream: np.ndarray | None
+    image: Any | None  # healing.pixelrts.PixelRTSImage
+    report: Any | None  # healing.pixelrts.VerifyReport (PixelRTS only)
+    file_size: int
+    file_sha256: str | None
+
+    @property
+    def is_pixelrts(self) -> bool:
+        return self.image is not None and self.image.is_pixelrts
+
+    @property
+    def metadata(self) -> dict[str, Any] | None:
+        return self.image.metadata if self.image is not None else None
+
+
+def _png_dimensions(path: Path) -> tuple[int, int] | None:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height
+
+
+def _read_plain(path: Path, max_pixels: int, file_hash: bool) -> LoadedImage:
+    import hashlib
+
+    import cv2
+
+    data = path.read_bytes()
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise CorruptedError(f"{path}: corrupted PNG: the pixel data cannot be decoded")
+    if array.dtype != np.uint8:
+        array = (array >> 8).astype(np.uint8) if array.dtype == np.uint16 else array.astype(np.uint8)
+    if array.ndim == 2:
+        rgba = cv2.cvtColor(array, cv2.COLOR_GRAY2RGBA)
+    elif array.shape[2] == 3:
+        rgba = cv2.cvtColor(array, cv2.COLOR_BGR2RGBA)
+    else:
+        rgba = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
+    return LoadedImage(str(path), rgba, None, None, None, None, len(data),
+                       hashlib.sha256(data).hexdigest() if file_hash else None)
+
+
+def load_image(path: str | os.PathLike[str], *, max_pixels: int | None = None, file_hash: bool = False) -> LoadedImage:
+    """Read ``path`` for analysis (see the module docstring)."""
+    from healing.pixelrts import DEFAULT_MAX_PIXELS, read_image, verify_image
+
+    path = Path(path)
+    limit = max_pixels or DEFAULT_MAX_PIXELS
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not an image")
+    try:
+        image = read_image(path, max_pixels=limit, file_hash=file_hash)
+    except InputError:
+        dims = _png_dimensions(path)
+        if dims is None:
+            raise
+        width, height = dims
+        square_grid = width == height and width >= 1 and width & (width - 1) == 0
+        if square_grid or width * height > limit or width == 0 or height == 0:
+            raise
+        # A plain PNG of any shape: no curve, no hash — statistics only.
+        return _read_plain(path, limit, file_hash)
+    report = verify_image(image) if image.is_pixelrts else None
+    return LoadedImage(str(path), image.pixels, image.grid_size, image.stream, image, report, image.file_size,
+                       image.file_sha256)
