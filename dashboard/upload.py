@@ -194,6 +194,16 @@ def _vision_results(model: str | None, settings: Settings, path: Path, image: An
     return [result.to_dict() for result in run_providers(providers, context)]
 
 
+def _hide_temp_path(check: dict[str, Any], temp_path: str, name: str) -> None:
+    """Replace the temporary file's path by the upload's name: the path means nothing to the operator."""
+    check["image_path"] = name
+    if isinstance(check.get("recommendation"), str):
+        check["recommendation"] = check["recommendation"].replace(temp_path, name)
+    for item in check.get("findings") or []:
+        if isinstance(item.get("description"), str):
+            item["description"] = item["description"].replace(temp_path, name)
+
+
 def analyze_upload(filename: str, data: bytes, settings: Settings, *, model: str | None = None,
                    maps: bool = True) -> UploadAnalysis:
     """Check and analyse one uploaded file; raises UploadRefused for input refused by the limits.
@@ -226,7 +236,7 @@ def analyze_upload(filename: str, data: bytes, settings: Settings, *, model: str
         path.write_bytes(data)
         started = time.perf_counter()
         check = default_checker(settings).check_health(path).to_dict()
-        check["image_path"] = name  # the temporary path means nothing to the operator
+        _hide_temp_path(check, str(path), name)
         check.setdefault("duration_ms", round((time.perf_counter() - started) * 1000, 3))
         analysis = UploadAnalysis(name, len(data), digest, str(check.get("status", "unknown")), check,
                                   integrity=integrity, metadata=image.metadata, pixels=image.pixels)

@@ -35,8 +35,12 @@ def make_image(path: Path, payload: bytes | None = None) -> Path:
     return path
 
 
-def seed(home: Path) -> dict[str, Any]:
-    """Schema at head plus one image with two checks, an alert, a heartbeat, a tuning run and a pending promotion."""
+def seed(home: Path, *, heartbeat: bool = True) -> dict[str, Any]:
+    """Schema at head plus one image with two checks, an alert, a tuning run and a pending promotion.
+
+    ``heartbeat`` adds a fresh beat of a pretend worker (pid 4242); end-to-end tests that start the
+    real worker leave it out, since a live-looking beat from another worker makes it refuse to start.
+    """
     from sqlmodel import select
 
     from storage import queries
@@ -61,7 +65,8 @@ def seed(home: Path) -> dict[str, Any]:
             }, now=T0 + timedelta(minutes=5 * (k + 1)))
         queries.record_alert(s, kind="image.warning", severity="warning", subject=str(image_path),
                              message="boot.rts.png looks unusual", now=T0 + timedelta(minutes=11))
-        queries.beat_heartbeat(s, "worker-1", pid=4242, host="testhost", now=now)
+        if heartbeat:
+            queries.beat_heartbeat(s, "worker-1", pid=4242, host="testhost", now=now)
         intent = TuningIntent(subsystem="vllm", error_class="KV_CACHE_INSUFFICIENT", values={"needed_gib": 1.5},
                               seed_fix={"vllm.gpu_memory_utilization": 0.85}, status="archived", outcome="CONFIG_TUNED",
                               created_at=now - timedelta(hours=2))
