@@ -148,10 +148,12 @@ class Worker:
 
     def refuse_remote_worker(self) -> None:
         """The flock guards one machine; on a shared database (PostgreSQL) a live heartbeat from another
-        host means another worker is running against it."""
+        host means another worker is running against it. SQLite is a local file: the flock is enough."""
         from storage import queries
         from storage.engine import session_scope
 
+        if not database_is_shared():
+            return
         with session_scope(write=False) as session:
             beat = queries.worker_heartbeat(session)
         if beat is None or beat["worker_id"] == self.worker_id or beat["host"] == socket.gethostname():
@@ -388,6 +390,13 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, handler)
         return stop
+
+
+def database_is_shared() -> bool:
+    """True for a server database that workers on several machines could reach (not SQLite)."""
+    from storage.engine import get_engine
+
+    return get_engine().dialect.name != "sqlite"
 
 
 def run_tuning_hook(settings: Settings) -> tuple[bool, dict[str, Any]]:
