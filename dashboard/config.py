@@ -9,6 +9,8 @@ Keys (YAML ``dashboard:`` section; defaults in parentheses):
   page_size          (50)    audit events per page
   worker_stale_s     (120)   a heartbeat older than this shows the worker as not running
   csv_export_max     (100000) most audit rows one CSV export holds
+  chain_verify_max_age_s (300) the Audit page re-verifies the hash chain (in the background) when
+                             its last verification is older than this
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class DashboardSettings:
     page_size: int = 50
     worker_stale_s: float = 120.0
     csv_export_max: int = 100_000
+    chain_verify_max_age_s: float = 300.0
 
     @property
     def max_upload_bytes(self) -> int:
@@ -46,4 +49,6 @@ def dashboard_settings(settings: Settings) -> DashboardSettings:
         page_size=_as_number("dashboard.page_size", section.get("page_size", defaults.page_size), int, 5, 1000),
         worker_stale_s=_as_number("dashboard.worker_stale_s", section.get("worker_stale_s", defaults.worker_stale_s), float, 5),
         csv_export_max=_as_number("dashboard.csv_export_max", section.get("csv_export_max", defaults.csv_export_max), int, 1),
+        chain_verify_max_age_s=_as_number("dashboard.chain_verify_max_age_s",
+                                          section.get("chain_verify_max_age_s", defaults.chain_verify_max_age_s), float, 0),
     )

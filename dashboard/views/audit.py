@@ -8,31 +8,45 @@ from datetime import UTC, datetime, time, timedelta
 import streamlit as st
 
 from dashboard import data
+from dashboard.chain import ChainVerifier
 from dashboard.views.common import dash_settings, fmt_time
 
 LIMITS = dash_settings()
 ALL = "(all kinds)"
 
 
-@st.cache_data(show_spinner="Verifying the audit chain …", max_entries=4, ttl=600)
-def _chain_report(url_key: str, head_seq: int, head_hash: str | None) -> dict:
-    """verify_chain, cached per chain head: unchanged while no event is appended (the head moves)."""
-    return data.verify_audit_chain()
+@st.cache_resource(show_spinner=False)
+def _verifier(url: str) -> ChainVerifier:
+    """One background verifier per database and dashboard process, shared by every session."""
+    return ChainVerifier(url)
 
 
+@st.fragment(run_every=2.0)
 def draw_chain_status() -> None:
+    """The last verification's verdict; polls while a verification runs in the background."""
     from healing.config import load_settings
 
-    head = data.audit_head()
-    report = _chain_report(load_settings().database_url, head["seq"], head["last_hash"])
-    if report["ok"]:
-        st.success(f"{report['summary']} (verified {fmt_time(report['verified_at'])})", icon="🔒")
+    verifier = _verifier(load_settings().database_url)
+    state = verifier.latest(max_age_s=LIMITS.chain_verify_max_age_s, wait_s=0.5)
+    report = state["report"]
+    if state["error"]:
+        st.error(f"The audit chain could not be verified: {state['error']}")
+    if report is None:
+        st.info("Verifying the audit chain in the background …", icon="⏳")
+    elif report["ok"]:
+        head = data.audit_head()
+        newer = head["seq"] - report["events"]
+        st.success(f"{report['summary']} (verified {fmt_time(report['verified_at'])}"
+                   + (f"; {newer} newer event(s) are checked on the next verification" if newer > 0 else "") + ")",
+                   icon="🔒")
     else:
         st.error(f"{report['summary']} (verified {fmt_time(report['verified_at'])}). Run `selfheal audit verify` "
                  "and compare with a backup; the events after the break cannot be trusted.", icon="⚠️")
-    if st.button("Verify again", key="reverify"):
-        _chain_report.clear()
-        st.rerun()
+    if report is not None and state["running"]:
+        st.caption("A newer verification is running …")
+    if st.button("Verify again", key="reverify", disabled=state["running"]):
+        verifier.start()
+        st.rerun(scope="fragment")
 
 
 def _day_bounds(days: tuple) -> tuple[datetime | None, datetime | None]:
