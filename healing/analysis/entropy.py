@@ -120,7 +120,7 @@ class EntropyMap:
     cell: int
     grid_size: int | None
     tile: int | None = None
-    excluded_tail: int = 0  # trailing all-zero blocks treated as padding (not in the statistics)
+    excluded_tail: int = 0  # trailing blocks treated as padding (not in the statistics)
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -149,31 +149,32 @@ def _stats(values: np.ndarray) -> dict[str, Any]:
     }
 
 
-def trailing_zero_blocks(hist: np.ndarray) -> int:
-    """How many blocks at the end hold only zero bytes (what a PixelRTS writer pads with)."""
-    nonzero = hist[:, 1:].any(axis=1)
-    idx = np.flatnonzero(nonzero)
-    return int(hist.shape[0] if idx.size == 0 else hist.shape[0] - 1 - idx[-1])
-
-
 def entropy_map(stream: np.ndarray, grid_size: int, block_size: int = DEFAULT_BLOCK_SIZE, *,
                 exclude_padding: bool = False, data_length: int | None = None) -> EntropyMap:
     """Entropy of each block of a curve-ordered stream of an n×n grid, drawn in image space.
 
     ``data_length`` (when the metadata says where the data ends) limits the statistics to the
-    blocks holding data; otherwise ``exclude_padding`` drops a trailing run of all-zero blocks
-    (an image whose metadata was stripped still carries its writer's zero padding).
+    whole blocks holding data; otherwise ``exclude_padding`` takes the data to end at the last
+    non-zero byte (an image whose metadata was stripped still carries its writer's zero padding).
     """
     if stream.size != 4 * grid_size * grid_size:
         raise ValueError(f"stream has {stream.size} bytes, an {grid_size}² grid holds {4 * grid_size * grid_size}")
     hist = block_histograms(stream, block_size)
     blocks = entropy_from_histograms(hist)
+    if data_length is None and exclude_padding:
+        # Where the data ends when no metadata says so: after the last non-zero byte.
+        nonzero = np.flatnonzero(hist[:, 1:].any(axis=1))
+        if nonzero.size:
+            last_block = int(nonzero[-1])
+            tail = stream[last_block * block_size : (last_block + 1) * block_size]
+            data_length = last_block * block_size + int(np.flatnonzero(tail)[-1]) + 1
     excluded = 0
     if data_length is not None:
-        used = -(-max(data_length, 0) // block_size)
+        # Blocks past the data are padding; so is the zero-filled rest of a partial last block,
+        # which would otherwise look like a low-entropy outlier. Keep at least one block.
+        full = max(data_length, 0) // block_size
+        used = full if full >= 2 else -(-max(data_length, 0) // block_size)
         excluded = max(0, blocks.size - max(used, 1))
-    elif exclude_padding:
-        excluded = min(trailing_zero_blocks(hist), blocks.size - 1)
     cells, c = block_index_grid(grid_size, block_size)
     image = blocks.astype(np.float32)[np.minimum(cells, blocks.size - 1)]
     emap = EntropyMap(blocks=blocks, image=image, block_size=block_size, cell=c, grid_size=grid_size,

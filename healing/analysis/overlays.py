@@ -15,14 +15,28 @@ import numpy as np
 
 DEFAULT_COLORMAP = "viridis"
 DEFAULT_OVERLAY_SIZE = 1024
+GRAY_COLORMAP = -1  # not an OpenCV id: the identity map
 SEVERITY_COLOURS = {"high": (255, 40, 40), "medium": (255, 165, 0), "low": (255, 235, 59)}  # RGB
 
 
 def colormaps() -> dict[str, int]:
-    """OpenCV colormaps by lower-case name (viridis, inferno, magma, plasma, jet, turbo, hot, …)."""
+    """OpenCV colormaps by lower-case name (viridis, inferno, magma, plasma, jet, turbo, hot, …) and
+    ``gray`` (GRAY_COLORMAP: the levels themselves)."""
     import cv2
 
-    return {name[len("COLORMAP_"):].lower(): getattr(cv2, name) for name in dir(cv2) if name.startswith("COLORMAP_")}
+    table = {name[len("COLORMAP_"):].lower(): getattr(cv2, name) for name in dir(cv2) if name.startswith("COLORMAP_")}
+    table["gray"] = GRAY_COLORMAP
+    return table
+
+
+def apply_colormap(levels: np.ndarray, name: str) -> np.ndarray:
+    """RGB image of uint8 ``levels`` through the named colormap."""
+    import cv2
+
+    cmap = colormap_id(name)
+    if cmap == GRAY_COLORMAP:
+        return cv2.cvtColor(levels, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(cv2.applyColorMap(levels, cmap), cv2.COLOR_BGR2RGB)
 
 
 def colormap_id(name: str) -> int:
@@ -60,8 +74,7 @@ def entropy_heatmap(entropy_image: np.ndarray, size: tuple[int, int], colormap: 
     import cv2
 
     levels = np.clip(np.asarray(entropy_image, dtype=np.float32) * (255.0 / 8.0), 0, 255).astype(np.uint8)
-    levels = cv2.resize(levels, size, interpolation=cv2.INTER_NEAREST)
-    return cv2.cvtColor(cv2.applyColorMap(levels, colormap_id(colormap)), cv2.COLOR_BGR2RGB)
+    return apply_colormap(cv2.resize(levels, size, interpolation=cv2.INTER_NEAREST), colormap)
 
 
 def blend(base: np.ndarray, layer: np.ndarray, alpha: float = 0.6) -> np.ndarray:
@@ -122,9 +135,6 @@ def write_png(path: str | Path, rgb: np.ndarray) -> Path:
 
 def spectrum_image(log_spectrum: np.ndarray, colormap: str = "inferno") -> np.ndarray:
     """RGB picture of a log-magnitude spectrum, normalised to its own range."""
-    import cv2
-
     s = np.asarray(log_spectrum, dtype=np.float32)
     span = float(s.max() - s.min()) or 1.0
-    levels = ((s - s.min()) * (255.0 / span)).astype(np.uint8)
-    return cv2.cvtColor(cv2.applyColorMap(levels, colormap_id(colormap)), cv2.COLOR_BGR2RGB)
+    return apply_colormap(((s - s.min()) * (255.0 / span)).astype(np.uint8), colormap)
