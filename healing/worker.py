@@ -6,6 +6,7 @@ An APScheduler 3.x ``BlockingScheduler`` runs:
                      per-image jobs when images are registered or removed (every ``worker.sync_interval``)
   poll-requests      claims "run now" requests from the dashboard/CLI (every ``worker.poll_interval``)
   heartbeat          refreshes this worker's row in worker_heartbeats (every ``worker.heartbeat_interval``)
+  (hooks)            jobs other areas register through JOB_HOOKS (e.g. the tuning runner's)
 All jobs have fixed ids, ``coalesce=True``, ``max_instances=1`` and a generous misfire grace time.
 
 Only one worker runs per $SELFHEAL_HOME/database: it holds an exclusive ``fcntl.flock`` on
@@ -38,6 +39,9 @@ log = logging.getLogger("selfheal.worker")
 
 LOCK_NAME = "worker.lock"
 TUNING_HOOK = "healing.tuning.runner:process_pending_intents"
+# Other areas add their periodic jobs (log observation, intent processing, promotion expiry) here:
+# each is called as hook(scheduler, settings, job_options) when importable, and skipped otherwise.
+JOB_HOOKS = ["healing.tuning.worker_jobs:register_jobs"]
 SYNC_JOB, POLL_JOB, HEARTBEAT_JOB = "sync-images", "poll-requests", "heartbeat"
 CHECK_JOB_PREFIX = "check:"
 
@@ -360,6 +364,7 @@ class Worker:
                                    next_run_time=now, **self._job_options())
             self.scheduler.add_job(self.beat, "interval", seconds=self.config.heartbeat_interval, id=HEARTBEAT_JOB,
                                    next_run_time=now, **self._job_options())
+            self.add_extra_jobs()
             stop = self._install_signal_handlers()
             log.info("worker %s started (home %s)", self.worker_id, self.settings.home)
             self.scheduler.start()
@@ -372,6 +377,20 @@ class Worker:
             self.beat("stopped")
             self.lock.release()
         return 0
+
+    def add_extra_jobs(self) -> list[str]:
+        """Let other areas register their periodic jobs (JOB_HOOKS); returns the hooks that ran."""
+        ran = []
+        for spec in JOB_HOOKS:
+            module_name, _, attr = spec.partition(":")
+            try:
+                hook = getattr(importlib.import_module(module_name), attr)
+            except (ImportError, AttributeError):
+                log.debug("job hook %s not available", spec)
+                continue
+            hook(self.scheduler, self.settings, self._job_options())
+            ran.append(spec)
+        return ran
 
     def _poll(self) -> None:
         try:

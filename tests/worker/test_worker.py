@@ -179,3 +179,19 @@ def test_configured_healing_actions_are_loaded_by_the_worker(settings, make_imag
     import site_actions
     assert site_actions.CALLS == [(str(image), "critical")]
     assert (summary["healed"], image.read_bytes() == good) == (1, True)
+
+
+def test_job_hooks_let_other_areas_add_jobs(settings, monkeypatch):
+    module = types.ModuleType("fake_worker_jobs")
+
+    def register_jobs(scheduler, settings, job_options):
+        scheduler.add_job(print, "interval", seconds=30, id="tuning-observe", **job_options)
+
+    module.register_jobs = register_jobs
+    monkeypatch.setitem(sys.modules, "fake_worker_jobs", module)
+    monkeypatch.setattr("healing.worker.JOB_HOOKS", ["fake_worker_jobs:register_jobs", "absent_module_xyz:register_jobs"])
+    worker = Worker(load_settings())
+    worker.scheduler = BlockingScheduler()
+    assert worker.add_extra_jobs() == ["fake_worker_jobs:register_jobs"]
+    job = worker.scheduler.get_job("tuning-observe")
+    assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, 600)
