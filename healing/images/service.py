@@ -24,7 +24,6 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +121,6 @@ class ImageService:
         actions: list[HealingAction] | None = None,
         auto_heal: bool | None = None,
         actor: str = "worker",
-        on_progress: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.checker = checker if checker is not None else default_checker(settings)
@@ -131,7 +129,6 @@ class ImageService:
         self.auto_heal = auto_heal  # None: config health_check.auto_heal or the image's own flag
         self.actor = actor
         self.store = GoldenStore(settings.golden_dir)
-        self.on_progress = on_progress
         self._baselines: dict[str, dict[str, Any] | None] = {}
         self._image_locks: dict[int, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -285,7 +282,7 @@ class ImageService:
             if data["status"] == "critical" and previous != "critical":
                 alerts.append(self._alert(session, "image.critical", "critical", path,
                                           f"{Path(path).name} is critical: {_first_description(data)}", "check"))
-            elif unexpected and previous != "warning":
+            elif unexpected and not any(f.get("category") == "security" for f in (last or {}).get("findings") or []):
                 alerts.append(self._alert(session, "image.unexpected_change", "warning", path,
                                           f"{Path(path).name} changed but verifies: possible tampering", "check"))
             elif data["status"] == "unknown" and (previous != "unknown" or image.get("last_check_id") is None):
@@ -294,8 +291,6 @@ class ImageService:
                                           f"{Path(path).name} cannot be checked: {_first_description(data)}", "check"))
         self._deliver(alerts)
         record = CheckRecord(path, image["id"], data, int(row["id"]), facts["file_sha256"], facts["reused"], unexpected)
-        if self.on_progress:
-            self.on_progress(f"{path}: {data['status']}{' (reused analysis)' if facts['reused'] else ''}")
         if allow_heal:
             record.heal = self._maybe_auto_heal(image, record, raw)
         return record
@@ -369,7 +364,6 @@ class ImageService:
 
     def _heal_locked(self, image: dict[str, Any], record: CheckRecord, raw: Any, *, trigger: str,
                      actor: str | None = None) -> HealReport:
-        from healing.images.healer import restore_from_golden
         from storage import queries
         from storage.audit import append_event
         from storage.engine import session_scope
@@ -405,13 +399,13 @@ class ImageService:
                 break
 
         if report is None:
-            report = self._restore(image, record, trigger, actor, heal_ids, restore_from_golden)
+            report = self._restore(image, record, trigger, actor, heal_ids)
         report.heal_ids = heal_ids
         self._account(image, report, actor)
         return report
 
-    def _restore(self, image: dict[str, Any], record: CheckRecord, trigger: str, actor: str, heal_ids: list[int],
-                 restore: Callable[..., Any]) -> HealReport:
+    def _restore(self, image: dict[str, Any], record: CheckRecord, trigger: str, actor: str, heal_ids: list[int]) -> HealReport:
+        from healing.images.healer import restore_from_golden
         from storage import queries
         from storage.engine import session_scope
 
@@ -423,7 +417,7 @@ class ImageService:
         else:
             heal_cfg = self.settings.healing
             qdir = self.settings.quarantine_dir if (heal_cfg.backup_before_heal or heal_cfg.quarantine_corrupted) else None
-            outcome = restore(path, ref, self.store, quarantine_dir=qdir)
+            outcome = restore_from_golden(path, ref, self.store, quarantine_dir=qdir)
             outcome_ok, message, qpath = outcome.healed, outcome.message, outcome.quarantine_path
             detail = {"trigger": trigger, "before_sha256": outcome.before_sha256, "after_sha256": outcome.after_sha256,
                       **outcome.details}
