@@ -21,6 +21,9 @@ COMMAND_MODULES = [
     "storage.commands",
     "healing.images.commands",
     "healing.worker_commands",
+    "healing.analysis.commands",
+    "healing.tuning.commands",
+    "dashboard.commands",
 ]
 
 DESCRIPTION = """\
