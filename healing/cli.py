@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "healing.analysis.commands",
     "healing.tuning.commands",
     "dashboard.commands",
+    "healing.demo_commands",
 ]
 
 DESCRIPTION = """\
