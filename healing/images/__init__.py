@@ -7,7 +7,7 @@ which runs this file, so nothing heavy may be imported here.
   ImageService(settings, *, checker, notifier, actions, auto_heal)                    (service: check/heal policy)
   VLMSelfHealingDaemon(check_interval, auto_heal, vision_model_endpoint)              (daemon: the guide's API)
   GoldenStore, restore_from_golden, quarantine_copy                                   (golden, healer, quarantine)
-  HealthStatus, CheckResult, IntegrityChecker                                         (integrity)
+  HealthStatus                                                                        (integrity)
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ _EXPORTS = {
     "restore_from_golden": "healer",
     "quarantine_copy": "quarantine",
     "HealthStatus": "integrity",
-    "CheckResult": "integrity",
-    "IntegrityChecker": "integrity",
     "WebhookNotifier": "notify",
 }
 

@@ -17,7 +17,7 @@ from typing import Any
 from healing.config import Settings
 from healing.errors import CorruptedError, InputError
 from healing.images.golden import GoldenRef, GoldenStore, atomic_copy, sha256_file, sidecar_of
-from healing.images.integrity import baseline_file, build_baseline
+from healing.images.integrity import baseline_file, iso_now
 
 KIND_CHANGE_ACCEPTED = "image.change_accepted"
 KIND_REGISTER_REFUSED = "image.register_refused"
@@ -78,6 +78,7 @@ def register_image(
     Raises InputError (missing/unreadable/not a PNG, exit 3) or CorruptedError (damaged and not
     accepted, exit 2); a refusal is audited.
     """
+    from healing.analysis import block_entropy, build_baseline
     from healing.pixelrts import verify_image
     from healing.pixelrts.codec import read_image
     from storage import queries
@@ -104,7 +105,10 @@ def register_image(
 
     store = GoldenStore(settings.golden_dir)
     ref = store.store(file, sha)
-    baseline = build_baseline(image, block_size=settings.health_check.block_size, file_sha256=sha)
+    block_size = settings.health_check.block_size
+    baseline = build_baseline(stream=image.stream, grid_size=image.grid_size, block_size=block_size, file_sha256=sha,
+                              data_hash=(image.metadata or {}).get("data_hash"),
+                              block_entropy=block_entropy(image.stream, block_size), image_path=text, created=iso_now())
     del image
     baseline_path = _write_baseline(settings.home, baseline)
     side = sidecar_of(file)

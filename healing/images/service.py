@@ -32,7 +32,7 @@ from healing.config import Settings
 from healing.errors import SelfHealError
 from healing.images.actions import HealingAction, action_name, run_action
 from healing.images.golden import GoldenStore, sha256_file
-from healing.images.integrity import CheckResult, IntegrityChecker, finding, iso_now
+from healing.images.integrity import HealthStatus, finding, iso_now
 from healing.images.registry import golden_ref, load_baseline, normalise_path
 
 log = logging.getLogger("selfheal.images")
@@ -42,15 +42,22 @@ KIND_HEAL_DECISION = "heal.decision"
 
 
 def default_checker(settings: Settings) -> Any:
-    """The full checker from healing.analysis when it is installed, else the integrity-only one."""
-    try:
-        from healing.analysis import VLMHealthChecker
-    except ImportError:
-        return IntegrityChecker(max_pixels=settings.pixelrts.max_pixels)
-    try:
-        return VLMHealthChecker(settings=settings)
-    except TypeError:
-        return VLMHealthChecker()
+    """The checker the worker, the CLI and the dashboard use: healing.analysis.VLMHealthChecker."""
+    from healing.analysis import VLMHealthChecker
+
+    return VLMHealthChecker(settings)
+
+
+def result_object(data: dict[str, Any]) -> Any:
+    """A HealthCheckResult (what healing actions receive) for a result known only as a dict:
+    a reused analysis, an unreadable file, or a result this module adjusted."""
+    from healing.analysis import HealthCheckResult
+
+    return HealthCheckResult(
+        image_path=str(data["image_path"]), status=HealthStatus(str(data.get("status") or "unknown")),
+        confidence=float(data.get("confidence") or 0.0), metrics=dict(data.get("metrics") or {}),
+        findings=[dict(f) for f in data.get("findings") or []], recommendation=str(data.get("recommendation") or ""),
+        timestamp=str(data.get("timestamp") or ""), duration_ms=float(data.get("duration_ms") or 0.0))
 
 
 @dataclass
@@ -100,13 +107,12 @@ def _result_dict(raw: Any) -> dict[str, Any]:
 
 
 def _unknown(path: str, message: str, status: str = "unknown", category: str = "structural") -> dict[str, Any]:
+    """The result for a file that could not be analysed (missing, a directory, unreadable)."""
     severity = "high" if status == "critical" else "medium"
     recommendation = "restore the image from its golden copy" if status == "critical" else "make the file readable"
-    return CheckResult.from_dict({
-        "image_path": path, "status": status, "confidence": 0.9 if status == "critical" else 0.0,
-        "findings": [finding(category, severity, message, source=SOURCE)], "recommendation": recommendation,
-        "timestamp": iso_now(),
-    }).to_dict()
+    return {"image_path": path, "status": status, "confidence": 0.9 if status == "critical" else 0.0, "metrics": {},
+            "findings": [finding(category, severity, message, source=SOURCE)], "recommendation": recommendation,
+            "timestamp": iso_now(), "duration_ms": 0.0}
 
 
 class ImageService:
@@ -186,11 +192,11 @@ class ImageService:
         except SelfHealError as exc:
             status = "critical" if exc.exit_code == 2 else "unknown"
             data = _unknown(path, str(exc), status)
-            return data, CheckResult.from_dict(data)
+            return data, result_object(data)
         except Exception as exc:  # noqa: BLE001 - the checker is pluggable; its bugs must not stop the cycle
             log.exception("checker failed on %s", path)
             data = _unknown(path, f"checker failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
-            return data, CheckResult.from_dict(data)
+            return data, result_object(data)
         return _result_dict(raw), raw
 
     def _fresh_or_reused(self, image: dict[str, Any] | None, last: dict[str, Any] | None,
@@ -205,19 +211,19 @@ class ImageService:
         except FileNotFoundError:
             status = "critical" if image is not None else "unknown"
             data = _unknown(path, f"{path}: {'registered image is missing' if image else 'no such file'}", status)
-            return data, CheckResult.from_dict(data), facts
+            return data, result_object(data), facts
         except OSError as exc:
             data = _unknown(path, f"{path}: cannot stat ({exc.strerror or exc})")
-            return data, CheckResult.from_dict(data), facts
+            return data, result_object(data), facts
         if stat.S_ISDIR(st.st_mode):
             data = _unknown(path, f"{path}: is a directory, not an image")
-            return data, CheckResult.from_dict(data), facts
+            return data, result_object(data), facts
         facts.update(file_size=st.st_size, file_mtime_ns=st.st_mtime_ns)
         try:
             facts["file_sha256"] = sha256_file(path)
         except SelfHealError as exc:
             data = _unknown(path, str(exc))
-            return data, CheckResult.from_dict(data), facts
+            return data, result_object(data), facts
 
         if image is not None:
             if (last is not None and last["status"] != "unknown" and last["file_sha256"] == facts["file_sha256"]
@@ -229,7 +235,7 @@ class ImageService:
                     "duration_ms": round((time.perf_counter() - start) * 1000, 3),
                 }
                 facts["reused"] = True
-                return data, CheckResult.from_dict(data), facts
+                return data, result_object(data), facts
         data, raw = self._analyse(path, self._baseline(image) if image is not None else None)
         data["image_path"] = path
         data["duration_ms"] = round((time.perf_counter() - start) * 1000, 3)
@@ -272,7 +278,7 @@ class ImageService:
         data, raw, facts = self._fresh_or_reused(image, last, path)
         unexpected = self._mark_unexpected_change(data, image, facts["file_sha256"])
         if unexpected:
-            raw = CheckResult.from_dict(data)  # custom actions must see the adjusted status
+            raw = result_object(data)  # custom actions must see the adjusted status
         alerts: list[int] = []
         with session_scope() as session:
             row = queries.record_check(session, data, image_id=image["id"], file_size=facts["file_size"],
@@ -359,7 +365,7 @@ class ImageService:
             image = self.get_image(image_id=image["id"]) or image
             if record.status in ("healthy", "warning") and record.file_sha256 == image.get("golden_sha256"):
                 return HealReport(text, True, "none", f"{Path(text).name} is {record.status} and equals its golden copy; nothing to do")
-            return self._heal_locked(image, record, CheckResult.from_dict(record.result), trigger="explicit",
+            return self._heal_locked(image, record, result_object(record.result), trigger="explicit",
                                      actor=actor or self.actor)
 
     def _heal_locked(self, image: dict[str, Any], record: CheckRecord, raw: Any, *, trigger: str,
