@@ -165,12 +165,17 @@ def strip_prefixes(raw: str) -> tuple[str, float | None, int | None, bool]:
     return text, (ts_vllm if ts_vllm is not None else ts_iso), pid, had
 
 
+_DAYS_BEFORE = (0, 31, 60, 91, 121, 152, 182, 213, 244, 274, 305, 335)  # a leap year: 02-29 is valid
+
+
 def _vllm_time(md: str, hms: str) -> float | None:
-    # vLLM prints no year; a leap year accepts 02-29. Only differences between lines are used.
-    try:
-        return datetime.strptime(f"2000-{md} {hms}", "%Y-%m-%d %H:%M:%S").timestamp()
-    except ValueError:
+    # vLLM prints no year; only differences between lines are used, so seconds since 1 January suffice.
+    # Plain arithmetic: strptime on every line of a big log would dominate the parse time.
+    month, day = int(md[:2]), int(md[3:])
+    hour, minute, second = int(hms[:2]), int(hms[3:5]), int(hms[6:8])
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 62):
         return None
+    return float(((_DAYS_BEFORE[month - 1] + day - 1) * 24 + hour) * 3600 + minute * 60 + second)
 
 
 def _iso_time(text: str) -> float | None:
@@ -409,13 +414,13 @@ class Observer:
         elif source and self._frames:
             self._frames.append(text)
 
-        if _RE_BANNER.search(text):
-            if self._run.active:
+        if "LLM" in text or "engine (v" in text:  # start banners and version lines all name vLLM / the engine
+            if self._run.active and _RE_BANNER.search(text):
                 self._flush_pending(force=True)
                 self._run = _Run()
-        vm = _RE_VERSION.search(text) if ("version" in text or "engine (v" in text or "vLLM" in text) else None
-        if vm and ("vllm" in text.lower() or "engine (v" in text):
-            self.version = next(g for g in vm.groups() if g).lstrip("v")
+            vm = _RE_VERSION.search(text)
+            if vm and ("vllm" in text.lower() or "engine (v" in text):
+                self.version = next(g for g in vm.groups() if g).lstrip("v")
 
         self._context(line)
         if any(k in text for k in _FAILURE_KEYWORDS):
@@ -429,16 +434,26 @@ class Observer:
         text = line.text
         run = self._run
         tel = self.telemetry
-        if m := _RE_AVAILABLE.search(text):
-            self._remember("available_kv_gib", Decimal(m["gib"]), line)
-            tel["available_kv_cache_gib"] = _num(Decimal(m["gib"]))
-        if m := _RE_KV_SIZE.search(text):
-            tel["kv_cache_tokens"] = _int(m["tokens"])
-            self._remember("kv_tokens", Decimal(_int(m["tokens"])), line)
-        if m := _RE_CONCURRENCY.search(text):
+        # cheap substring guards first: most lines of a big log match none of these
+        if "KV cache" in text:
+            if m := _RE_AVAILABLE.search(text):
+                self._remember("available_kv_gib", Decimal(m["gib"]), line)
+                tel["available_kv_cache_gib"] = _num(Decimal(m["gib"]))
+            if m := _RE_KV_SIZE.search(text):
+                tel["kv_cache_tokens"] = _int(m["tokens"])
+                self._remember("kv_tokens", Decimal(_int(m["tokens"])), line)
+            if "Running:" in text and (m := _RE_STATS.search(text)):
+                kv = Decimal(m["kv"])
+                tel.update(running_reqs=int(m["run"]), waiting_reqs=int(m["wait"]), kv_cache_usage_percent=_num(kv))
+                if tm := _RE_THROUGHPUT.search(text):
+                    tel.update(prompt_throughput=_num(Decimal(tm["p"])), generation_throughput=_num(Decimal(tm["g"])))
+                if int(m["wait"]) > 0 and kv >= self.obs.kv_pressure_percent:
+                    self._soft_signal(run.pressure, line, "stats",
+                                      {"kv_cache_usage_percent": kv, "waiting_reqs": Decimal(m["wait"])})
+        if "Maximum concurrency" in text and (m := _RE_CONCURRENCY.search(text)):
             tel["max_concurrency"] = _num(Decimal(m["x"]))
             tel["max_concurrency_len"] = _int(m["len"])
-        if m := _RE_BLOCKS.search(text):
+        if "GPU blocks" in text and (m := _RE_BLOCKS.search(text)):
             tel["gpu_blocks"] = int(m["gpu"])
             tel["cpu_blocks"] = int(m["cpu"])
             self._remember("gpu_blocks", Decimal(m["gpu"]), line)
@@ -446,34 +461,28 @@ class Observer:
                 run.active = True
                 run.pending.append(_Candidate(KV_NO_MEMORY, "gpu_blocks_0", line.number, strong=False,
                                               build=self._builder_a(line, "gpu_blocks_0")))
-        if m := _RE_PROFILE_TOTAL.search(text):
+        if "total_gpu_memory" in text and (m := _RE_PROFILE_TOTAL.search(text)):
             self._remember("total_gib", Decimal(m["total"]), line)
             self._remember("profile_gmu", Decimal(m["gmu"]), line)
             run.log_config.setdefault(GMU, Decimal(m["gmu"]))
             tel["total_gpu_memory_gib"] = _num(Decimal(m["total"]))
-        if m := _RE_PROFILE_PARTS.search(text):
+        if "model weights take" in text and (m := _RE_PROFILE_PARTS.search(text)):
             self._remember("kv_reserved_gib", Decimal(m["k"]), line)
             tel.update(weights_gib=_num(Decimal(m["w"])), non_torch_gib=_num(Decimal(m["n"])),
                        activation_peak_gib=_num(Decimal(m["a"])), kv_reserved_gib=_num(Decimal(m["k"])))
-        if m := _RE_MODEL_LOADING.search(text):
+        if "Model loading took" in text and (m := _RE_MODEL_LOADING.search(text)):
             tel["model_loading_gib"] = _num(Decimal(m["gib"]))
-        if _RE_GRAPH_START.search(text):
-            run.graph_capture = True
-        if m := _RE_GRAPH_DONE.search(text):
-            run.graph_capture = False
-            tel["graph_capture_gib"] = _num(Decimal(m["gib"]))
-        if m := _RE_NON_DEFAULT.search(text):
+        if "raph" in text:  # CUDA graph / cudagraph / Graph capturing
+            if _RE_GRAPH_START.search(text):
+                run.graph_capture = True
+            if m := _RE_GRAPH_DONE.search(text):
+                run.graph_capture = False
+                tel["graph_capture_gib"] = _num(Decimal(m["gib"]))
+        if "non-default args" in text and (m := _RE_NON_DEFAULT.search(text)):
             for am in _RE_ARG.finditer(m["body"]):
                 run.log_config[canonical_param(am["k"])] = Decimal(am["v"])
-        if m := _RE_CONFIG_LEN.search(text):
+        if ("max_seq_len=" in text or "Using max model len" in text) and (m := _RE_CONFIG_LEN.search(text)):
             run.log_config.setdefault(MAX_MODEL_LEN, Decimal(m["a"] or m["b"]))
-        if m := _RE_STATS.search(text):
-            kv = Decimal(m["kv"])
-            tel.update(running_reqs=int(m["run"]), waiting_reqs=int(m["wait"]), kv_cache_usage_percent=_num(kv))
-            if tm := _RE_THROUGHPUT.search(text):
-                tel.update(prompt_throughput=_num(Decimal(tm["p"])), generation_throughput=_num(Decimal(tm["g"])))
-            if int(m["wait"]) > 0 and kv >= self.obs.kv_pressure_percent:
-                self._soft_signal(run.pressure, line, "stats", {"kv_cache_usage_percent": kv, "waiting_reqs": Decimal(m["wait"])})
 
     # ----------------------------------------------------------------- failures
     def _failures(self, line: LogLine, window: str, strong: bool) -> None:
