@@ -526,7 +526,6 @@ def run_from_args(args: argparse.Namespace, out: TextIO | None = None, err: Text
 
 def run(args: argparse.Namespace, profile: GpuProfile, config: SimConfig, plan: MemoryPlan, log: VllmLog) -> int:
     pause = profile.startup_delay_s / 8
-    gmu = _flag_float(config.gpu_memory_utilization)
     log.log("APIServer", "INFO", "entrypoints/openai/api_server.py:1896", f"vLLM API server version {VERSION}")
     non_default = {"model_tag": args.model_tag, "host": args.host, "port": args.port, "model": args.model_name}
     if config.max_model_len is not None:
@@ -580,7 +579,7 @@ def run(args: argparse.Namespace, profile: GpuProfile, config: SimConfig, plan: 
         log.log("EngineCore_DP0", "INFO", "v1/worker/gpu_model_runner.py:3118",
                 f"Graph capturing finished in {max(1, round(pause * 8))} secs, took {plan.graph_bytes / GIB:.2f} GiB")
     if plan.failure == "E":
-        return _engine_failure(log, plan, "RuntimeError", gmu=gmu, profile=profile)
+        return _engine_failure(log, plan, "RuntimeError", profile=profile)
     log.log("EngineCore_DP0", "INFO", "v1/engine/core.py:218",
             f"init engine (profile, create kv cache, warmup model) took {profile.startup_delay_s:.2f} seconds")
     server = SimulatedServer(args, profile, plan, log)
@@ -593,7 +592,7 @@ def run(args: argparse.Namespace, profile: GpuProfile, config: SimConfig, plan: 
     return server.serve()
 
 
-def _engine_failure(log: VllmLog, plan: MemoryPlan, exc_type: str, gmu: str = "", profile: GpuProfile | None = None) -> int:
+def _engine_failure(log: VllmLog, plan: MemoryPlan, exc_type: str, profile: GpuProfile | None = None) -> int:
     """Print the failure as vLLM 0.10.2 does: logged traceback, raw process traceback, API server re-raise."""
     assert plan.failure is not None and plan.message is not None
     frames = _ENGINE_FRAMES + _FAILURE_FRAMES[plan.failure]
