@@ -79,8 +79,7 @@ def register_image(
     accepted, exit 2); a refusal is audited.
     """
     from healing.analysis import block_entropy, build_baseline
-    from healing.pixelrts import verify_image
-    from healing.pixelrts.codec import read_image
+    from healing.pixelrts import read_image, verify_image
     from storage import queries
     from storage.audit import append_event
     from storage.engine import session_scope
