@@ -1,0 +1,359 @@
+"""The orchestration keys of the ``tuning`` config section, validated into :class:`RunnerSettings`.
+
+The actuator/Observer keys are parsed by :func:`healing.tuning.actuators.parse_tuning_section`; this
+module reads the rest (defaults in brackets)::
+
+    tuning:
+      mode: prod                       # dev | prod | disabled (resolved in healing.config; env wins)
+      log_sources:                     # files followed across rotation (strings or mappings)
+        - {path: /var/log/vllm.log, subsystem: vllm, start_at_end: false}
+      target_config: /etc/vllm/tuning.yaml   # YAML with vllm: {gpu_memory_utilization: …}; the running values
+      reload_command: [systemctl, reload, vllm]   # argv list run after a promotion is written [none]
+      promotion_ttl_s: 86400           # a pending_review promotion expires after this
+      interval_s: 60                   # how often the worker runs the tuning cycle
+      intents_per_call: 10             # intents taken by one process_pending_intents call
+      rate_limits: {max_runs: 3, window_s: 86400, cooldown_s: 21600,
+                    backoff_base_s: 21600, backoff_factor: 2, backoff_max_s: 172800}
+      candidates: {max_candidates: 3}  # seed fix first, then steps in the safe direction
+      gpu_profile: seed                # a simulator profile name or file, or a mapping:
+                                       # {total_gib, resident_gib, weights_gib, overhead_gib}
+      preflight: {gpu_source: auto, margin_gib: 0}   # auto|nvml|nvidia-smi|message|profile
+      canary:
+        command: ["{python}", "-m", "healing.tuning.simulator", "--gpu-memory-utilization",
+                  "{vllm.gpu_memory_utilization}", …, "--port", "{port}"]   # argv list, never a string
+        health_url: "http://{host}:{port}/health"   # readiness; or ready_log_regex
+        ready_log_regex: null
+        host: 127.0.0.1
+        start_timeout_s: 120
+        stop_grace_s: 5
+        baseline: true                 # also run the current config for comparison when it can start
+        env: {}                        # extra environment for the canary process
+        probe: {requests: 8, concurrency: 2, max_tokens: 16, prompt: "…", model: null,
+                timeout_s: 30, max_error_rate: 0.0}
+      scoring:
+        weights: {latency: 0.35, throughput: 0.35, errors: 0.2, kv_headroom: 0.1}
+        pass_threshold: 0.8            # score ≥ this: pass
+        marginal_threshold: 0.6        # between the two: inconclusive, a human decides
+        latency_target_ms: 2000        # p95 reference when no baseline could run
+        throughput_target_tps: 20      # throughput reference when no baseline could run
+
+Every problem raises one :class:`~healing.errors.ConfigError` line naming the key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from healing.errors import ConfigError
+
+GPU_SOURCES = ("auto", "nvml", "nvidia-smi", "message", "profile")
+SCORE_COMPONENTS = ("latency", "throughput", "errors", "kv_headroom")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
+BASE_PLACEHOLDERS = ("python", "port", "host")
+
+
+@dataclass(frozen=True)
+class LogSource:
+    path: Path
+    subsystem: str = "vllm"
+    start_at_end: bool = False
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    requests: int = 8
+    concurrency: int = 2
+    max_tokens: int = 16
+    prompt: str = "Say hello to the canary."
+    model: str | None = None
+    timeout_s: float = 30.0
+    max_error_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class CanarySettings:
+    command: tuple[str, ...] | None = None
+    health_url: str | None = "http://{host}:{port}/health"
+    ready_log_regex: str | None = None
+    host: str = "127.0.0.1"
+    start_timeout_s: float = 120.0
+    stop_grace_s: float = 5.0
+    baseline: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+
+    def placeholders(self) -> set[str]:
+        """Every ``{name}`` the command template uses."""
+        return {m.group(1) for arg in (self.command or ()) for m in PLACEHOLDER.finditer(arg)}
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    weights: dict[str, float] = field(default_factory=lambda: {"latency": 0.35, "throughput": 0.35, "errors": 0.2, "kv_headroom": 0.1})
+    pass_threshold: float = 0.8
+    marginal_threshold: float = 0.6
+    latency_target_ms: float = 2000.0
+    throughput_target_tps: float = 20.0
+
+
+@dataclass(frozen=True)
+class GpuProfileSettings:
+    """Pre-flight's fallback picture of the GPU (GiB): card size, resident services, model, overhead."""
+
+    total_gib: Decimal
+    resident_gib: Decimal
+    weights_gib: Decimal | None = None
+    overhead_gib: Decimal | None = None
+    name: str = "config"
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    log_sources: tuple[LogSource, ...] = ()
+    target_config: Path | None = None
+    reload_command: tuple[str, ...] | None = None
+    promotion_ttl_s: float = 86400.0
+    interval_s: float = 60.0
+    intents_per_call: int = 10
+    rate_limits: dict[str, float] = field(default_factory=dict)
+    max_candidates: int = 3
+    gpu_profile: GpuProfileSettings | None = None
+    gpu_source: str = "auto"
+    preflight_margin_gib: Decimal = Decimal(0)
+    canary: CanarySettings = field(default_factory=CanarySettings)
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
+
+    def limits(self) -> Any:
+        """storage.ratelimit.RateLimits with the configured overrides."""
+        from storage.ratelimit import RateLimits
+
+        return RateLimits(**self.rate_limits)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _map(key: str, value: Any) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config: {key} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _unknown(key: str, data: Mapping[str, Any], allowed: set[str]) -> None:
+    extra = set(map(str, data)) - allowed
+    if extra:
+        raise ConfigError(f"config: {key} has unknown key(s) {', '.join(sorted(extra))} (expected {', '.join(sorted(allowed))})")
+
+
+def _num(key: str, value: Any, kind: type = float, lo: float | None = None, hi: float | None = None) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, list | dict):
+        raise ConfigError(f"config: {key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    try:
+        number = kind(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"config: {key} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+    if lo is not None and number < lo:
+        raise ConfigError(f"config: {key} must be ≥ {lo}, got {value!r}")
+    if hi is not None and number > hi:
+        raise ConfigError(f"config: {key} must be ≤ {hi}, got {value!r}")
+    return number
+
+
+def _gib(key: str, value: Any) -> Decimal:
+    number = _num(key, value, float, 0)
+    return Decimal(repr(number)) if isinstance(value, float) else Decimal(str(value))
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"config: {key} must be true or false, got {value!r}")
+
+
+def _str(key: str, value: Any, allow_none: bool = True) -> str | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"config: {key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def argv_list(key: str, value: Any) -> tuple[str, ...] | None:
+    """An argv list of strings/numbers; a shell string is refused (it would need a shell to split)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise ConfigError(f"config: {key} must be an argv list such as [\"vllm\", \"serve\", …], not a shell string {value[:60]!r}")
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"config: {key} must be a non-empty argv list, got {type(value).__name__}")
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise ConfigError(f"config: {key}[{i}] must be a string, got {item!r}")
+        out.append(str(item))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- parsing
+
+def parse_gpu_profile(value: Any) -> GpuProfileSettings | None:
+    """``tuning.gpu_profile``: a mapping, or a simulator profile name/file (reused as the GPU picture)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        from healing.tuning.simulator import load_profile
+
+        try:
+            p = load_profile(value)
+        except ValueError as exc:
+            raise ConfigError(f"config: tuning.gpu_profile: {str(exc).removeprefix('--profile: ')}") from None
+        return GpuProfileSettings(total_gib=p.total_gib, resident_gib=p.other_processes_gib, weights_gib=p.weights_gib,
+                                  overhead_gib=p.non_torch_gib + p.activation_peak_gib, name=p.name)
+    data = _map("tuning.gpu_profile", value)
+    _unknown("tuning.gpu_profile", data, {"total_gib", "resident_gib", "weights_gib", "overhead_gib", "name"})
+    if "total_gib" not in data:
+        raise ConfigError("config: tuning.gpu_profile needs total_gib")
+    total = _gib("tuning.gpu_profile.total_gib", data["total_gib"])
+    if total <= 0:
+        raise ConfigError("config: tuning.gpu_profile.total_gib must be > 0")
+    resident = _gib("tuning.gpu_profile.resident_gib", data.get("resident_gib", 0))
+    if resident > total:
+        raise ConfigError("config: tuning.gpu_profile.resident_gib must not exceed total_gib")
+    weights = _gib("tuning.gpu_profile.weights_gib", data["weights_gib"]) if data.get("weights_gib") is not None else None
+    overhead = _gib("tuning.gpu_profile.overhead_gib", data["overhead_gib"]) if data.get("overhead_gib") is not None else None
+    return GpuProfileSettings(total, resident, weights, overhead, str(data.get("name") or "config"))
+
+
+def _parse_canary(raw: Any) -> CanarySettings:
+    data = _map("tuning.canary", raw)
+    _unknown("tuning.canary", data, {"command", "health_url", "ready_log_regex", "host", "start_timeout_s", "stop_grace_s",
+                                     "baseline", "env", "probe"})
+    d = CanarySettings()
+    command = argv_list("tuning.canary.command", data.get("command"))
+    if command:
+        from healing.tuning.actuators import DEFAULT_ACTUATORS
+
+        known = set(BASE_PLACEHOLDERS) | set(DEFAULT_ACTUATORS)
+        for arg in command:
+            for m in PLACEHOLDER.finditer(arg):
+                if m.group(1) not in known:
+                    raise ConfigError(f"config: tuning.canary.command: unknown placeholder {{{m.group(1)}}} "
+                                      f"(known: {', '.join(sorted(known))})")
+    health = data.get("health_url", d.health_url)
+    health = _str("tuning.canary.health_url", health)
+    regex = _str("tuning.canary.ready_log_regex", data.get("ready_log_regex"))
+    if regex is not None:
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise ConfigError(f"config: tuning.canary.ready_log_regex is not a valid regular expression: {exc}") from None
+    if command and health is None and regex is None:
+        raise ConfigError("config: tuning.canary needs health_url or ready_log_regex to tell when the canary is ready")
+    env = _map("tuning.canary.env", data.get("env"))
+    probe_raw = _map("tuning.canary.probe", data.get("probe"))
+    _unknown("tuning.canary.probe", probe_raw, {"requests", "concurrency", "max_tokens", "prompt", "model", "timeout_s", "max_error_rate"})
+    p = ProbeSettings()
+    probe = ProbeSettings(
+        requests=_num("tuning.canary.probe.requests", probe_raw.get("requests", p.requests), int, 1, 10000),
+        concurrency=_num("tuning.canary.probe.concurrency", probe_raw.get("concurrency", p.concurrency), int, 1, 256),
+        max_tokens=_num("tuning.canary.probe.max_tokens", probe_raw.get("max_tokens", p.max_tokens), int, 1, 100000),
+        prompt=_str("tuning.canary.probe.prompt", probe_raw.get("prompt", p.prompt), allow_none=False) or p.prompt,
+        model=_str("tuning.canary.probe.model", probe_raw.get("model")),
+        timeout_s=_num("tuning.canary.probe.timeout_s", probe_raw.get("timeout_s", p.timeout_s), float, 0.1, 3600),
+        max_error_rate=_num("tuning.canary.probe.max_error_rate", probe_raw.get("max_error_rate", p.max_error_rate), float, 0, 1),
+    )
+    return CanarySettings(
+        command=command, health_url=health, ready_log_regex=regex,
+        host=_str("tuning.canary.host", data.get("host", d.host), allow_none=False) or d.host,
+        start_timeout_s=_num("tuning.canary.start_timeout_s", data.get("start_timeout_s", d.start_timeout_s), float, 0.1, 3600),
+        stop_grace_s=_num("tuning.canary.stop_grace_s", data.get("stop_grace_s", d.stop_grace_s), float, 0, 600),
+        baseline=_bool("tuning.canary.baseline", data.get("baseline", d.baseline)),
+        env={str(k): str(v) for k, v in env.items()}, probe=probe,
+    )
+
+
+def _parse_scoring(raw: Any) -> ScoringSettings:
+    data = _map("tuning.scoring", raw)
+    _unknown("tuning.scoring", data, {"weights", "pass_threshold", "marginal_threshold", "latency_target_ms", "throughput_target_tps"})
+    d = ScoringSettings()
+    weights = dict(d.weights)
+    wraw = _map("tuning.scoring.weights", data.get("weights"))
+    _unknown("tuning.scoring.weights", wraw, set(SCORE_COMPONENTS))
+    for name, value in wraw.items():
+        weights[str(name)] = _num(f"tuning.scoring.weights.{name}", value, float, 0)
+    if not any(weights.values()):
+        raise ConfigError("config: tuning.scoring.weights must not all be 0")
+    pass_t = _num("tuning.scoring.pass_threshold", data.get("pass_threshold", d.pass_threshold), float, 0, 1)
+    marg_t = _num("tuning.scoring.marginal_threshold", data.get("marginal_threshold", d.marginal_threshold), float, 0, 1)
+    if marg_t > pass_t:
+        raise ConfigError("config: tuning.scoring.marginal_threshold must not exceed pass_threshold")
+    return ScoringSettings(
+        weights=weights, pass_threshold=pass_t, marginal_threshold=marg_t,
+        latency_target_ms=_num("tuning.scoring.latency_target_ms", data.get("latency_target_ms", d.latency_target_ms), float, 0.001),
+        throughput_target_tps=_num("tuning.scoring.throughput_target_tps", data.get("throughput_target_tps", d.throughput_target_tps),
+                                   float, 0.001),
+    )
+
+
+def _parse_sources(raw: Any) -> tuple[LogSource, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("config: tuning.log_sources must be a list of paths or {path, subsystem, start_at_end} mappings")
+    out = []
+    for i, item in enumerate(raw):
+        key = f"tuning.log_sources[{i}]"
+        if isinstance(item, str):
+            out.append(LogSource(Path(item).expanduser()))
+            continue
+        data = _map(key, item)
+        _unknown(key, data, {"path", "subsystem", "start_at_end"})
+        path = _str(f"{key}.path", data.get("path"), allow_none=False)
+        out.append(LogSource(Path(str(path)).expanduser(), _str(f"{key}.subsystem", data.get("subsystem", "vllm"), allow_none=False) or "vllm",
+                             _bool(f"{key}.start_at_end", data.get("start_at_end", False))))
+    return tuple(out)
+
+
+_LIMIT_FIELDS = {"max_runs": (int, 0), "window_s": (float, 1), "cooldown_s": (float, 0), "backoff_base_s": (float, 0),
+                 "backoff_factor": (float, 1), "backoff_max_s": (float, 0)}
+
+
+def parse_runner_settings(section: Mapping[str, Any] | None) -> RunnerSettings:
+    """Validate the orchestration keys of ``settings.section("tuning")``."""
+    section = _map("tuning", section)
+    d = RunnerSettings()
+    limits_raw = _map("tuning.rate_limits", section.get("rate_limits"))
+    _unknown("tuning.rate_limits", limits_raw, set(_LIMIT_FIELDS))
+    limits = {name: _num(f"tuning.rate_limits.{name}", limits_raw[name], kind, lo)
+              for name, (kind, lo) in _LIMIT_FIELDS.items() if name in limits_raw}
+    cands = _map("tuning.candidates", section.get("candidates"))
+    _unknown("tuning.candidates", cands, {"max_candidates"})
+    pre = _map("tuning.preflight", section.get("preflight"))
+    _unknown("tuning.preflight", pre, {"gpu_source", "margin_gib"})
+    source = str(pre.get("gpu_source", "auto"))
+    if source not in GPU_SOURCES:
+        raise ConfigError(f"config: tuning.preflight.gpu_source must be one of {', '.join(GPU_SOURCES)}, got {source!r}")
+    target = section.get("target_config")
+    return RunnerSettings(
+        log_sources=_parse_sources(section.get("log_sources")),
+        target_config=Path(str(_str("tuning.target_config", target))).expanduser() if target is not None else None,
+        reload_command=argv_list("tuning.reload_command", section.get("reload_command")),
+        promotion_ttl_s=_num("tuning.promotion_ttl_s", section.get("promotion_ttl_s", d.promotion_ttl_s), float, 1),
+        interval_s=_num("tuning.interval_s", section.get("interval_s", d.interval_s), float, 1, 86400),
+        intents_per_call=_num("tuning.intents_per_call", section.get("intents_per_call", d.intents_per_call), int, 1, 1000),
+        rate_limits=limits,
+        max_candidates=_num("tuning.candidates.max_candidates", cands.get("max_candidates", d.max_candidates), int, 1, 16),
+        gpu_profile=parse_gpu_profile(section.get("gpu_profile")),
+        gpu_source=source,
+        preflight_margin_gib=_gib("tuning.preflight.margin_gib", pre.get("margin_gib", 0)),
+        canary=_parse_canary(section.get("canary")),
+        scoring=_parse_scoring(section.get("scoring")),
+    )
