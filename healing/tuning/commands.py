@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from healing.errors import EXIT_OK, UsageError
+from healing.tuning.orchestration_commands import register_tune_actions
 from healing.tuning.simargs import add_arguments as add_simulator_arguments
 
 
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="running value, e.g. vllm.gpu_memory_utilization=0.6 (repeatable; default: the log, then vLLM defaults)")
     p.add_argument("--gpu-total-gib", type=float, metavar="GIB", help="GPU size when the log does not print it")
     p.set_defaults(func=cmd_observe)
+    register_tune_actions(tsub)
 
     sim = sub.add_parser("simulate", help="run a simulated service (vLLM) for demos and canary tests")
     ssub = sim.add_subparsers(dest="simulate_command", metavar="SERVICE", parser_class=type(sim))

@@ -1,0 +1,202 @@
+"""CLI of the tuning orchestration: ``tune run``, ``tune status`` and the ``promotions`` group.
+
+``selfheal tune run [--json]``       one cycle: observe the log sources, expire promotions, process the
+                                     open intents (exit 0; 3 on a configuration or database error)
+``selfheal tune status [--json]``    mode, runs used, cooldown and backoff left, when the next run may start
+``selfheal promotions list [--status S] [--json]``
+``selfheal promotions approve ID [--actor NAME]``   exit 0 applied, 2 approved but applying failed,
+                                                    3 unknown / not pending / expired
+``selfheal promotions reject ID [--reason TEXT] [--actor NAME]``
+
+Standard library only at module level: the CLI imports this at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from healing.errors import EXIT_CRITICAL, EXIT_OK
+
+
+def register_tune_actions(tune_subparsers: argparse._SubParsersAction) -> None:
+    """Add ``run`` and ``status`` under the existing ``tune`` group."""
+    p = tune_subparsers.add_parser("run", help="process pending tuning intents once (observe, canary, promote/escalate)",
+                                   description="One tuning cycle: read the configured log sources, expire old promotions, "
+                                               "process the open intents under the mode and rate limits.")
+    p.add_argument("--json", action="store_true", help="print the cycle's summary as JSON")
+    p.set_defaults(func=cmd_tune_run)
+    s = tune_subparsers.add_parser("status", help="mode, rate limits and pending work of config tuning",
+                                   description="Show the mode, runs used in the window, cooldown and backoff left, "
+                                               "when the next run may start, open intents and pending promotions.")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_tune_status)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``promotions`` group (list, approve ID, reject ID)."""
+    promo = sub.add_parser("promotions", help="review tuning promotions: list, approve, reject",
+                           description="Promotions are the winners of tuning runs. In prod they wait for approval.")
+    psub = promo.add_subparsers(dest="promotions_command", metavar="ACTION", parser_class=type(promo))
+    psub.required = True
+    lp = psub.add_parser("list", help="list promotions, newest first")
+    lp.add_argument("--status", choices=["pending_review", "approved", "applied", "rejected", "expired", "failed"])
+    lp.add_argument("--limit", type=int, default=50)
+    lp.add_argument("--json", action="store_true", help="print a JSON array")
+    lp.set_defaults(func=cmd_promotions_list)
+    ap = psub.add_parser("approve", help="approve a pending promotion and apply it to the target config")
+    ap.add_argument("id", type=int, metavar="ID")
+    ap.add_argument("--actor", help="who decides (default: the login name)")
+    ap.add_argument("--json", action="store_true")
+    ap.set_defaults(func=cmd_promotions_approve)
+    rp = psub.add_parser("reject", help="reject a pending promotion (nothing is written)")
+    rp.add_argument("id", type=int, metavar="ID")
+    rp.add_argument("--reason", help="why (kept in the audit trail)")
+    rp.add_argument("--actor", help="who decides (default: the login name)")
+    rp.add_argument("--json", action="store_true")
+    rp.set_defaults(func=cmd_promotions_reject)
+
+
+def _actor(args: argparse.Namespace) -> str:
+    if args.actor:
+        return str(args.actor)
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _json_out(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, default=_default, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    return str(value)
+
+
+def _prepare() -> Any:
+    from healing.config import load_settings
+    from storage.migrate import upgrade
+
+    settings = load_settings()
+    upgrade()
+    return settings
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+
+
+# --------------------------------------------------------------------------- tune run / status
+
+def cmd_tune_run(args: argparse.Namespace) -> int:
+    from healing.tuning.runner import process_pending_intents
+
+    summary = process_pending_intents(_prepare())
+    if args.json:
+        _json_out(summary)
+        return EXIT_OK
+    observed = summary["observed"]
+    print(f"mode {summary['mode']}: {len(observed)} new event(s) in the log sources, "
+          f"{len(summary['intents'])} intent(s) processed, {len(summary['expired_promotions'])} promotion(s) expired")
+    for o in summary["intents"]:
+        print(f"  intent {o['intent_id']}: {o['outcome']} — {o['reason']}")
+    return EXIT_OK
+
+
+def tune_status(settings: Any, now: datetime | None = None) -> dict[str, Any]:
+    """The data behind ``tune status`` (also usable by the dashboard)."""
+    from healing.tuning.runner_config import parse_runner_settings
+    from storage import tuning_queries as tq
+    from storage.engine import session_scope
+    from storage.ratelimit import rate_limit_state
+
+    runner = parse_runner_settings(settings.section("tuning"))
+    limits = runner.limits()
+    with session_scope(write=False) as session:
+        counts = tq.tuning_counts(session)
+        subsystems = sorted(set(counts["subsystems"]) | {s.subsystem for s in runner.log_sources} | {"vllm"})
+        states = [rate_limit_state(session, name, limits, now).as_dict() for name in subsystems]
+    return {"mode": settings.mode, "limits": {"max_runs": limits.max_runs, "window_s": limits.window_s,
+                                              "cooldown_s": limits.cooldown_s, "backoff_base_s": limits.backoff_base_s},
+            "subsystems": states, "open_intents": counts["open_intents"], "processing_intents": counts["processing_intents"],
+            "pending_promotions": counts["pending_promotions"], "log_sources": [str(s.path) for s in runner.log_sources]}
+
+
+def cmd_tune_status(args: argparse.Namespace) -> int:
+    status = tune_status(_prepare())
+    if args.json:
+        _json_out(status)
+        return EXIT_OK
+    print(f"mode: {status['mode']}   open intents: {status['open_intents']}   pending promotions: {status['pending_promotions']}")
+    print(f"{'SUBSYSTEM':<16} {'RUNS':>6} {'COOLDOWN':>9} {'FAILS':>5} {'BACKOFF':>8}  NEXT RUN")
+    for s in status["subsystems"]:
+        nxt = "now" if s["allowed"] else f"{s['next_allowed_at']:%Y-%m-%d %H:%M} UTC"
+        print(f"{s['subsystem']:<16} {s['runs_used']:>3}/{s['max_runs']:<2} {_duration(s['cooldown_left_s']):>9} "
+              f"{s['consecutive_failures']:>5} {_duration(s['backoff_left_s']):>8}  {nxt}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- promotions
+
+def cmd_promotions_list(args: argparse.Namespace) -> int:
+    from storage import tuning_queries as tq
+    from storage.engine import session_scope
+
+    _prepare()
+    if args.limit < 1:
+        from healing.errors import UsageError
+
+        raise UsageError("promotions list: --limit must be ≥ 1")
+    with session_scope(write=False) as session:
+        rows = tq.list_promotions_detail(session, status=args.status, limit=args.limit)
+    if args.json:
+        _json_out(rows)
+        return EXIT_OK
+    if not rows:
+        print("no promotions")
+        return EXIT_OK
+    print(f"{'ID':>4}  {'STATUS':<15} {'SUBSYSTEM':<12} {'CHANGE':<48} {'EXPIRES':<17} NOTE")
+    for r in rows:
+        change = ", ".join(f"{k.split('.', 1)[-1]} {r['old_values'].get(k)}→{v}" for k, v in (r["new_values"] or {}).items())
+        expires = f"{r['expires_at']:%Y-%m-%d %H:%M}" if r.get("expires_at") else "-"
+        note = "INCONCLUSIVE" if r["inconclusive"] else (r.get("reason") or "")
+        print(f"{r['id']:>4}  {r['status']:<15} {r['subsystem']:<12} {change:<48} {expires:<17} {note[:80]}")
+    return EXIT_OK
+
+
+def cmd_promotions_approve(args: argparse.Namespace) -> int:
+    from healing.tuning.promotions import approve_promotion
+
+    settings = _prepare()
+    promo = approve_promotion(None, args.id, _actor(args), settings=settings)
+    if args.json:
+        _json_out(promo)
+    elif promo["status"] == "applied":
+        print(f"promotion {promo['id']} applied to {promo['target_file']}" +
+              (f" (backup {promo['backup_path']})" if promo.get("backup_path") else ""))
+    else:
+        print(f"promotion {promo['id']} approved but not applied: {promo['reason']}", file=sys.stderr)
+    return EXIT_OK if promo["status"] == "applied" else EXIT_CRITICAL
+
+
+def cmd_promotions_reject(args: argparse.Namespace) -> int:
+    from healing.tuning.promotions import reject_promotion
+
+    _prepare()
+    promo = reject_promotion(None, args.id, _actor(args), args.reason)
+    if args.json:
+        _json_out(promo)
+    else:
+        print(f"promotion {promo['id']} rejected")
+    return EXIT_OK
