@@ -112,7 +112,6 @@ class Assessment:
 def assess_image(loaded: LoadedImage, block_size: int, model: AnomalyModel, context_size: int = CONTEXT_SIZE) -> Assessment:
     """Entropy map, anomaly report and a downscaled picture with its edge density."""
     from healing.analysis.edges import sobel_edges
-    from healing.analysis.imaging import downscale
 
     if loaded.stream is not None and loaded.grid_size is not None:
         data_length = loaded.image.stored_length if loaded.is_pixelrts else None
@@ -121,7 +120,7 @@ def assess_image(loaded: LoadedImage, block_size: int, model: AnomalyModel, cont
     else:
         tile = max(1, int(round((block_size / 4) ** 0.5)))
         emap = tiled_entropy_map(loaded.pixels, tile)
-    small, scale = downscale(loaded.pixels, context_size)
+    small, scale = loaded.downscaled(context_size)
     edges = sobel_edges(small, strongest=0)
     return Assessment(emap, assess(emap, model), small, scale, edges.edge_density)
 
@@ -209,13 +208,14 @@ class VLMHealthChecker(EnsembleCheckMixin):
             "mean_entropy": emap.stats["mean"], "min_entropy": emap.stats["min"], "max_entropy": emap.stats["max"],
             "entropy_std": emap.stats["std"], "entropy_bands": emap.stats["bands"],
             "anomaly_score": round(anomaly.score, 4), "outlier_blocks": anomaly.outlier_blocks,
-            "data_size": loaded.image.data_size if loaded.is_pixelrts else int(loaded.pixels.size),
+            "data_size": loaded.image.data_size if loaded.is_pixelrts else int(
+                loaded.stream.size if loaded.stream is not None else loaded.pixels.size),
             "grid_size": loaded.grid_size, "hash_verified": hash_verified, "block_size": emap.block_size,
             "blocks": int(emap.blocks.size), "edge_density": round(stats.edge_density, 6),
             "file_size": loaded.file_size, "pixelrts": loaded.is_pixelrts,
         })
         result.analysis = {"entropy": emap, "anomaly": anomaly, "small": stats.small, "scale": stats.scale,
-                           "pixels": loaded.pixels}
+                           "loaded": loaded}
 
         integrity_critical = False
         structural = False
@@ -344,15 +344,17 @@ class VLMHealthChecker(EnsembleCheckMixin):
 
     # ------------------------------------------------------------------ providers
 
-    def _context(self, loaded: LoadedImage, stats: Assessment, result: HealthCheckResult) -> Any:
+    def _context(self, loaded: LoadedImage, stats: Assessment, result: HealthCheckResult, *, full_pixels: bool) -> Any:
         from healing.analysis.overlays import entropy_heatmap
         from healing.vision import AnalysisContext
 
         small = stats.small
         overlay = entropy_heatmap(stats.entropy.image, (small.shape[1], small.shape[0]))
         result.analysis["overlay"] = overlay
+        # Model providers downscale the full picture themselves and map regions in its coordinates;
+        # the offline statistical provider only reads the numbers, so it does not need the pixels.
         return AnalysisContext(
-            image_path=loaded.path, pixels=loaded.pixels, grid_size=loaded.grid_size, overlay=overlay,
+            image_path=loaded.path, pixels=loaded.pixels if full_pixels else small, grid_size=loaded.grid_size, overlay=overlay,
             metadata=loaded.metadata, metrics=dict(result.metrics),
             outliers=[{"region": list(o.region), "entropy": o.entropy, "zscore": o.zscore}
                       for o in stats.anomaly.outliers],
@@ -363,7 +365,8 @@ class VLMHealthChecker(EnsembleCheckMixin):
         from healing.vision.ensemble import aggregate, run_providers
 
         providers = self.providers_for(models)
-        results = run_providers(providers, self._context(loaded, stats, result))
+        needs_pixels = any(getattr(p, "name", "statistical") != "statistical" for p in providers)
+        results = run_providers(providers, self._context(loaded, stats, result, full_pixels=needs_pixels))
         result.providers = results
         ensemble = aggregate(results, aggregation, self.settings.vision_model.weights)
         result.agreement = round(ensemble.agreement, 4)

@@ -13,12 +13,20 @@ so building an n×n table costs O(n²) array work and no Python loop per pixel.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 
 _MAX_CACHED = 4  # a 4096² table is 64 MiB; keep a few orders, drop the least recently used
+# Tables this large are also kept on disk and memory-mapped: a fresh process (every `selfheal check`)
+# then maps a 64 MiB table from the page cache instead of building it (first-touch page faults make a
+# cold build several times slower than a warm one).
+_DISK_CACHE_MIN = 1024
 _cache: OrderedDict[int, np.ndarray] = OrderedDict()
 _inverse_cache: OrderedDict[int, np.ndarray] = OrderedDict()
 _lock = threading.Lock()
@@ -53,6 +61,55 @@ def curve_xy(n: int) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
+def _disk_cache_file(n: int) -> Path:
+    home = os.environ.get("SELFHEAL_HOME") or str(Path.home() / ".selfheal")
+    return Path(home).expanduser() / "cache" / f"hilbert-linear-{n}.npy"
+
+
+def _spot_check(table: np.ndarray, n: int) -> bool:
+    """A cached file must be the right shape and agree with the scalar algorithm at sampled positions."""
+    if table.shape != (n * n,) or table.dtype != np.uint32:
+        return False
+    for i in np.linspace(0, n * n - 1, 97).astype(np.int64).tolist():
+        x, y = d2xy(n, i)
+        if int(table[i]) != y * n + x:
+            return False
+    return True
+
+
+def _digest(table: np.ndarray) -> str:
+    return hashlib.sha256(memoryview(np.ascontiguousarray(table)).cast("B")).hexdigest()
+
+
+def _load_or_build(n: int) -> np.ndarray:
+    if n < _DISK_CACHE_MIN:
+        return _build_linear(n)
+    path = _disk_cache_file(n)
+    digest_file = path.with_suffix(".sha256")
+    with contextlib.suppress(OSError, ValueError):
+        mapped = np.load(path, mmap_mode="r")
+        # A wrong table would silently misplace every byte, so the whole file is checked (≈40 ms for 64 MiB).
+        if _spot_check(mapped, n) and _digest(mapped) == digest_file.read_text().strip():
+            return mapped
+    table = _build_linear(n)
+    with contextlib.suppress(OSError):  # an unwritable home only costs the next process a rebuild
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for target, write in ((path, lambda fh: np.save(fh, table)),
+                              (digest_file, lambda fh: fh.write(_digest(table).encode() + b"\n"))):
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as fh:
+                write(fh)
+            os.replace(tmp, target)
+    return table
+
+
+def build_linear_table(n: int) -> np.ndarray:
+    """Build the row-major table for an n×n grid from scratch (no caches)."""
+    if not is_power_of_two(n):
+        raise ValueError(f"grid size must be a power of two, got {n}")
+    return _build_linear(n)
+
+
 def linear_table(n: int) -> np.ndarray:
     """Row-major pixel index (y·n + x) of each curve position, as a read-only uint32 array (cached)."""
     with _lock:
@@ -60,8 +117,11 @@ def linear_table(n: int) -> np.ndarray:
         if table is not None:
             _cache.move_to_end(n)
             return table
-    table = _build_linear(n)
-    table.flags.writeable = False
+    if not is_power_of_two(n):
+        raise ValueError(f"grid size must be a power of two, got {n}")
+    table = _load_or_build(n)
+    if table.flags.writeable:
+        table.flags.writeable = False
     with _lock:
         _cache[n] = table
         while len(_cache) > _MAX_CACHED:

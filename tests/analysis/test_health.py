@@ -252,3 +252,21 @@ def test_thresholds_come_from_the_settings(tmp_path) -> None:
     strict = VLMHealthChecker(load_settings(cfg)).check_health(path)
     assert 0.2 <= default.metrics["anomaly_score"] < 0.7
     assert default.status == HealthStatus.HEALTHY and strict.status == HealthStatus.CRITICAL
+
+
+def test_downscale_from_the_stream_matches_area_averaging_of_the_pixels(tmp_path) -> None:
+    import numpy as np
+
+    from healing.analysis.imaging import downscale
+    from healing.analysis.loading import load_image
+    from healing.pixelrts import write_image
+
+    data = np.random.default_rng(3).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    path = tmp_path / "d.rts.png"
+    write_image(data, path)
+    loaded = load_image(path)
+    assert loaded._pixels is None  # the fast path keeps only the stream
+    small, scale = loaded.downscaled(128)
+    reference, ref_scale = downscale(loaded.pixels, 128)
+    assert small.shape == reference.shape == (128, 128, 4) and scale == ref_scale == 4.0
+    assert int(np.abs(small.astype(int) - reference.astype(int)).max()) <= 1

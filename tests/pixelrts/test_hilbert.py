@@ -74,3 +74,22 @@ def test_4096_table_builds_fast_enough_to_be_vectorised():
     table = linear_table(4096)
     assert time.perf_counter() - start < 5.0
     assert table.size == 4096 * 4096 and int(table[-1]) == 4095
+
+
+def test_large_tables_are_cached_on_disk_and_a_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
+    import healing.pixelrts._hilbert as h
+
+    monkeypatch.setenv("SELFHEAL_HOME", str(tmp_path))
+    h._cache.clear()
+    built = np.array(linear_table(1024))
+    cached = tmp_path / "cache" / "hilbert-linear-1024.npy"
+    assert cached.exists()
+    h._cache.clear()
+    mapped = linear_table(1024)
+    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, built)
+    h._cache.clear()
+    broken = np.array(built)
+    broken[5000] = 0
+    np.save(cached, broken)
+    assert np.array_equal(linear_table(1024), built)  # the spot check caught it, the table was rebuilt
+    h._cache.clear()
