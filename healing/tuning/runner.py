@@ -456,4 +456,5 @@ def run_demo_tuning(settings: Settings) -> dict[str, Any]:
     if promo_ids:
         with session_scope(settings.database_url, write=False) as session:
             promotion = next((p for p in list_promotions_detail(session, limit=50) if p["id"] == promo_ids[-1]), None)
-    return {**summary, "promotion": promotion, "target_config": str(target), "log": str(log_path)}
+    line = "; ".join(f"intent {o['intent_id']} → {o['outcome']}: {o['reason']}" for o in summary["intents"]) or "no intent"
+    return {**summary, "summary": line, "promotion": promotion, "target_config": str(target), "log": str(log_path)}
