@@ -86,3 +86,17 @@ def tight_tuning(tmp_path: Path, log: Path, target: Path, **overrides: Any) -> d
 
 TIGHT_FAILURE = ["--model", "demo", "--profile", "tight", "--gpu-memory-utilization", "0.8", "--max-num-seqs", "16",
                  "--max-model-len", "4096"]
+
+
+def drain_intents() -> list[str]:
+    """Call process_pending_intents until no open intent is left; the outcomes this caller produced.
+
+    Runs in threads and in spawned processes (the configuration comes from the environment)."""
+    from healing.tuning.runner import process_pending_intents
+
+    outcomes: list[str] = []
+    while True:
+        summary = process_pending_intents(load_settings(), observe=False)
+        if not summary["intents"]:
+            return outcomes
+        outcomes += [o["outcome"] for o in summary["intents"]]
