@@ -166,7 +166,7 @@ def _ready(canary: CanarySettings, port: int, log_path: Path, proc: subprocess.P
     import httpx
 
     url = canary.health_url.format(host=canary.host, port=port) if canary.health_url else None
-    regex = re.compile(canary.ready_log_regex) if canary.ready_log_regex else None
+    regex = re.compile(canary.ready_log_regex, re.MULTILINE) if canary.ready_log_regex else None
     deadline = time.monotonic() + canary.start_timeout_s
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() < deadline:

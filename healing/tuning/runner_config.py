@@ -22,7 +22,7 @@ module reads the rest (defaults in brackets)::
         command: ["{python}", "-m", "healing.tuning.simulator", "--gpu-memory-utilization",
                   "{vllm.gpu_memory_utilization}", …, "--port", "{port}"]   # argv list, never a string
         health_url: "http://{host}:{port}/health"   # readiness; or ready_log_regex
-        ready_log_regex: null
+        ready_log_regex: null          # or: a regex (multi-line mode) a log line matches when ready
         host: 127.0.0.1
         start_timeout_s: 120
         stop_grace_s: 5

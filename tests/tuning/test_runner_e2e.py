@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from healing.tuning.actuators import GMU, MAX_MODEL_LEN
+from healing.tuning.actuators import GMU, MAX_MODEL_LEN, MAX_NUM_SEQS
 from healing.tuning.runner import process_pending_intents, run_demo_tuning
 from storage import tuning_queries as tq
 from storage.engine import session_scope
@@ -310,3 +310,51 @@ def test_run_demo_tuning_leaves_a_pending_promotion(db_url: str) -> None:  # noq
     assert (promo["status"], promo["subsystem"], promo["new_values"]) == ("pending_review", "vllm-demo", {GMU: 0.9})
     assert result["summary"].startswith("intent 1 → CONFIG_TUNED: promotion 1 pending_review: vllm.gpu_memory_utilization=0.9")
     assert yaml.safe_load(Path(result["target_config"]).read_text())["vllm"]["gpu_memory_utilization"] == 0.8
+
+
+def test_a_running_config_is_the_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str) -> None:  # noqa: F811
+    # a soft signal (KV cache pressure) while the service runs: the current config starts, so it is the baseline
+    target = write_target(tmp_path / "vllm.yaml", gpu_memory_utilization=0.6, max_num_seqs=16, max_model_len=4096)
+    section = tight_tuning(tmp_path, tmp_path / "unused.log", target, gpu_profile="default")
+    section["canary"]["command"] = canary_command("default")
+    settings = configure(tmp_path, monkeypatch, section, mode="prod")
+    with session_scope() as session:
+        tq.create_intent(session, subsystem="vllm", error_class="kv_cache_preemption", values={"signals": 3},
+                         seed_fix={GMU: 0.65}, evidence=[], source="test", reason="3 stats lines with a full KV cache")
+
+    [outcome] = process_pending_intents(settings)["intents"]
+
+    assert (outcome["outcome"], outcome["decision"]) == ("CONFIG_TUNED", "pending_review")
+    with session_scope(write=False) as session:
+        row, *others = tq.run_candidates(session, outcome["run_id"])
+    assert row["params"] == {GMU: 0.65} and row["score_breakdown"]["against"] == "baseline"
+    # the minimal fix passed: the bigger steps of the grid were never started
+    assert [o["params"] for o in others] == [{GMU: 0.7}, {GMU: 0.65, MAX_NUM_SEQS: 14}]
+    assert all(o["preflight_ok"] and o["canary_gates"] is None for o in others)
+    assert row["score_breakdown"]["baseline_ran"] is True
+    [run] = _all(TuningRun)
+    assert run["baseline_score"] is not None and 0 < run["baseline_score"] <= 1
+    [baseline] = [json.loads(e["payload"]) for e in _all(AuditEvent) if e["kind"] == "tuning.baseline"]
+    assert baseline["note"] == "baseline ran and passed its gates" and baseline["gates"]["healthy"] is True
+    argv = baseline["argv"]
+    assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.6"
+
+
+def test_escalations_go_to_the_webhook_notifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str) -> None:  # noqa: F811
+    class Recorder:
+        def __init__(self) -> None:
+            self.submitted: list[int] = []
+
+        def submit(self, alert_id: int) -> None:
+            self.submitted.append(alert_id)
+
+    log = tmp_path / "vllm.log"
+    log.write_text(simulator_log(["--model", "demo", "--profile", "seed", "--gpu-memory-utilization", "0.6"]))
+    settings = configure(tmp_path, monkeypatch, {"log_sources": [str(log)]},
+                         healing={"notification": {"webhook": "http://127.0.0.1:9/hook"}})
+    recorder = Recorder()
+
+    process_pending_intents(settings, notifier=recorder)
+
+    [alert] = _all(Alert)
+    assert recorder.submitted == [alert["id"]] and alert["webhook_state"] == "pending"
