@@ -19,6 +19,7 @@ Writes (need a write session)
                        detail, now) -> dict                                audit: promotion.<status>
   lock_promotion(session, promotion_id) -> dict | None                    row lock (PostgreSQL FOR UPDATE)
   due_promotions(session, now) -> list[int]                               pending_review past expires_at
+  stale_work(session, *, older_than) -> {"runs": [...], "intents": [...]}   left behind by a killed process
 
 Reads
   last_intent_at(session, subsystem, error_class) -> datetime | None
@@ -161,6 +162,23 @@ def archive_intent(
     append_event(session, KIND_INTENT_ARCHIVED, intent.subsystem,
                  {"intent_id": intent.id, "class": intent.error_class, "outcome": outcome, "reason": reason}, actor, now=now)
     return intent.model_dump()
+
+
+def stale_work(session: Session, *, older_than: datetime) -> dict[str, list[int]]:
+    """Work a killed process left behind: runs still "running" that started before ``older_than``, and
+    "processing" intents created before it that have no running run (interrupted between claim and run)."""
+    rc, ic = TuningRun.__table__.c, TuningIntent.__table__.c
+    runs = [row[0] for row in session.execute(
+        sa.select(rc.id).where(rc.status == "running", rc.started_at < older_than).order_by(rc.id))]
+    active = sa.select(rc.intent_id).where(rc.status == "running", rc.intent_id.is_not(None))
+    intents = [row[0] for row in session.execute(
+        sa.select(ic.id).where(ic.status == "processing", ic.created_at < older_than, ic.id.not_in(active)).order_by(ic.id))]
+    return {"runs": runs, "intents": intents}
+
+
+def run_intent_id(session: Session, run_id: int) -> int | None:
+    run = session.get(TuningRun, run_id)
+    return run.intent_id if run else None
 
 
 def get_intent(session: Session, intent_id: int) -> dict[str, Any] | None:

@@ -3,7 +3,8 @@
 ``process_pending_intents(settings)`` is one cycle (the worker's ``tune`` hook and ``selfheal tune run``):
 
 1. read the configured log sources (new lines only) and record intents / escalations;
-2. expire promotions that waited longer than ``tuning.promotion_ttl_s``;
+2. expire promotions that waited longer than ``tuning.promotion_ttl_s`` and close work a killed
+   process left behind (runs still "running" after ``tuning.stale_after_s`` fail as "interrupted");
 3. take the open intents (oldest first) and, per intent, honour the mode:
    ``disabled`` → archived HEALING_DISABLED (observed and recorded only);
    otherwise a run slot is claimed transactionally (storage.ratelimit.claim_run_slot: 3 runs/24 h,
@@ -118,6 +119,7 @@ class TuningRunner:
             observed = observe_log_sources(self.settings, self.runner, self.tuning, current, now)
             self._alerts += [o["alert_id"] for o in observed if o.get("alert_id")]
         expired = [p["id"] for p in expire_promotions(now)] if expire else []
+        recovered = self.recover_interrupted(now)
         with session_scope() as session:
             intents = tq.claim_open_intents(session, limit=self.runner.intents_per_call, now=now, subsystems=subsystems)
         outcomes = [self.process_intent(intent, now=now) for intent in intents]
@@ -125,8 +127,29 @@ class TuningRunner:
         counts: dict[str, int] = {}
         for o in outcomes:
             counts[o.outcome] = counts.get(o.outcome, 0) + 1
-        return {"mode": self.mode, "observed": observed, "expired_promotions": expired,
+        return {"mode": self.mode, "observed": observed, "expired_promotions": expired, "recovered": recovered,
                 "intents": [o.to_json() for o in outcomes], "outcomes": counts}
+
+    def recover_interrupted(self, now: datetime | None = None) -> dict[str, list[int]]:
+        """Close what a killed process left behind (runs "running", intents "processing" past stale_after_s)."""
+        from storage import tuning_queries as tq
+        from storage.engine import session_scope
+        from storage.ratelimit import finish_run
+
+        moment = _now(now)
+        reason = f"interrupted: still unfinished after {self.runner.stale_after_s:g} s (the process running it stopped)"
+        with session_scope() as session:
+            stale = tq.stale_work(session, older_than=moment - timedelta(seconds=self.runner.stale_after_s))
+            for run_id in stale["runs"]:
+                # a failed run: it counts against the window and feeds the backoff, as the attempt did happen
+                finish_run(session, run_id, "failed", decision="interrupted", reason=reason, now=moment, actor=ACTOR)
+                intent_id = tq.run_intent_id(session, run_id)
+                intent = tq.get_intent(session, intent_id) if intent_id is not None else None
+                if intent is not None and intent["status"] == "processing":
+                    tq.archive_intent(session, intent_id, outcome="CONFIG_TUNING_FAILED", reason=reason, now=moment)
+            for intent_id in stale["intents"]:
+                tq.archive_intent(session, intent_id, outcome="CONFIG_TUNING_FAILED", reason=reason, now=moment)
+        return stale
 
     def process_intent(self, intent: Mapping[str, Any], *, now: datetime | None = None) -> RunOutcome:
         """Honour the mode and the rate limits for one (already claimed) intent; never raises for a run failure."""

@@ -11,6 +11,7 @@ module reads the rest (defaults in brackets)::
       reload_command: [systemctl, reload, vllm]   # argv list run after a promotion is written [none]
       promotion_ttl_s: 86400           # a pending_review promotion expires after this
       interval_s: 60                   # how often the worker runs the tuning cycle
+      stale_after_s: 3600              # a run still "running" after this was interrupted (process killed)
       intents_per_call: 10             # intents taken by one process_pending_intents call
       rate_limits: {max_runs: 3, window_s: 86400, cooldown_s: 21600,
                     backoff_base_s: 21600, backoff_factor: 2, backoff_max_s: 172800}
@@ -119,6 +120,7 @@ class RunnerSettings:
     reload_command: tuple[str, ...] | None = None
     promotion_ttl_s: float = 86400.0
     interval_s: float = 60.0
+    stale_after_s: float = 3600.0
     intents_per_call: int = 10
     rate_limits: dict[str, float] = field(default_factory=dict)
     max_candidates: int = 3
@@ -348,6 +350,7 @@ def parse_runner_settings(section: Mapping[str, Any] | None) -> RunnerSettings:
         reload_command=argv_list("tuning.reload_command", section.get("reload_command")),
         promotion_ttl_s=_num("tuning.promotion_ttl_s", section.get("promotion_ttl_s", d.promotion_ttl_s), float, 1),
         interval_s=_num("tuning.interval_s", section.get("interval_s", d.interval_s), float, 1, 86400),
+        stale_after_s=_num("tuning.stale_after_s", section.get("stale_after_s", d.stale_after_s), float, 60, 7 * 86400),
         intents_per_call=_num("tuning.intents_per_call", section.get("intents_per_call", d.intents_per_call), int, 1, 1000),
         rate_limits=limits,
         max_candidates=_num("tuning.candidates.max_candidates", cands.get("max_candidates", d.max_candidates), int, 1, 16),

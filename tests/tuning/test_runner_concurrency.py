@@ -84,3 +84,32 @@ def test_processes_never_exceed_the_limits(tmp_path: Path, monkeypatch: pytest.M
     _setup(tmp_path, monkeypatch, 0)
     results = run_in_processes([(drain_intents, ()) for _ in range(3)], timeout=120)
     _check([o for r in results for o in r], 3)
+
+
+def test_work_left_by_a_killed_process_is_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str) -> None:  # noqa: F811
+    from datetime import UTC, datetime, timedelta
+
+    from healing.tuning.runner import TuningRunner
+    from storage.ratelimit import RateLimits, claim_run_slot
+
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    settings = configure(tmp_path, monkeypatch, {"stale_after_s": 3600})
+    with session_scope() as session:
+        ids = [tq.create_intent(session, subsystem="vllm", error_class="kv_cache_no_memory", values={}, seed_fix={GMU: 0.7},
+                                evidence=[], source="test", reason="r", now=t0 + timedelta(minutes=i))["id"] for i in range(3)]
+        tq.claim_open_intents(session, limit=3)
+        claim_run_slot(session, "vllm", RateLimits(), t0, intent_id=ids[0], mode="prod")  # killed during this run
+    # ids[1]: killed between claiming the intent and claiming a slot; ids[2]: claimed moments ago, too young
+    runner = TuningRunner(settings)
+    assert runner.recover_interrupted(t0 + timedelta(minutes=59)) == {"runs": [], "intents": []}
+
+    recovered = runner.recover_interrupted(t0 + timedelta(hours=1, minutes=1, seconds=30))
+
+    assert recovered == {"runs": [1], "intents": [ids[1]]}
+    with session_scope(write=False) as session:
+        intents = {i["id"]: i for i in tq.list_intents(session)}
+        [run] = tq.list_runs(session)
+    assert (run["status"], run["decision"]) == ("failed", "interrupted")
+    assert [(intents[i]["status"], intents[i]["outcome"]) for i in ids] == [
+        ("archived", "CONFIG_TUNING_FAILED"), ("archived", "CONFIG_TUNING_FAILED"), ("processing", None)]
+    assert intents[ids[0]]["reason"] == "interrupted: still unfinished after 3600 s (the process running it stopped)"
