@@ -115,7 +115,10 @@ class TuningRunner:
 
         observed: list[dict[str, Any]] = []
         if observe:
-            current = running_values(self.runner)
+            from healing.tuning.promotions import read_target_values
+
+            # only values the service really runs with: vLLM's defaults would override its own log
+            current = read_target_values(self.runner.target_config)
             observed = observe_log_sources(self.settings, self.runner, self.tuning, current, now)
             self._alerts += [o["alert_id"] for o in observed if o.get("alert_id")]
         expired = [p["id"] for p in expire_promotions(now)] if expire else []
