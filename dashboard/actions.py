@@ -21,7 +21,6 @@ from typing import Any
 from sqlmodel import select
 
 from storage import queries
-from storage.audit import append_event
 from storage.engine import session_scope
 from storage.models import Image, Promotion, RunRequest, utcnow
 
@@ -60,10 +59,15 @@ def decide_promotion(promotion_id: int, approve: bool, operator: str, *, reason:
                      url: str | None = None, now: datetime | None = None) -> dict[str, Any]:
     """Approve or reject a promotion waiting for review, and audit the decision with the operator's name.
 
-    Refused when the promotion does not exist, was already decided (by someone else, perhaps a
-    second browser tab), or has expired. The check and the update run in one write transaction
-    (BEGIN IMMEDIATE on SQLite), so two operators deciding at once cannot both win.
+    Approval is carried out by the tuning package (healing.tuning.promotions): the new values are
+    written to the target config file with a backup and the reload command runs, so the returned row
+    is ``applied`` (or ``failed`` with the reason). Refused when the promotion does not exist, was
+    already decided (by someone else, perhaps a second browser tab), or has expired. Everything runs
+    in one write transaction (BEGIN IMMEDIATE on SQLite), so two operators deciding at once cannot both win.
     """
+    from healing.errors import SelfHealError
+    from healing.tuning.promotions import approve_promotion, reject_promotion
+
     now = now or utcnow()
     reason = " ".join((reason or "").split()) or None
     with session_scope(url) as session:
@@ -76,18 +80,16 @@ def decide_promotion(promotion_id: int, approve: bool, operator: str, *, reason:
         if promotion.expires_at is not None and promotion.expires_at <= now:
             raise ActionRefused(f"promotion {promotion_id} expired at {promotion.expires_at:%Y-%m-%d %H:%M} UTC; "
                                 "the next tuning run will propose it again if it is still needed")
-        promotion.status = "approved" if approve else "rejected"
-        promotion.decided_by = operator
-        promotion.decided_at = now
-        if reason:
-            promotion.reason = reason
-        session.add(promotion)
-        session.flush()
-        append_event(session, KIND_PROMOTION_APPROVED if approve else KIND_PROMOTION_REJECTED, promotion.subsystem, {
-            "promotion_id": promotion.id, "run_id": promotion.run_id, "candidate_id": promotion.candidate_id,
-            "old_values": promotion.old_values, "new_values": promotion.new_values, "reason": reason,
-        }, operator, now=now)
-        return promotion.model_dump()
+        try:
+            if approve:
+                if reason:  # the operator's note becomes the promotion's reason, audited with the approval
+                    promotion.reason = reason
+                    session.add(promotion)
+                    session.flush()
+                return approve_promotion(session, promotion_id, operator, now=now)
+            return reject_promotion(session, promotion_id, operator, reason=reason, now=now)
+        except SelfHealError as exc:
+            raise ActionRefused(str(exc)) from None
 
 
 def acknowledge_alert(alert_id: int, operator: str, *, url: str | None = None) -> dict[str, Any]:

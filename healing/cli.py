@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "healing.worker_commands",
     "healing.analysis.commands",
     "healing.tuning.commands",
+    "healing.tuning.orchestration_commands",
     "dashboard.commands",
     "healing.demo_commands",
 ]

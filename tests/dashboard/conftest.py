@@ -83,12 +83,13 @@ def seed(home: Path, *, heartbeat: bool = True) -> dict[str, Any]:
         promotion = Promotion(run_id=claim.run_id, candidate_id=candidate.id, subsystem="vllm",
                               old_values={"vllm.gpu_memory_utilization": 0.9}, new_values={"vllm.gpu_memory_utilization": 0.85},
                               reason="KV cache too small at 0.9", created_at=now - timedelta(minutes=50),
-                              expires_at=now + timedelta(hours=23))
+                              expires_at=now + timedelta(hours=23), target_file=str(home / "vllm.yaml"))
         s.add(promotion)
         s.flush()
         promotion_id = promotion.id
         assert s.exec(select(Promotion)).first() is not None
-    return {"image_id": image["id"], "image_path": str(image_path), "promotion_id": promotion_id, "run_id": claim.run_id}
+    return {"image_id": image["id"], "image_path": str(image_path), "promotion_id": promotion_id, "run_id": claim.run_id,
+            "target_file": home / "vllm.yaml"}
 
 
 @pytest.fixture

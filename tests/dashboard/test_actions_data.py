@@ -43,8 +43,10 @@ def test_request_run_refuses_unknown_kinds_and_unregistered_targets(seeded: dict
 def test_promotion_decided_once_and_audited(seeded: dict[str, Any]) -> None:
     pid = seeded["promotion_id"]
     row = actions.decide_promotion(pid, True, "alice", reason="  fine\nby me ")
-    assert (row["status"], row["decided_by"], row["reason"]) == ("approved", "alice", "fine by me")
-    with pytest.raises(actions.ActionRefused, match=f"promotion {pid} is already approved by alice"):
+    # approval is carried out at once: the new value is written to the target config file
+    assert (row["status"], row["decided_by"], row["reason"]) == ("applied", "alice", "fine by me")
+    assert "gpu_memory_utilization: 0.85" in seeded["target_file"].read_text()
+    with pytest.raises(actions.ActionRefused, match=f"promotion {pid} is already applied by alice"):
         actions.decide_promotion(pid, False, "bob")
     with session_scope(write=False) as s:
         events = queries.audit_page(s, kind=actions.KIND_PROMOTION_APPROVED)

@@ -230,7 +230,7 @@ def test_promotion_decision_with_confirmation_is_audited(seeded: dict[str, Any],
     with session_scope(write=False) as s:
         row = s.get(Promotion, pid)
         events = queries.audit_page(s, kind=KIND_PROMOTION_APPROVED if approve else KIND_PROMOTION_REJECTED)
-    assert (row.status, row.decided_by, row.reason) == (verb, OPERATOR, "looks right")
+    assert (row.status, row.decided_by, row.reason) == ("applied" if approve else "rejected", OPERATOR, "looks right")
     assert [(e["actor"], e["subject"], e["payload"]["promotion_id"]) for e in events] == [(OPERATOR, "vllm", pid)]
     assert "Nothing to review." in _all_text(at)
     assert list(at.dataframe[-1].value["decided by"]) == [OPERATOR]
