@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -64,7 +63,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     # The app imports healing/storage/dashboard; from a checkout they sit next to the package.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
-    try:
-        return subprocess.call(argv, env=env)
-    except KeyboardInterrupt:
-        return 0
+    # Replace this process with Streamlit, so that a signal to `selfheal dashboard` (Ctrl-C, SIGTERM
+    # from make run or a supervisor) reaches the server itself and no orphan is left behind.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], argv, env)
+    return 0  # not reached

@@ -21,6 +21,16 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     return home
 
 
+@pytest.fixture(autouse=True)
+def _keep_main_module() -> object:
+    """Streamlit's AppTest runs page scripts as ``__main__`` and leaves that module in sys.modules;
+    a later test that spawns processes would then make every child re-run a dashboard page."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
+
+
 def selfheal_cmd() -> list[str]:
     """argv prefix that runs the CLI of this checkout in a subprocess."""
     return [sys.executable, "-m", "healing"]
