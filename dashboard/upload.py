@@ -10,7 +10,8 @@ plain function so tests can drive it without a browser. Limits are enforced here
 
 The health verdict comes from the same checker the worker uses (healing.images.service
 default_checker: the full healing.analysis checker when installed, else the integrity checker).
-The maps drawn on the page (block entropy, edge magnitude, Fourier spectrum, block clusters) are
+The analysis numbers in the report come from healing.analysis.analyze_image (all four methods);
+the maps drawn on the page (block entropy, edge magnitude, Fourier spectrum, block clusters) are
 computed by small pure functions below. A vision model may be added, chosen by name from
 ``vision_model.upload_allowlist`` only (healing.vision.providers_for_upload refuses anything else,
 URLs included).
@@ -245,7 +246,13 @@ def analyze_upload(filename: str, data: bytes, settings: Settings, *, model: str
             analysis.maps = {"entropy": entropy, "edges": edge_magnitude(image.pixels),
                              "fourier": fourier_spectrum(image.pixels),
                              "clusters": block_clusters(entropy, image.pixels)}
-            analysis.summaries = summarise_maps(analysis.maps)
+            # The report's numbers are the analysis engine's (the same as `selfheal analyze --method all`);
+            # the maps above only draw the picture.
+            from healing.analysis import analyze_image, load_image
+
+            engine = analyze_image(load_image(path, max_pixels=limits.max_upload_pixels))
+            engine["image_path"] = name
+            analysis.summaries = {**engine, "display_maps": summarise_maps(analysis.maps)}
         if model:
             try:
                 analysis.vision = _vision_results(model, settings, path, image, analysis.maps.get("entropy"),

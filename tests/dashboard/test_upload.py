@@ -38,7 +38,12 @@ def test_healthy_upload_report(tmp_path: Path) -> None:
     assert set(result.maps) == {"entropy", "edges", "fourier", "clusters"}
     report = json.loads(json.dumps(result.report()))
     assert report["file"]["size"] == len(_png())
-    assert report["analyses"]["entropy"]["tile"] == 16
+    # the engine's numbers (as `selfheal analyze --method all`): 16 KiB of random data = 4 blocks of 4 KiB
+    analyses = report["analyses"]
+    assert set(analyses) >= {"entropy", "edges", "fourier", "clusters", "display_maps"}
+    assert (analyses["entropy"]["block_size"], analyses["entropy"]["blocks"]) == (4096, 4)
+    assert analyses["entropy"]["bands"]["compressed"] == 1.0 and analyses["image_path"] == "boot_image.rts.png"
+    assert analyses["display_maps"]["entropy"]["tile"] == 16
     assert report["check"]["image_path"] == "boot_image.rts.png"
 
 
