@@ -12,8 +12,7 @@ which runs this file, so nothing heavy is imported here.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from healing._lazy import lazy_exports
 
 _EXPORTS = {
     "BANDS": "entropy",
@@ -55,17 +54,4 @@ _EXPORTS = {
     "PatternDetector": "engine",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'healing.analysis' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"healing.analysis.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

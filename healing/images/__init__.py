@@ -12,8 +12,7 @@ which runs this file, so nothing heavy may be imported here.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from healing._lazy import lazy_exports
 
 _EXPORTS = {
     "register_image": "registry",
@@ -28,17 +27,4 @@ _EXPORTS = {
     "WebhookNotifier": "notify",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'healing.images' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"healing.images.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -6,8 +6,7 @@ its commands — does not pull in NumPy and OpenCV.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from healing._lazy import lazy_exports
 
 _EXPORTS = {
     "curve_index_grid": "_hilbert",
@@ -29,17 +28,4 @@ _EXPORTS = {
     "write_image": "codec",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'healing.pixelrts' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"healing.pixelrts.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

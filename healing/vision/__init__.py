@@ -10,8 +10,7 @@ Names are loaded on first use (PEP 562), so the CLI can import this package chea
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from healing._lazy import lazy_exports
 
 _EXPORTS = {
     "AnalysisContext": "_types",
@@ -38,17 +37,4 @@ _EXPORTS = {
     "run_providers": "ensemble",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'healing.vision' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"healing.vision.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
