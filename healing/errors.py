@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 EXIT_OK = 0
 EXIT_WARNING = 1
 EXIT_CRITICAL = 2
@@ -52,3 +55,18 @@ class DatabaseError(SelfHealError):
     """The database cannot be reached or is locked beyond the busy timeout (exit 3)."""
 
     exit_code = EXIT_UNKNOWN
+
+
+@contextmanager
+def reading(path: object, what: str = "a regular file") -> Iterator[None]:
+    """Turn the OSErrors of opening/reading ``path`` into one-line InputErrors (exit 3)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not {what}") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None

@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from healing.errors import InputError
+from healing.errors import InputError, reading
 
 _BUF = 1 << 20
 TMP_MARK = ".selfheal-restore-"
@@ -23,17 +23,8 @@ TMP_MARK = ".selfheal-restore-"
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """sha256 of a file, streamed in 1 MiB blocks (``hashlib.file_digest`` releases the GIL)."""
-    try:
-        with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with reading(path), open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def fsync_dir(directory: Path) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from healing.errors import CorruptedError, DependencyError, InputError, UsageError
+from healing.errors import CorruptedError, DependencyError, InputError, UsageError, reading
 from healing.pixelrts import _metadata as md
 from healing.pixelrts import _png
 from healing.pixelrts._hilbert import is_power_of_two, linear_table
@@ -336,17 +336,8 @@ def write_image(data: bytes, path: str | os.PathLike[str], *, sidecar: bool = Tr
 # ----------------------------------------------------------------------------- reading
 
 def _read_bytes(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not an image file") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with reading(path, "an image file"), open(path, "rb") as fh:
+        return fh.read()
 
 
 def _parse_meta_text(text: str, where: str) -> dict[str, Any]:
