@@ -14,6 +14,8 @@ from typing import Any
 from healing.errors import CorruptedError, InputError, UsageError
 
 _EXIT = {"healthy": 0, "warning": 1, "critical": 2, "unknown": 3}
+# "The worst over all images": a critical image needs action more than one that could not be judged.
+_SEVERITY = {"healthy": 0, "warning": 1, "unknown": 2, "critical": 3}
 METHODS = ("entropy", "edges", "fourier", "clusters", "all")
 
 
@@ -94,7 +96,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         for result in results:
             _print_result(result, args.verbose)
-    return max(_EXIT[r.to_dict()["status"]] for r in results)
+    worst = max((r.to_dict()["status"] for r in results), key=_SEVERITY.__getitem__)
+    return _EXIT[worst]
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:

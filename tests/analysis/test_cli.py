@@ -40,6 +40,9 @@ def test_check_exit_codes_and_json(make_rts, tmp_path) -> None:
     text.write_text("hello")
     assert run("check", tmp_path / "missing.png").returncode == 3
     assert run("check", text).returncode == 3
+    # several images: the worst wins, and critical outranks unknown (as in `selfheal monitor`)
+    assert run("check", good, text).returncode == 3
+    assert run("check", text, truncated, good).returncode == 2
 
     out = tmp_path / "all.json"
     proc = run("check", good, truncated, "--json", "--output", out)
