@@ -240,15 +240,7 @@ def audit_csv(url: str | None = None, *, kind: str | None = None, subject: str |
     The payload column is the canonical JSON exactly as hashed, so an export can be re-verified.
     """
     a = AuditEvent.__table__.c
-    filters: list[Any] = []
-    if kind:
-        filters.append(a.kind == kind)
-    if subject:
-        filters.append(a.subject == subject)
-    if start is not None:
-        filters.append(a.created_at >= start)
-    if end is not None:
-        filters.append(a.created_at < end)
+    filters = queries.audit_filters(kind, subject, start, end)
     query = (sa.select(*(getattr(a, col) for col in AUDIT_CSV_COLUMNS)).where(*filters)
              .order_by(a.created_at.desc(), a.id.desc()).limit(max_rows))
     out = io.StringIO()

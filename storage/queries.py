@@ -434,7 +434,8 @@ def pending_webhook_alerts(session: Session, *, limit: int = 50) -> list[dict[st
 
 # --------------------------------------------------------------------------- audit reads
 
-def _audit_filters(kind: str | None, subject: str | None, start: datetime | None, end: datetime | None) -> list[Any]:
+def audit_filters(kind: str | None, subject: str | None, start: datetime | None, end: datetime | None) -> list[Any]:
+    """WHERE clauses of an audit query (kind, subject, [start, end) in UTC); shared with the CSV export."""
     a = AuditEvent.__table__.c
     filters: list[Any] = []
     if kind:
@@ -462,7 +463,7 @@ def audit_page(
     a = AuditEvent.__table__.c
     query = (
         sa.select(a.id, a.seq, a.created_at, a.kind, a.subject, a.actor, a.payload, a.prev_hash, a.hash)
-        .where(*_audit_filters(kind, subject, start, end))
+        .where(*audit_filters(kind, subject, start, end))
         .order_by(a.created_at.desc(), a.id.desc())
         .offset(max(0, offset))
         .limit(max(0, limit))
@@ -483,7 +484,7 @@ def audit_count(
 ) -> int:
     """How many audit events match the same filters as audit_page."""
     a = AuditEvent.__table__.c
-    query = sa.select(sa.func.count(a.id)).where(*_audit_filters(kind, subject, start, end))
+    query = sa.select(sa.func.count(a.id)).where(*audit_filters(kind, subject, start, end))
     return int(session.execute(query).scalar_one())
 
 

@@ -50,6 +50,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from healing.config import _as_number
 from healing.errors import ConfigError
 
 GPU_SOURCES = ("auto", "nvml", "nvidia-smi", "message", "profile")
@@ -154,19 +155,7 @@ def _unknown(key: str, data: Mapping[str, Any], allowed: set[str]) -> None:
 
 
 def _num(key: str, value: Any, kind: type = float, lo: float | None = None, hi: float | None = None) -> Any:
-    if isinstance(value, bool) or value is None or isinstance(value, list | dict):
-        raise ConfigError(f"config: {key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-    try:
-        number = kind(value)
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"config: {key} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
-    if lo is not None and number < lo:
-        raise ConfigError(f"config: {key} must be ≥ {lo}, got {value!r}")
-    if hi is not None and number > hi:
-        raise ConfigError(f"config: {key} must be ≤ {hi}, got {value!r}")
-    return number
+    return _as_number(key, value, kind, lo, hi)
 
 
 def _gib(key: str, value: Any) -> Decimal:
