@@ -20,7 +20,7 @@ Public API
   busy_timeout_ms_from_settings(settings=None) -> int
   DEFAULT_BUSY_TIMEOUT_MS
 
-Errors: "database is locked" beyond the busy timeout, and a database file that cannot be opened,
+Errors: "database is locked" beyond the busy timeout (PostgreSQL: its lock timeout), and a database file that cannot be opened,
 surface as healing.errors.DatabaseError with one line (exit code 3), never a raw traceback.
 
 Configuration: ``database.busy_timeout_ms`` in the YAML file or SELFHEAL_DB_BUSY_TIMEOUT_MS
@@ -123,6 +123,16 @@ def _sqlite_path(url: sa.URL) -> Path | None:
     return Path(database).expanduser()
 
 
+def _postgresql_driver(url: sa.URL) -> sa.URL:
+    """A bare ``postgresql://`` URL means SQLAlchemy's default driver, psycopg2; ``selfheal[postgres]``
+    installs psycopg 3. Use psycopg 3 when it is there and psycopg2 is not."""
+    from importlib.util import find_spec
+
+    if url.drivername == "postgresql" and find_spec("psycopg2") is None and find_spec("psycopg") is not None:
+        return url.set(drivername="postgresql+psycopg")
+    return url
+
+
 def _create_engine(url_text: str, busy_timeout_ms: int) -> Engine:
     try:
         url = sa.make_url(url_text)
@@ -130,8 +140,13 @@ def _create_engine(url_text: str, busy_timeout_ms: int) -> Engine:
         raise ConfigError(f"config: database_url is not a valid database URL: {mask_url(url_text)}") from None
     shown = mask_url(url_text)
     if url.get_backend_name() != "sqlite":
+        connect_args: dict[str, Any] = {}
+        if url.get_backend_name() == "postgresql":
+            url = _postgresql_driver(url)
+            # The busy timeout means the same on both backends: a lock held longer is an error, not a hang.
+            connect_args["options"] = f"-c lock_timeout={int(busy_timeout_ms)}"
         try:
-            engine = sa.create_engine(url, pool_pre_ping=True)
+            engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
         except sa.exc.NoSuchModuleError:
             raise ConfigError(f"config: database_url names an unknown database driver: {shown}") from None
         except ModuleNotFoundError as exc:
@@ -181,7 +196,8 @@ def _install_error_translation(engine: Engine, shown_url: str, busy_timeout_ms: 
     def _translate(ctx: sa.engine.ExceptionContext) -> None:
         text = " ".join(str(ctx.original_exception).split())
         lowered = text.lower()
-        if "database is locked" in lowered or "database table is locked" in lowered:
+        if ("database is locked" in lowered or "database table is locked" in lowered
+                or "canceling statement due to lock timeout" in lowered):
             raise DatabaseError(
                 f"database is locked: another process held it for more than {busy_timeout_ms} ms ({shown_url}); "
                 "raise database.busy_timeout_ms or find the stuck writer"

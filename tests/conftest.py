@@ -41,3 +41,30 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
+
+
+@pytest.fixture(scope="session")
+def postgres_server():  # type: ignore[no-untyped-def]
+    """A real PostgreSQL server for the session (see tests/pg_server.py); skips where none can be had."""
+    from tests import pg_server
+
+    reason = pg_server.why_unavailable()
+    if reason:
+        pytest.skip(f"no PostgreSQL: {reason}")
+    server = pg_server.start_server()
+    try:
+        running = next(server)
+    except pg_server.StartFailed as exc:
+        pytest.skip(f"no PostgreSQL: {exc}")
+    yield running
+    server.close()  # stops the server and removes its files
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> str:  # type: ignore[no-untyped-def]
+    """A fresh, migrated PostgreSQL database on the session's server."""
+    from storage.migrate import upgrade
+
+    url = postgres_server.fresh_database()
+    upgrade(url)
+    return url

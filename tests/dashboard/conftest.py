@@ -92,8 +92,12 @@ def seed(home: Path, *, heartbeat: bool = True) -> dict[str, Any]:
             "target_file": home / "vllm.yaml"}
 
 
-@pytest.fixture
-def seeded(_isolated_home: Path) -> dict[str, Any]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def seeded(_isolated_home: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The seeded database: SQLite under SELFHEAL_HOME, then a fresh database on a real PostgreSQL
+    server named by SELFHEAL_DATABASE_URL (skipped where none can be had)."""
+    if request.param == "postgresql":
+        monkeypatch.setenv("SELFHEAL_DATABASE_URL", request.getfixturevalue("postgres_server").fresh_database())
     return seed(_isolated_home)
 
 

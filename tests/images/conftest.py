@@ -12,11 +12,15 @@ from healing.config import Settings, load_settings
 from healing.pixelrts import write_image
 
 
-@pytest.fixture()
-def settings(_isolated_home: Path) -> Settings:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(_isolated_home: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings on a migrated database: SQLite under SELFHEAL_HOME, then a fresh database on a real
+    PostgreSQL server named by SELFHEAL_DATABASE_URL (skipped where none can be had)."""
     from storage.engine import dispose_engines
     from storage.migrate import upgrade
 
+    if request.param == "postgresql":
+        monkeypatch.setenv("SELFHEAL_DATABASE_URL", request.getfixturevalue("postgres_server").fresh_database())
     upgrade()
     yield load_settings()
     dispose_engines()

@@ -1,4 +1,4 @@
-"""Fixtures for the storage tests: a real, migrated SQLite file per test."""
+"""Fixtures for the storage tests: a real, migrated database per test, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -25,8 +25,15 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def db_url(db_path: Path) -> str:
-    """A migrated SQLite database in tmp_path."""
+def sqlite_url(db_path: Path) -> str:
+    """A migrated SQLite database in tmp_path (for tests of SQLite's own behaviour)."""
     url = f"sqlite:///{db_path}"
     upgrade(url)
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A migrated database: a SQLite file in tmp_path, then a fresh database on a real PostgreSQL server
+    (skipped where none can be had; see tests/pg_server.py)."""
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import socket
 import sqlite3
 import threading
 import time
@@ -78,12 +80,14 @@ def test_default_url_comes_from_selfheal_home_and_engines_are_cached(_isolated_h
 def test_foreign_keys_are_enforced(db_url: str) -> None:
     from storage.models import Check
 
-    with pytest.raises(sa.exc.IntegrityError, match="FOREIGN KEY constraint failed"):
+    # SQLite and PostgreSQL word it differently; both refuse the row.
+    with pytest.raises(sa.exc.IntegrityError, match="FOREIGN KEY constraint failed|violates foreign key constraint"):
         with session_scope(db_url) as session:
             session.add(Check(image_id=999, image_path="/nope", status="healthy"))
 
 
-def test_write_sessions_begin_immediate_and_read_sessions_do_not(db_url: str, db_path: Path) -> None:
+def test_write_sessions_begin_immediate_and_read_sessions_do_not(sqlite_url: str, db_path: Path) -> None:
+    db_url = sqlite_url
     with session_scope(db_url) as session:
         assert is_write_session(session)
         # The write lock is already held: a second writer cannot get it even with a short timeout.
@@ -99,7 +103,7 @@ def test_write_sessions_begin_immediate_and_read_sessions_do_not(db_url: str, db
         other.close()
 
 
-def test_lock_held_beyond_the_busy_timeout_is_one_clear_database_error(db_url: str, db_path: Path) -> None:
+def test_lock_held_beyond_the_busy_timeout_is_one_clear_database_error(sqlite_url: str, db_path: Path) -> None:
     url = f"sqlite:///{db_path}"
     get_engine(url, busy_timeout_ms=200)
     holder = sqlite3.connect(db_path, isolation_level=None)
@@ -171,5 +175,49 @@ def test_bad_urls_and_missing_drivers_are_one_line_errors() -> None:
     with pytest.raises(ConfigError, match=r"^config: database_url names an unknown database driver: "
                                           r"postgresql\+nosuchdriver://u:\*\*\*@db/selfheal$"):
         get_engine("postgresql+nosuchdriver://u:hunter2@db/selfheal", busy_timeout_ms=5000)
-    with pytest.raises(DependencyError, match=r"^the database driver for postgresql is not installed \(psycopg\); for PostgreSQL: pip install"):
-        get_engine("postgresql://u:hunter2@db/selfheal", busy_timeout_ms=5000)
+    with pytest.raises(DependencyError, match=r"^the database driver for postgresql\+pg8000 is not installed \(pg8000\); "
+                                              r"for PostgreSQL: pip install"):
+        get_engine("postgresql+pg8000://u:hunter2@db/selfheal", busy_timeout_ms=5000)
+
+
+def test_bare_postgresql_url_uses_psycopg_3_when_psycopg2_is_absent() -> None:
+    pytest.importorskip("psycopg")
+    if importlib.util.find_spec("psycopg2") is not None:
+        pytest.skip("psycopg2 is installed: the bare URL keeps SQLAlchemy's default driver")
+    engine = get_engine("postgresql://u:hunter2@127.0.0.1:1/selfheal", busy_timeout_ms=1500)
+    assert engine.dialect.driver == "psycopg"
+    assert engine.url.render_as_string(hide_password=True) == "postgresql+psycopg://u:***@127.0.0.1:1/selfheal"
+
+
+def test_postgresql_lock_held_beyond_the_busy_timeout_is_one_clear_database_error(pg_url: str) -> None:
+    holder = sa.create_engine(pg_url)
+    try:
+        with holder.connect() as conn:
+            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("LOCK TABLE audit_head IN ACCESS EXCLUSIVE MODE")
+            engine = get_engine(pg_url, busy_timeout_ms=300)
+            started = time.monotonic()
+            with pytest.raises(DatabaseError) as info:
+                with engine.begin() as other:
+                    other.exec_driver_sql("SELECT * FROM audit_head")
+            waited = time.monotonic() - started
+            conn.exec_driver_sql("ROLLBACK")
+    finally:
+        holder.dispose()
+    message = str(info.value)
+    assert message.startswith("database is locked: another process held it for more than 300 ms (postgresql+psycopg://")
+    assert "\n" not in message and info.value.exit_code == 3
+    assert 0.25 <= waited < 3.0
+
+
+def test_postgresql_server_down_is_one_line_without_the_password(postgres_server) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once the socket closes
+    url = f"postgresql+psycopg://selfheal:hunter2@127.0.0.1:{port}/selfheal"
+    with pytest.raises(DatabaseError) as info:
+        with session_scope(url, write=False) as session:
+            session.exec(sa.text("SELECT 1"))
+    message = str(info.value)
+    assert message.startswith(f"cannot connect to database postgresql+psycopg://selfheal:***@127.0.0.1:{port}/selfheal: ")
+    assert "hunter2" not in message and "\n" not in message

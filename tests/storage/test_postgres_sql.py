@@ -1,5 +1,5 @@
-"""PostgreSQL has no server on these machines; at least the schema and the locking SQL must compile
-for it, and the UTC type must hand PostgreSQL aware datetimes."""
+"""What PostgreSQL is sent, checked without a server: the DDL, the locking SQL and the UTC type's binds.
+(The database tests also run against a real server where one can be had: see tests/pg_server.py.)"""
 
 from __future__ import annotations
 

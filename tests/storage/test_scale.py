@@ -58,7 +58,8 @@ def _seed(url: str) -> None:
 
 
 @pytest.mark.slow
-def test_dashboard_queries_at_scale(db_url: str, db_path: Path) -> None:
+def test_dashboard_queries_at_scale(sqlite_url: str, db_path: Path) -> None:
+    db_url = sqlite_url
     _seed(db_url)
     timings: dict[str, float] = {}
 

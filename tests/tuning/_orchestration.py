@@ -24,13 +24,17 @@ SIM_CANARY = ["{python}", "-m", "healing.tuning.simulator", "--model", "demo", "
               "--max-model-len", "{vllm.max_model_len}", "--host", "{host}", "--port", "{port}"]
 
 
-@pytest.fixture
-def db_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A migrated SQLite database in tmp_path, named by SELFHEAL_DATABASE_URL for everything under test."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated database named by SELFHEAL_DATABASE_URL for everything under test: a SQLite file in
+    tmp_path, then a fresh database on a real PostgreSQL server (skipped where none can be had)."""
     dispose_engines()
-    url = f"sqlite:///{tmp_path / 'db' / 'selfheal.db'}"
+    if request.param == "postgresql":
+        url = str(request.getfixturevalue("pg_url"))
+    else:
+        url = f"sqlite:///{tmp_path / 'db' / 'selfheal.db'}"
+        upgrade(url)
     monkeypatch.setenv("SELFHEAL_DATABASE_URL", url)
-    upgrade(url)
     yield url
     dispose_engines()
 

@@ -19,8 +19,12 @@ def run(*args, home, timeout=60, **env):
                           env=subprocess_env(SELFHEAL_HOME=str(home), **env))
 
 
-@pytest.fixture()
-def home(_isolated_home):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def home(_isolated_home, request, monkeypatch):
+    """SELFHEAL_HOME for the subprocesses; their database is SQLite under it, then a fresh, empty database
+    on a real PostgreSQL server (skipped where none can be had) that the commands migrate themselves."""
+    if request.param == "postgresql":
+        monkeypatch.setenv("SELFHEAL_DATABASE_URL", request.getfixturevalue("postgres_server").fresh_database())
     return _isolated_home
 
 

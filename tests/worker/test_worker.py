@@ -1,3 +1,4 @@
+import importlib
 import sys
 import types
 
@@ -149,8 +150,10 @@ def test_worker_settings_are_validated(settings, tmp_path, monkeypatch):
 def test_a_live_worker_on_another_host_is_refused(settings, monkeypatch):
     with session_scope() as session:
         queries.beat_heartbeat(session, "other-host:99", pid=99, host="other-host", info={"heartbeat_interval": 10})
-    assert Worker(load_settings()).run_once()["checked"] == 0  # SQLite: a foreign heartbeat is no lock
-    monkeypatch.setattr("healing.worker.database_is_shared", lambda: True)
+    if settings.database_url.startswith("sqlite"):
+        assert Worker(load_settings()).run_once()["checked"] == 0  # SQLite: a foreign heartbeat is no lock
+        monkeypatch.setattr("healing.worker.database_is_shared", lambda: True)
+    # PostgreSQL (really, or SQLite pretending to be shared): a live beat from another host is a lock.
     with pytest.raises(WorkerLockedError, match=r"\(pid 99 on other-host, heartbeat \d+ s ago\)"):
         Worker(load_settings()).run_once()
     with session_scope() as session:
@@ -162,7 +165,8 @@ def test_configured_healing_actions_are_loaded_by_the_worker(settings, make_imag
     image = make_image()
     good = image.read_bytes()
     register_image(image, settings=settings)
-    (tmp_path / "site_actions.py").write_text(
+    module = f"site_actions_{tmp_path.name}"  # one module per test run: parametrized runs must not share it
+    (tmp_path / f"{module}.py").write_text(
         "from pathlib import Path\n"
         "CALLS = []\n"
         f"GOOD = Path({str(image)!r}).read_bytes()\n"
@@ -172,12 +176,11 @@ def test_configured_healing_actions_are_loaded_by_the_worker(settings, make_imag
         "    return True\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     config = tmp_path / "c.yaml"
-    config.write_text("health_check:\n  auto_heal: true\nhealing:\n  actions: ['site_actions:repair']\n")
+    config.write_text(f"health_check:\n  auto_heal: true\nhealing:\n  actions: ['{module}:repair']\n")
     monkeypatch.setenv("SELFHEAL_CONFIG", str(config))
     flip_idat_byte(image)
     summary = Worker(load_settings()).run_once()
-    import site_actions
-    assert site_actions.CALLS == [(str(image), "critical")]
+    assert importlib.import_module(module).CALLS == [(str(image), "critical")]
     assert (summary["healed"], image.read_bytes() == good) == (1, True)
 
 
