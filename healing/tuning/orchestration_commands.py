@@ -50,15 +50,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     lp.set_defaults(func=cmd_promotions_list)
     ap = psub.add_parser("approve", help="approve a pending promotion and apply it to the target config")
     ap.add_argument("id", type=int, metavar="ID")
-    ap.add_argument("--actor", help="who decides (default: the login name)")
+    ap.add_argument("--actor", type=_actor_name, help="who decides, up to 64 printable characters (default: the login name)")
     ap.add_argument("--json", action="store_true")
     ap.set_defaults(func=cmd_promotions_approve)
     rp = psub.add_parser("reject", help="reject a pending promotion (nothing is written)")
     rp.add_argument("id", type=int, metavar="ID")
     rp.add_argument("--reason", help="why (kept in the audit trail)")
-    rp.add_argument("--actor", help="who decides (default: the login name)")
+    rp.add_argument("--actor", type=_actor_name, help="who decides, up to 64 printable characters (default: the login name)")
     rp.add_argument("--json", action="store_true")
     rp.set_defaults(func=cmd_promotions_reject)
+
+
+MAX_ACTOR = 64  # the dashboard's limit on operator names, so both record actors alike
+
+
+def _actor_name(text: str) -> str:
+    """--actor: a name for the audit trail, one line of printable characters (usage error otherwise)."""
+    name = text.strip()
+    if not name or len(name) > MAX_ACTOR or not name.isprintable():
+        raise argparse.ArgumentTypeError(f"must be 1-{MAX_ACTOR} printable characters on one line")
+    return name
 
 
 def _actor(args: argparse.Namespace) -> str:

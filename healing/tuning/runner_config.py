@@ -58,6 +58,9 @@ SCORE_COMPONENTS = ("latency", "throughput", "errors", "kv_headroom")
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
 BASE_PLACEHOLDERS = ("python", "port", "host")
 
+# Subsystem names key rate limits and intents and fill 64-character columns.
+_SUBSYSTEM = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
 
 @dataclass(frozen=True)
 class LogSource:
@@ -308,8 +311,10 @@ def _parse_sources(raw: Any) -> tuple[LogSource, ...]:
         data = _map(key, item)
         _unknown(key, data, {"path", "subsystem", "start_at_end"})
         path = _str(f"{key}.path", data.get("path"), allow_none=False)
-        out.append(LogSource(Path(str(path)).expanduser(), _str(f"{key}.subsystem", data.get("subsystem", "vllm"), allow_none=False) or "vllm",
-                             _bool(f"{key}.start_at_end", data.get("start_at_end", False))))
+        subsystem = _str(f"{key}.subsystem", data.get("subsystem", "vllm"), allow_none=False) or "vllm"
+        if not _SUBSYSTEM.fullmatch(subsystem):
+            raise ConfigError(f"config: {key}.subsystem must be 1-64 letters, digits, '.', '_' or '-', got {subsystem!r}")
+        out.append(LogSource(Path(str(path)).expanduser(), subsystem, _bool(f"{key}.start_at_end", data.get("start_at_end", False))))
     return tuple(out)
 
 

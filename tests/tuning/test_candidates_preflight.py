@@ -148,6 +148,10 @@ def test_a_shell_string_template_is_refused() -> None:
     ({"gpu_profile": {"total_gib": 8, "resident_gib": 9}}, "resident_gib must not exceed total_gib"),
     ({"gpu_profile": "no-such-card"}, "tuning.gpu_profile: 'no-such-card' is neither a built-in profile"),
     ({"log_sources": "/var/log/vllm.log"}, "tuning.log_sources must be a list"),
+    ({"log_sources": [{"path": "/tmp/a.log", "subsystem": "v" * 65}]},
+     "tuning.log_sources[0].subsystem must be 1-64 letters, digits, '.', '_' or '-', got 'vvv"),
+    ({"log_sources": [{"path": "/tmp/a.log", "subsystem": "vllm prod"}]},
+     "tuning.log_sources[0].subsystem must be 1-64 letters, digits, '.', '_' or '-', got 'vllm prod'"),
     ({"promotion_ttl_s": "soon"}, "tuning.promotion_ttl_s must be a number"),
 ])
 def test_config_errors_name_the_key(section: dict, message: str) -> None:

@@ -125,6 +125,13 @@ def test_promotions_list_approve_reject(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(SystemExit) as info:
         cli.main(["promotions", "approve", "seven"])
     assert info.value.code == 64
+    # The actor goes into the audit trail: one printable line of at most 64 characters (PostgreSQL's column
+    # is 255 wide and would refuse more; SQLite would have stored anything).
+    for bad in ("a" * 65, "eve\nadmin", "   "):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["promotions", "reject", str(second), "--actor", bad])
+        assert info.value.code == 64
+        assert "argument --actor: must be 1-64 printable characters on one line" in capsys.readouterr().err
 
 
 def test_commands_module_imports_only_the_standard_library() -> None:
