@@ -63,6 +63,7 @@ class HealingSettings:
     backup_before_heal: bool = True
     max_heal_attempts: int = 3
     quarantine_corrupted: bool = True
+    quarantine_retention_days: float = 30.0  # the worker prunes older copies; 0 keeps them forever
     revert_unexpected_changes: bool = False
     actions: list[str] = field(default_factory=list)
     notification: NotificationSettings = field(default_factory=NotificationSettings)
@@ -292,6 +293,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
         "healing.max_heal_attempts", env.get("VLM_MAX_HEAL_ATTEMPTS") or he.get("max_heal_attempts", g.max_heal_attempts), int, 1, 100
     )
     g.quarantine_corrupted = _as_bool("healing.quarantine_corrupted", he.get("quarantine_corrupted", True))
+    g.quarantine_retention_days = _as_number(
+        "healing.quarantine_retention_days", he.get("quarantine_retention_days", g.quarantine_retention_days), float, 0, 36500
+    )
     g.revert_unexpected_changes = _as_bool("healing.revert_unexpected_changes", he.get("revert_unexpected_changes", False))
     actions = he.get("actions") or []
     if not isinstance(actions, list) or not all(isinstance(a, str) and ":" in a for a in actions):

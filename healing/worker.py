@@ -6,6 +6,7 @@ An APScheduler 3.x ``BlockingScheduler`` runs:
                      per-image jobs when images are registered or removed (every ``worker.sync_interval``)
   poll-requests      claims "run now" requests from the dashboard/CLI (every ``worker.poll_interval``)
   heartbeat          refreshes this worker's row in worker_heartbeats (every ``worker.heartbeat_interval``)
+  prune-quarantine   deletes quarantine copies older than ``healing.quarantine_retention_days`` (hourly)
   (hooks)            jobs other areas register through JOB_HOOKS (e.g. the tuning runner's)
 All jobs have fixed ids, ``coalesce=True``, ``max_instances=1`` and a generous misfire grace time.
 
@@ -13,7 +14,7 @@ Only one worker runs per $SELFHEAL_HOME/database: it holds an exclusive ``fcntl.
 ``$SELFHEAL_HOME/worker.lock`` for its lifetime (released by the kernel even after kill -9); a second
 worker exits 3 with one line. SIGTERM/SIGINT stop it cleanly: running jobs finish, the heartbeat
 says "stopped". ``run_once`` (``selfheal worker --once``) checks every image now, processes pending
-requests and returns.
+requests, prunes the quarantine and returns.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ TUNING_HOOK = "healing.tuning.runner:process_pending_intents"
 # each is called as hook(scheduler, settings, job_options) when importable, and skipped otherwise.
 JOB_HOOKS = ["healing.tuning.worker_jobs:register_jobs"]
 SYNC_JOB, POLL_JOB, HEARTBEAT_JOB = "sync-images", "poll-requests", "heartbeat"
+QUARANTINE_JOB, QUARANTINE_PRUNE_INTERVAL_S = "prune-quarantine", 3600
 CHECK_JOB_PREFIX = "check:"
 
 
@@ -307,6 +309,7 @@ class Worker:
             self.prepare()
             records = self.service.check_all()
             requests = self.process_requests()
+            self.prune_quarantine()
             self.notifier.close(timeout=self.settings.healing.notification.timeout * 2)
         finally:
             self.lock.release()
@@ -317,6 +320,13 @@ class Worker:
         return {"checked": len(records), **counts, "healed": sum(h.healthy for h in heals),
                 "heal_failed": sum(not h.healthy for h in heals), "requests": requests,
                 "reused": sum(r.reused for r in records)}
+
+    def prune_quarantine(self) -> None:
+        """Delete quarantine copies past healing.quarantine_retention_days; a failure is logged, never fatal."""
+        try:
+            self.service.prune_quarantine()
+        except SelfHealError as exc:
+            log.warning("quarantine prune failed: %s", exc)
 
     def sync_jobs(self) -> None:
         """Make the check:<id> jobs match the registered images and their intervals."""
@@ -363,6 +373,8 @@ class Worker:
             self.scheduler.add_job(self._poll, "interval", seconds=self.config.poll_interval, id=POLL_JOB,
                                    next_run_time=now, **self._job_options())
             self.scheduler.add_job(self.beat, "interval", seconds=self.config.heartbeat_interval, id=HEARTBEAT_JOB,
+                                   next_run_time=now, **self._job_options())
+            self.scheduler.add_job(self.prune_quarantine, "interval", seconds=QUARANTINE_PRUNE_INTERVAL_S, id=QUARANTINE_JOB,
                                    next_run_time=now, **self._job_options())
             self.add_extra_jobs()
             stop = self._install_signal_handlers()

@@ -66,6 +66,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=_positive_int, default=None, metavar="N", help="stop after N rounds (default: run until Ctrl-C)")
     p.set_defaults(func=cmd_monitor)
 
+    p = sub.add_parser("quarantine", help="list or prune the quarantine (copies of damaged files kept before a heal)",
+                       description="The worker prunes copies older than healing.quarantine_retention_days (default 30) every "
+                                   "hour; `quarantine prune` does it now, or with another age.")
+    qsub = p.add_subparsers(dest="action", metavar="ACTION")
+    qsub.required = True
+    q = qsub.add_parser("list", help="the quarantined files, oldest first")
+    q.add_argument("--json", action="store_true", help="print a JSON array")
+    q.set_defaults(func=cmd_quarantine_list)
+    q = qsub.add_parser("prune", help="delete quarantined files older than --older-than days (default: the configured retention)")
+    q.add_argument("--older-than", type=_days, metavar="DAYS", help="age in days (0 deletes everything)")
+    q.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_quarantine_prune)
+
+
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of days, got {text!r}") from None
+    if not 0 <= value <= 36500:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 36500 days, got {text}")
+    return value
+
 
 def _prepare() -> Any:
     from healing.config import load_settings
@@ -179,3 +203,46 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     finally:
         service.notifier.close(timeout=settings.healing.notification.timeout)
     return _EXIT[worst]
+
+
+def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    from healing.config import load_settings
+    from healing.images.quarantine import quarantined_at
+
+    qdir = load_settings().quarantine_dir
+    rows = []
+    if qdir.is_dir():
+        for entry in qdir.iterdir():
+            if entry.is_file() and not entry.is_symlink():
+                rows.append({"path": str(entry), "bytes": entry.stat().st_size,
+                             "quarantined_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(quarantined_at(entry)))})
+    rows.sort(key=lambda r: (r["quarantined_at"], r["path"]))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"quarantine is empty ({qdir})")
+    else:
+        for row in rows:
+            print(f"{row['quarantined_at']}  {row['bytes']:>12}  {row['path']}")
+    return EXIT_OK
+
+
+def cmd_quarantine_prune(args: argparse.Namespace) -> int:
+    settings = _prepare()
+    days = settings.healing.quarantine_retention_days if args.older_than is None else args.older_than
+    if args.older_than is None and days <= 0:
+        print("healing.quarantine_retention_days is 0 (keep forever): nothing pruned; use --older-than DAYS", file=sys.stderr)
+        return EXIT_OK
+    report = _service(settings, auto_heal=None, actor="cli").prune_quarantine(older_than_days=days, dry_run=args.dry_run,
+                                                                              actor="cli")
+    if args.json:
+        print(json.dumps({"older_than_days": days, "dry_run": args.dry_run, **report.as_dict()}, sort_keys=True))
+    else:
+        verb = "would remove" if args.dry_run else "removed"
+        for path in report.removed:
+            print(f"{verb} {path}")
+        print(f"{verb} {len(report.removed)} files ({report.removed_bytes} bytes) older than {days:g} days; "
+              f"kept {report.kept} ({report.kept_bytes} bytes)")
+    for error in report.errors:
+        print(f"selfheal: cannot remove {error}", file=sys.stderr)
+    return EXIT_UNKNOWN if report.errors else EXIT_OK

@@ -39,6 +39,7 @@ log = logging.getLogger("selfheal.images")
 
 SOURCE = "registry"  # findings added by this module (unexpected change, missing file)
 KIND_HEAL_DECISION = "heal.decision"
+KIND_QUARANTINE_PRUNED = "quarantine.pruned"
 
 
 def default_checker(settings: Settings) -> Any:
@@ -330,6 +331,29 @@ class ImageService:
             except LookupError:
                 continue  # unregistered while the cycle ran
         return records
+
+    def prune_quarantine(self, *, older_than_days: float | None = None, dry_run: bool = False,
+                         actor: str = "worker", now: float | None = None) -> Any:
+        """Delete quarantine copies older than ``older_than_days`` (default healing.quarantine_retention_days;
+        0 there means keep forever and nothing is deleted). What was deleted is one audit event."""
+        from healing.images.quarantine import PruneReport, prune_quarantine
+        from storage.audit import append_event
+        from storage.engine import session_scope
+
+        days = self.settings.healing.quarantine_retention_days if older_than_days is None else older_than_days
+        if older_than_days is None and days <= 0:
+            return PruneReport()
+        report = prune_quarantine(self.settings.quarantine_dir, older_than_s=days * 86400.0, now=now, dry_run=dry_run)
+        for error in report.errors:
+            log.warning("quarantine prune: cannot remove %s", error)
+        if report.removed and not dry_run:
+            with session_scope() as session:
+                append_event(session, KIND_QUARANTINE_PRUNED, str(self.settings.quarantine_dir), {
+                    "older_than_days": days, "removed": len(report.removed), "removed_bytes": report.removed_bytes,
+                    "files": [Path(f).name for f in report.removed[:100]], "kept": report.kept}, actor=actor)
+            log.info("quarantine: removed %d copies (%d bytes) older than %g days", len(report.removed),
+                     report.removed_bytes, days)
+        return report
 
     # ------------------------------------------------------------------ healing
 
