@@ -1,7 +1,7 @@
 """Schema migrations, run programmatically (Alembic configured in code; no alembic.ini on disk).
 
 Public API
-  upgrade(url=None) -> str          `alembic upgrade head`; idempotent; returns the revision now current
+  upgrade(url=None, revision="head") -> str   `alembic upgrade head`; idempotent; returns the revision now current
   current_revision(url=None) -> str | None   None for a database that was never migrated
   head_revision() -> str            the newest revision shipped in storage/migrations/versions
   alembic_config(url=None) -> alembic.config.Config   for `alembic revision --autogenerate` by developers
@@ -45,13 +45,14 @@ def current_revision(url: str | None = None) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade(url: str | None = None) -> str:
-    """Bring the database to the newest schema and return its revision. Safe to call repeatedly."""
+def upgrade(url: str | None = None, revision: str = "head") -> str:
+    """Bring the database to the newest schema (or to ``revision``) and return its revision.
+    Safe to call repeatedly."""
     engine = get_engine(url)
     with engine.connect() as connection:
         cfg = alembic_config(url)
         cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, revision)
     revision = current_revision(url)
     assert revision is not None
     return revision

@@ -156,7 +156,7 @@ class Heal(SQLModel, table=True):
     image_id: int | None = Field(default=None, foreign_key="images.id", ondelete="CASCADE")
     check_id: int | None = Field(default=None, foreign_key="checks.id", ondelete="SET NULL")
     image_path: str = Field(sa_type=sa.String(4096))
-    action: str = Field(sa_type=sa.String(32))
+    action: str = Field(sa_type=sa.String(255))  # built-in names or a custom action's module:function
     outcome: str = Field(sa_type=sa.String(32))
     source_path: str | None = Field(default=None, sa_type=sa.String(4096))
     quarantine_path: str | None = Field(default=None, sa_type=sa.String(4096))

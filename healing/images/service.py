@@ -421,7 +421,7 @@ class ImageService:
             detail = {"trigger": trigger, "error": error, "status_after": after.status if after else None}
             with session_scope() as session:
                 heal_ids.append(int(queries.record_heal(
-                    session, image_path=path, action=name[:32], outcome=outcome, image_id=image["id"],
+                    session, image_path=path, action=name[:255], outcome=outcome, image_id=image["id"],
                     check_id=record.check_id, detail={"action": name, **detail},
                     duration_ms=round((time.perf_counter() - start) * 1000, 3), actor=actor)["id"]))
             if healthy:

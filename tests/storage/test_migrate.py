@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlmodel import select
 
 from storage.audit import GENESIS_HASH
 from storage.engine import get_engine, get_read_engine
@@ -22,13 +24,13 @@ EXPECTED_TABLES = {
 def test_empty_database_to_head_and_idempotent(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm' / 'selfheal.db'}"
     assert current_revision(url) is None
-    assert head_revision() == "0001"
-    assert upgrade(url) == "0001"
-    assert current_revision(url) == "0001"
+    assert head_revision() == "0002"
+    assert upgrade(url) == "0002"
+    assert current_revision(url) == "0002"
     with get_engine(url).begin() as conn:
         conn.exec_driver_sql("INSERT INTO run_requests (kind, target, requested_by, status, created_at) "
                              "VALUES ('check', '/a', 'op', 'pending', '2026-01-01 00:00:00.000000')")
-    assert upgrade(url) == "0001"  # second run: nothing re-created, data kept
+    assert upgrade(url) == "0002"  # second run: nothing re-created, data kept
     with get_engine(url).connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM run_requests").scalar_one() == 1
         assert conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar_one() == 1
@@ -75,5 +77,34 @@ def test_concurrent_upgrades_of_a_fresh_database_both_succeed(tmp_path: Path) ->
     from tests.storage._workers import run_in_processes
 
     url = f"sqlite:///{tmp_path / 'race.db'}"
-    assert run_in_processes([(upgrade, (url,)), (upgrade, (url,))]) == ["0001", "0001"]
-    assert current_revision(url) == "0001"
+    assert run_in_processes([(upgrade, (url,)), (upgrade, (url,))]) == ["0002", "0002"]
+    assert current_revision(url) == "0002"
+
+
+def test_0002_widens_heal_actions_and_keeps_existing_rows(db_url: str, request: pytest.FixtureRequest) -> None:
+    """A database created at 0001 with data in it upgrades to 0002 without losing a row, and then takes
+    a custom action's full module:function name (PostgreSQL refused more than 32 characters before)."""
+    from storage import queries
+    from storage.engine import dispose_engines, session_scope
+    from storage.models import Heal
+
+    # db_url is at head: build a second database at 0001 on the same backend.
+    if db_url.startswith("sqlite"):
+        url = db_url.replace("selfheal.db", "old.db")
+    else:
+        url = request.getfixturevalue("postgres_server").fresh_database()
+    assert upgrade(url, "0001") == "0001"
+    with session_scope(url) as s:
+        image = queries.upsert_image(s, "/img/a.rts.png", actor="test")
+        queries.record_heal(s, image_path="/img/a.rts.png", action="restore_golden", outcome="healed", image_id=image["id"])
+    assert upgrade(url) == "0002"
+    long_name = "site_actions.boot_images.initrd:repair_from_mirror_then_verify"  # 62 characters
+    with session_scope(url) as s:
+        queries.record_heal(s, image_path="/img/a.rts.png", action=long_name, outcome="healed", image_id=image["id"])
+    with session_scope(url, write=False) as s:
+        assert [(h.action, h.image_id) for h in s.exec(select(Heal).order_by(Heal.id)).all()] == [
+            ("restore_golden", image["id"]), (long_name, image["id"])]
+    with get_read_engine(url).connect() as conn:
+        [action] = [c for c in sa.inspect(conn).get_columns("heals") if c["name"] == "action"]
+        assert action["type"].length == 255 and action["nullable"] is False
+    dispose_engines()

@@ -164,12 +164,13 @@ def test_a_live_worker_on_another_host_is_refused(settings, monkeypatch):
 def test_configured_healing_actions_are_loaded_by_the_worker(settings, make_image, tmp_path, monkeypatch):
     image = make_image()
     good = image.read_bytes()
+    (tmp_path / "good.bin").write_bytes(good)  # what the site's action restores (it is imported after the damage)
     register_image(image, settings=settings)
     module = f"site_actions_{tmp_path.name}"  # one module per test run: parametrized runs must not share it
     (tmp_path / f"{module}.py").write_text(
         "from pathlib import Path\n"
         "CALLS = []\n"
-        f"GOOD = Path({str(image)!r}).read_bytes()\n"
+        f"GOOD = Path({str(tmp_path / 'good.bin')!r}).read_bytes()\n"
         "async def repair(result):\n"
         "    CALLS.append((result.image_path, str(result.status)))\n"
         "    Path(result.image_path).write_bytes(GOOD)\n"
@@ -182,6 +183,8 @@ def test_configured_healing_actions_are_loaded_by_the_worker(settings, make_imag
     summary = Worker(load_settings()).run_once()
     assert importlib.import_module(module).CALLS == [(str(image), "critical")]
     assert (summary["healed"], image.read_bytes() == good) == (1, True)
+    with session_scope(write=False) as session:  # the custom action healed it: no golden restore; its full name (58 characters) is kept
+        assert [(h["action"], h["outcome"]) for h in queries.recent_heals(session)] == [(f"custom:{module}:repair", "healed")]
 
 
 def test_job_hooks_let_other_areas_add_jobs(settings, monkeypatch):
