@@ -176,7 +176,10 @@ def _create_engine(url_text: str, busy_timeout_ms: int) -> Engine:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            # Switching a new file to WAL needs a lock SQLite's busy handler does not wait for: when two
+            # processes open a fresh database at once, one gets "database is locked" at once. Retry it
+            # within the busy timeout; once the file is in WAL mode the statement only reads.
+            _retry_locked(lambda: cursor.execute("PRAGMA journal_mode = WAL"), busy_timeout_ms)
             cursor.execute("PRAGMA foreign_keys = ON")
             cursor.execute("PRAGMA synchronous = NORMAL")
         finally:
@@ -189,6 +192,24 @@ def _create_engine(url_text: str, busy_timeout_ms: int) -> Engine:
 
     _install_error_translation(engine, shown, busy_timeout_ms)
     return engine
+
+
+def _retry_locked(statement: Any, busy_timeout_ms: int) -> None:
+    """Run ``statement()``, retrying "database is locked" with short sleeps for up to the busy timeout."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + busy_timeout_ms / 1000.0
+    delay = 0.005
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def _install_error_translation(engine: Engine, shown_url: str, busy_timeout_ms: int) -> None:

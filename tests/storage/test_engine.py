@@ -221,3 +221,37 @@ def test_postgresql_server_down_is_one_line_without_the_password(postgres_server
     message = str(info.value)
     assert message.startswith(f"cannot connect to database postgresql+psycopg://selfheal:***@127.0.0.1:{port}/selfheal: ")
     assert "hunter2" not in message and "\n" not in message
+
+
+def test_connect_time_pragma_retries_a_locked_database_within_the_busy_timeout() -> None:
+    """Two processes opening a fresh file at once: the WAL switch may say "locked" without waiting."""
+    from storage.engine import _retry_locked
+
+    calls = []
+
+    def flaky() -> None:
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("database is locked")
+
+    _retry_locked(flaky, 1000)
+    assert len(calls) == 3
+
+    def always_locked() -> None:
+        calls.append(time.monotonic())
+        raise sqlite3.OperationalError("database is locked")
+
+    calls.clear()
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        _retry_locked(always_locked, 200)
+    assert 0.1 <= time.monotonic() - started < 1.0 and len(calls) >= 3
+
+    def broken() -> None:
+        calls.append(time.monotonic())
+        raise sqlite3.OperationalError("disk I/O error")
+
+    calls.clear()
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        _retry_locked(broken, 1000)
+    assert len(calls) == 1  # other errors are not retried
