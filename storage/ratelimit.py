@@ -12,7 +12,9 @@ Public API
       Decides and, when granted, inserts the tuning_runs row (status "running") in the same
       transaction, under a lock: on SQLite the write session's BEGIN IMMEDIATE, on PostgreSQL
       SELECT … FOR UPDATE on the subsystem's tuning_rate_limits row. Concurrent claimers are thus
-      serialised and can never exceed the limits. Both grants and refusals are audited.
+      serialised and can never exceed the limits. The claim's time is read under that lock and is
+      never earlier than the subsystem's previous claim (a late claimer, or a lagging clock on another
+      worker host, cannot miss a run). Both grants and refusals are audited.
   finish_run(session, run_id, status, *, decision=None, reason=None, baseline_score=None, now=None) -> dict
       status "succeeded" or "failed"; failures feed the backoff.
 
@@ -194,8 +196,14 @@ def claim_run_slot(
     """Atomically decide whether a run may start now and, if so, create it (status "running")."""
     if not is_write_session(session):
         raise RuntimeError("claim_run_slot needs a write session (storage.engine.session_scope(write=True))")
-    now = _aware(now)
     anchor = _lock_subsystem(session, subsystem)
+    # The claim's time is taken under the lock and never goes back behind the subsystem's previous claim:
+    # a claimer whose ``now`` was read before it waited for the lock must still count the runs granted
+    # meanwhile (their started_at is later than its ``now``), and so must a worker whose clock lags
+    # another's on a shared PostgreSQL database.
+    now = _aware(now)
+    if anchor.last_claim_at is not None:
+        now = max(now, _aware(anchor.last_claim_at))
     state = rate_limit_state(session, subsystem, limits, now)
     anchor.last_claim_at = now
     if not state.allowed:

@@ -153,3 +153,15 @@ def test_concurrent_process_claimers_respect_limit_and_cooldown(db_url: str) -> 
     assert sorted(o for o in outcomes if o is not None) == [4]
     with get_engine(db_url).connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM tuning_runs").scalar_one() == 4
+
+
+def test_a_claim_with_an_earlier_now_still_counts_the_runs_granted_before_it(db_url: str) -> None:
+    """A claimer that read its clock before waiting for the lock (or a worker host whose clock lags)
+    arrives with a ``now`` earlier than runs already granted: they must still count."""
+    limits = RateLimits(max_runs=2, cooldown_s=0)
+    assert _claim(db_url, T0 + 10 * timedelta(seconds=1), limits).granted
+    assert _claim(db_url, T0 + 20 * timedelta(seconds=1), limits).granted
+    late = _claim(db_url, T0 + timedelta(seconds=5), limits)  # its now is before both runs started
+    assert (late.granted, late.state.runs_used, late.state.now) == (False, 2, T0 + timedelta(seconds=20))
+    with get_engine(db_url).connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM tuning_runs").scalar_one() == 2
