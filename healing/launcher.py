@@ -37,6 +37,10 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "healing", *args]
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main() -> int:
     from healing.config import load_settings
     from storage.migrate import upgrade
@@ -54,6 +58,11 @@ def main() -> int:
     password, where = _password(home)
     env = dict(os.environ, SELFHEAL_DASHBOARD_PASSWORD=password)
     procs: list[subprocess.Popen[bytes]] = []
+    # The children run in their own sessions (a terminal's Ctrl-C reaches only us), so every way of
+    # stopping the launcher must stop them: SIGTERM (kill, make being stopped) and SIGHUP (the terminal
+    # closed) take the same path as Ctrl-C.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
         procs.append(subprocess.Popen(_cli("worker"), env=env, start_new_session=True))
         procs.append(subprocess.Popen(_cli("dashboard", "--host", HOST, "--port", str(PORT)), env=env, start_new_session=True))
