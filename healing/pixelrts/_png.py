@@ -82,8 +82,24 @@ def parse_structure(data: bytes | memoryview, *, check_crc: bool = True, check_i
             raise CorruptedError(f"truncated PNG: file ends at byte {end} before the IEND chunk")
         if pos + 8 > end:
             raise CorruptedError(f"truncated PNG: chunk header at byte {pos} is cut off")
-        (length,) = struct.unpack_from(">I", view, pos)
-        ctype = bytes(view[pos + 4 : pos + 8])
+        length, ctype = struct.unpack_from(">I4s", view, pos)
+        if ctype == b"IDAT" and header is not None and not (check_crc and check_idat_crc):
+            # Fast path over a run of pixel-data chunks (a 64 MiB image has thousands of them): only
+            # lengths are checked here; libpng checks their CRCs, and a bad one is explained by a re-walk.
+            run, total, p = 0, 0, pos
+            while p + 12 <= end:
+                length, ctype = struct.unpack_from(">I4s", view, p)
+                if ctype != b"IDAT" or length > 0x7FFFFFFF or p + 12 + length > end:
+                    break
+                run, total, p = run + 1, total + length, p + 12 + length
+            if run:
+                assert structure is not None
+                structure.chunk_types.extend(["IDAT"] * run)
+                structure.idat_bytes += total
+                seen_idat = True
+                pos = p
+                continue
+            length, ctype = struct.unpack_from(">I4s", view, pos)
         name = ctype.decode("latin-1")
         if length > 0x7FFFFFFF or not ctype.isalpha():
             raise CorruptedError(f"corrupted PNG: invalid chunk header at byte {pos}")
