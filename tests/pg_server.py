@@ -12,7 +12,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
+
+from healing.tuning.canary import free_port
 
 
 class StartFailed(RuntimeError):
@@ -62,12 +63,6 @@ def _bindir() -> Path | None:
     return Path(candidates[-1]).parent if candidates else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def why_unavailable() -> str | None:
     """None when a server can be had; else the reason, for the skip message."""
     try:
@@ -103,7 +98,7 @@ def start_server() -> Iterator[PostgresServer]:
     data = root / "data"
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
-    port = _free_port()
+    port = free_port()
     log = root / "server.log"
     try:
         _start(bindir, root, data, port, log)

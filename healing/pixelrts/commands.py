@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from healing.errors import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN, InputError, SelfHealError, UsageError
+from healing.errors import (
+    EXIT_CRITICAL,
+    EXIT_OK,
+    EXIT_UNKNOWN,
+    InputError,
+    SelfHealError,
+    UsageError,
+    reading,
+)
 
 
 def _grid_size(text: str) -> int:
@@ -75,14 +83,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         data = sys.stdin.buffer.read()
     else:
         src = Path(args.input)
-        try:
+        with reading(src):
             data = src.read_bytes()
-        except FileNotFoundError:
-            raise InputError(f"{src}: no such file") from None
-        except IsADirectoryError:
-            raise InputError(f"{src}: is a directory") from None
-        except PermissionError:
-            raise InputError(f"{src}: permission denied") from None
     caller: dict[str, Any] = {}
     if args.content_type:
         caller["type"] = args.content_type

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -15,13 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from healing.tuning.canary import free_port
 from tests.conftest import subprocess_env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _children(pid: int) -> list[int]:
@@ -48,7 +42,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_launcher_starts_worker_and_dashboard_and_any_stop_signal_stops_both(tmp_path: Path, signum: int) -> None:
-    home, port = tmp_path / "home", _free_port()
+    home, port = tmp_path / "home", free_port()
     env = subprocess_env(SELFHEAL_HOME=str(home), SELFHEAL_DASHBOARD_PORT=str(port))
     env.pop("SELFHEAL_DASHBOARD_PASSWORD", None)
     out_path = tmp_path / "launcher.out"

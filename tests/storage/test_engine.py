@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import socket
 import sqlite3
 import threading
 import time
@@ -13,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from healing.errors import ConfigError, DatabaseError, DependencyError
+from healing.tuning.canary import free_port
 from storage.engine import (
     busy_timeout_ms_from_settings,
     get_engine,
@@ -211,9 +211,7 @@ def test_postgresql_lock_held_beyond_the_busy_timeout_is_one_clear_database_erro
 
 
 def test_postgresql_server_down_is_one_line_without_the_password(postgres_server) -> None:  # type: ignore[no-untyped-def]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens here once the socket closes
+    port = free_port()  # nothing listens there
     url = f"postgresql+psycopg://selfheal:hunter2@127.0.0.1:{port}/selfheal"
     with pytest.raises(DatabaseError) as info:
         with session_scope(url, write=False) as session:
