@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 from collections.abc import Sequence
 
-from healing.errors import EXIT_UNKNOWN, EXIT_USAGE, SelfHealError
+from healing.errors import EXIT_UNKNOWN, EXIT_USAGE, SelfHealError, printable
 
 # Modules that add sub-commands, in the order they appear in --help.
 COMMAND_MODULES = [
@@ -78,8 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SelfHealError as exc:
-        print(f"selfheal: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(args, str(exc), exc.exit_code)
     except KeyboardInterrupt:
         print("selfheal: interrupted", file=sys.stderr)
         return 130
@@ -89,8 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("SELFHEAL_DEBUG"):
             raise
         msg = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"selfheal: internal error: {type(exc).__name__}: {msg} (set SELFHEAL_DEBUG=1 for a traceback)", file=sys.stderr)
-        return EXIT_UNKNOWN
+        return _fail(args, f"internal error: {type(exc).__name__}: {msg} (set SELFHEAL_DEBUG=1 for a traceback)", EXIT_UNKNOWN)
+
+
+def _fail(args: argparse.Namespace, message: str, exit_code: int) -> int:
+    """One line on stderr; with ``--json`` also a JSON error object on stdout, so scripts always get JSON."""
+    message = printable(message)
+    print(f"selfheal: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message, "exit_code": exit_code}))
+    return exit_code
 
 
 def entry() -> None:

@@ -18,7 +18,16 @@ class SelfHealError(Exception):
     exit_code: int = EXIT_UNKNOWN
 
     def __str__(self) -> str:  # keep the promise of one line, whatever a caller passed in
-        return " ".join(super().__str__().split())
+        return printable(" ".join(super().__str__().split()))
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)]}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("\x1b"): "\\x1b"})
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (ANSI escapes, CR, LF, C1 codes) shown as escapes, for terminals."""
+    return text.translate(_CONTROL)
 
 
 class UsageError(SelfHealError):
