@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from healing.redaction import install_log_redaction
+
+    install_log_redaction()  # before any command logs: no configured secret reaches a log line
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.config:
@@ -94,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(args: argparse.Namespace, message: str, exit_code: int) -> int:
     """One line on stderr; with ``--json`` also a JSON error object on stdout, so scripts always get JSON."""
-    message = printable(message)
+    from healing.redaction import redact
+
+    message = printable(redact(message))
     print(f"selfheal: {message}", file=sys.stderr)
     if getattr(args, "json", False):
         print(json.dumps({"error": message, "exit_code": exit_code}))

@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from healing import redaction
+
 log = logging.getLogger("healing.vision")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -68,11 +70,8 @@ def parse_retry_after(value: str, now: datetime) -> float | None:
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """``text`` with every secret replaced by '***', squeezed to one line."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return " ".join(text.split())
+    """``text`` without any configured secret nor any of ``secrets`` (case-insensitive), on one line."""
+    return " ".join(redaction.redact(text, secrets).split())
 
 
 def request_json(

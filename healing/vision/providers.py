@@ -5,7 +5,7 @@ a model that is down, slow, rate limited or talking nonsense yields a failed res
 saying which provider failed and why, and the rest of the check stands.
 
 API keys live only in the provider object (hidden from ``repr``) and in the request headers; every
-error text is redacted before it is stored.
+text of a result (error, summary, findings) is redacted of every configured secret before it is stored.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from healing.redaction import default_redactor
 from healing.vision._http import RetryPolicy, VisionRequestError, redact, request_json
 from healing.vision._types import AnalysisContext, EntropyOutlier, Finding, ProviderResult
 from healing.vision.parsing import MAX_FINDINGS, ParsedAnswer, parse_answer
@@ -115,7 +116,23 @@ class HTTPVisionProvider(abc.ABC):
     __str__ = __repr__
 
     def analyze(self, context: AnalysisContext) -> ProviderResult:
-        """Ask the model about ``context``; a failure of any kind comes back as a failed result."""
+        """Ask the model about ``context``; a failure of any kind comes back as a failed result.
+
+        Every text of the result — the error line, the model's summary and finding descriptions — is
+        redacted of every configured secret (and this provider's key) here, before anyone stores,
+        logs or shows it: a model may quote the key it was called with, a proxy may echo it.
+        """
+        return self._redacted(self._analyze(context))
+
+    def _redacted(self, result: ProviderResult) -> ProviderResult:
+        clean = default_redactor().with_secrets([self._api_key])
+        result.error = clean(result.error) if result.error else result.error
+        result.summary = clean(result.summary)
+        for finding in result.findings:
+            finding.description = clean(finding.description)
+        return result
+
+    def _analyze(self, context: AnalysisContext) -> ProviderResult:
         started = time.monotonic()
         attempts = 0
 
@@ -134,7 +151,7 @@ class HTTPVisionProvider(abc.ABC):
                 with httpx.Client() as client:
                     text, attempts = self._ask(client, prompt, image, overlay)
         except VisionRequestError as exc:
-            log.warning("%s: %s", self.name, exc)
+            log.warning("%s: %s", self.name, redact(str(exc), [self._api_key]))
             return ProviderResult.failure(self.name, str(exc), model=self.model, attempts=exc.attempts,
                                           duration_ms=elapsed())
         except Exception as exc:  # a provider must never take the check down with it
