@@ -14,6 +14,7 @@ Tables
   tuning_candidates   candidate parameter sets of a run, with pre-flight, canary gates and score
   promotions          a winning candidate's change, reviewed/applied/rejected/expired
   tuning_rate_limits  one row per subsystem, the lock anchor of claim_run_slot
+  login_attempts      dashboard login failures counted per operator name and per client (throttling)
 
 Every timestamp is a timezone-aware UTC datetime (`UTCDateTime`); naive datetimes handed in are taken
 as UTC. JSON columns hold plain dicts/lists. The vocabularies below are enforced by CHECK
@@ -48,6 +49,7 @@ WORKER_STATES = ("starting", "running", "stopping", "stopped")
 INTENT_STATUSES = ("open", "processing", "archived")
 INTENT_OUTCOMES = ("CONFIG_TUNED", "RATE_LIMITED", "CONFIG_TUNING_FAILED", "HEALING_DISABLED", "ESCALATED")
 RUN_STATUSES = ("running", "succeeded", "failed")
+LOGIN_SCOPES = ("operator", "client")
 PROMOTION_STATUSES = ("pending_review", "approved", "applied", "rejected", "expired", "failed")
 
 
@@ -359,3 +361,21 @@ class TuningRateLimit(SQLModel, table=True):
     last_claim_at: datetime | None = _ts(nullable=True)
     claims_granted: int = 0
     claims_refused: int = 0
+
+
+class LoginAttempt(SQLModel, table=True):
+    """Failed dashboard logins counted against one operator name or one client address.
+
+    One row per (scope, key); dashboard.throttle locks both rows of an attempt, counts the failure
+    before the password is compared, and refuses every attempt while ``locked_until`` is in the future.
+    """
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (_in("scope", LOGIN_SCOPES, "scope"),)
+
+    scope: str = Field(sa_type=sa.String(16), primary_key=True)
+    key: str = Field(sa_type=sa.String(255), primary_key=True)
+    failures: int = 0  # failures in the current streak (each within the window of the previous one)
+    last_failure_at: datetime | None = _ts(nullable=True)
+    locked_until: datetime | None = _ts(nullable=True)
+    updated_at: datetime = _ts()
