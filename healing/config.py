@@ -41,6 +41,7 @@ class HealthCheckSettings:
     critical_threshold: float = 0.9
     auto_heal: bool = False
     block_size: int = 4096
+    timeout_s: float = 60.0  # a check running longer is recorded unknown (with an alert) and not waited for
 
 
 @dataclass
@@ -80,6 +81,7 @@ class LoggingSettings:
 class PixelRTSSettings:
     max_pixels: int = 8192 * 8192  # refuse larger declared dimensions before allocating anything
     compression_level: int = 6
+    max_metadata_bytes: int = 1 << 20  # text chunks (decompressed) and sidecars; more is a structural finding
 
 
 @dataclass
@@ -266,6 +268,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
         raise ConfigError("config: health_check.threshold.warning must not exceed health_check.threshold.critical")
     h.auto_heal = _as_bool("health_check.auto_heal", env["VLM_AUTO_HEAL"] if "VLM_AUTO_HEAL" in env else hc.get("auto_heal", h.auto_heal))
     h.block_size = _as_number("health_check.block_size", hc.get("block_size", h.block_size), int, 64, 1 << 24)
+    h.timeout_s = _as_number("health_check.timeout_s", hc.get("timeout_s", h.timeout_s), float, 0.1, 86400)
 
     mon = _mapping("monitoring", raw.get("monitoring"))
     images = mon.get("images") or []
@@ -320,4 +323,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
         "pixelrts.max_pixels", env.get("SELFHEAL_MAX_PIXELS") or px.get("max_pixels", s.pixelrts.max_pixels), int, 1
     )
     s.pixelrts.compression_level = _as_number("pixelrts.compression_level", px.get("compression_level", 6), int, 0, 9)
+    s.pixelrts.max_metadata_bytes = _as_number(
+        "pixelrts.max_metadata_bytes", px.get("max_metadata_bytes", s.pixelrts.max_metadata_bytes), int, 1024, 1 << 30
+    )
     return s

@@ -3,13 +3,14 @@
 Decision rules (DESIGN.md §5):
   1. Integrity first. A PixelRTS payload whose sha256 matches ``data_hash`` is exactly what was
      written; statistics and models may describe it but never make it critical. A hash mismatch,
-     non-zero padding, a segment mismatch, broken PixelRTS structure or an undecodable container is
-     critical, whatever the statistics say.
+     non-zero padding, a segment mismatch, broken PixelRTS structure, metadata that is present but
+     invalid (healing.pixelrts._schema) or an undecodable container is critical, whatever the
+     statistics say — every problem `validate` reports, so the two always agree.
   2. A baseline localises: with one, every block whose sha256 changed is named as a byte range of
      the curve-ordered stream and the bounding box of its pixels. A file that verifies but differs
      from its baseline changed into another valid image: a ``security`` finding, status warning.
      A baseline also proves a plain PNG unchanged (its block hashes are a hash that can decide).
-  3. Only where no hash can decide (plain PNG, metadata without ``data_hash``) do the providers'
+  3. Only where no hash can decide (a plain PNG without a baseline) do the providers'
      statistics decide, with ``anomaly_score`` against health_check.threshold.warning / critical,
      confidence below 1 and the reason in the findings.
 
@@ -46,7 +47,9 @@ MAX_LIKELY_PLACES = 8  # entropy outliers offered as likely places of damage whe
 CONTEXT_SIZE = 512  # longer side of the downscaled picture handed to providers and used for edges
 STATISTICAL_CONFIDENCE_CAP = 0.9  # statistics never claim certainty
 
-_CRITICAL_KINDS = ("hash_mismatch", "padding", "segment_mismatch", "structure")
+# Problem kinds that describe the metadata rather than the payload: structural findings. Every problem
+# the codec's verification reports is critical, as `validate` says (exit 2): the two never disagree.
+_STRUCTURAL_KINDS = ("structure", "metadata", "sidecar_mismatch")
 
 
 @dataclass
@@ -177,7 +180,8 @@ class VLMHealthChecker(EnsembleCheckMixin):
         started = time.perf_counter()
         result = HealthCheckResult(str(path), HealthStatus.UNKNOWN, 0.0, timestamp=iso_now())
         try:
-            loaded = load_image(path, max_pixels=self.settings.pixelrts.max_pixels, file_hash=baseline is not None)
+            loaded = load_image(path, max_pixels=self.settings.pixelrts.max_pixels, file_hash=baseline is not None,
+                                max_metadata_bytes=self.settings.pixelrts.max_metadata_bytes)
         except CorruptedError as exc:
             result.status, result.confidence = HealthStatus.CRITICAL, 0.99
             result.findings.append(make_finding("structural", "high", str(exc), source="codec"))
@@ -218,18 +222,13 @@ class VLMHealthChecker(EnsembleCheckMixin):
                            "loaded": loaded}
 
         integrity_critical = False
-        structural = False
         if report is not None:
             for problem in report.problems:
-                if problem.kind in _CRITICAL_KINDS:
-                    integrity_critical = True
-                    rng = problem.byte_range
-                    region = range_region(rng, loaded.grid_size) if rng and rng[1] > rng[0] else None
-                    category = "structural" if problem.kind == "structure" else "corruption"
-                    result.findings.append(make_finding(category, "high", problem.message, byte_range=rng, region=region))
-                else:
-                    structural = True
-                    result.findings.append(make_finding("structural", "medium", problem.message))
+                integrity_critical = True
+                rng = problem.byte_range
+                region = range_region(rng, loaded.grid_size) if rng and rng[1] > rng[0] else None
+                category = "structural" if problem.kind in _STRUCTURAL_KINDS else "corruption"
+                result.findings.append(make_finding(category, "high", problem.message, byte_range=rng, region=region))
 
         changed, compared = self._compare_baseline(result, loaded, baseline)
         baseline_changed = bool(changed) or compared == "different_grid"
@@ -252,10 +251,8 @@ class VLMHealthChecker(EnsembleCheckMixin):
             result.recommendation = (f"review the change: accept it with `selfheal register {loaded.path} --accept-current` "
                                      f"(or a new `selfheal baseline`), or revert it with `selfheal heal {loaded.path}`")
         elif pixelrts_verified:
-            result.status = HealthStatus.WARNING if structural else HealthStatus.HEALTHY
-            result.confidence = 0.8 if structural else 0.99
-            result.recommendation = ("the data hash verifies but the metadata has problems: rewrite the sidecar/metadata "
-                                     "from the golden copy" if structural else "no action required")
+            result.status, result.confidence = HealthStatus.HEALTHY, 0.99
+            result.recommendation = "no action required"
         elif compared == "same" or (compared == "compared" and not changed):
             # No data hash, but the baseline's block hashes prove the content unchanged.
             result.status, result.confidence = HealthStatus.HEALTHY, 0.95
@@ -394,8 +391,7 @@ class VLMHealthChecker(EnsembleCheckMixin):
     def _decide_by_statistics(self, result: HealthCheckResult, loaded: LoadedImage, stats: Assessment,
                               models: str | Sequence[str] | None, aggregation: str) -> None:
         ensemble = self._run(loaded, stats, result, models, aggregation)
-        why = ("plain PNG without PixelRTS metadata" if not loaded.is_pixelrts
-               else "PixelRTS metadata without a data hash")
+        why = "plain PNG without PixelRTS metadata"
         score = result.metrics["anomaly_score"]
         for finding in ensemble.findings:
             result.findings.append(finding.to_dict())

@@ -9,16 +9,13 @@ cannot be judged (exit 3), CorruptedError for a damaged container (exit 2).
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from healing.errors import CorruptedError, InputError
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from healing.errors import InputError
 
 
 @dataclass
@@ -89,59 +86,38 @@ class LoadedImage:
         return self.image.metadata if self.image is not None else None
 
 
-def _png_dimensions(path: Path) -> tuple[int, int] | None:
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(24)
-    except OSError:
-        return None
-    if len(head) < 24 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
-        return None
-    width, height = struct.unpack(">II", head[16:24])
-    return width, height
-
-
-def _read_plain(path: Path, max_pixels: int, file_hash: bool) -> LoadedImage:
+def _read_plain(path: Path, data: bytes, structure: Any, file_hash: bool) -> LoadedImage:
     import hashlib
 
-    import cv2
+    from healing.pixelrts.codec import decode_plain
 
-    data = path.read_bytes()
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if array is None:
-        raise CorruptedError(f"{path}: corrupted PNG: the pixel data cannot be decoded")
-    if array.dtype != np.uint8:
-        array = (array >> 8).astype(np.uint8) if array.dtype == np.uint16 else array.astype(np.uint8)
-    if array.ndim == 2:
-        rgba = cv2.cvtColor(array, cv2.COLOR_GRAY2RGBA)
-    elif array.shape[2] == 3:
-        rgba = cv2.cvtColor(array, cv2.COLOR_BGR2RGBA)
-    else:
-        rgba = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
+    rgba = decode_plain(data, structure)
     return LoadedImage(str(path), rgba, None, None, None, None, len(data),
                        hashlib.sha256(data).hexdigest() if file_hash else None)
 
 
-def load_image(path: str | os.PathLike[str], *, max_pixels: int | None = None, file_hash: bool = False) -> LoadedImage:
-    """Read ``path`` for analysis (see the module docstring)."""
+def load_image(path: str | os.PathLike[str], *, max_pixels: int | None = None, file_hash: bool = False,
+               max_metadata_bytes: int | None = None) -> LoadedImage:
+    """Read ``path`` for analysis (see the module docstring). The file is read once, through the codec's
+    checks (regular file only, pixel limit, size bound), and never handed to libpng unproven."""
     from healing.pixelrts import DEFAULT_MAX_PIXELS, read_image, verify_image
+    from healing.pixelrts._hilbert import is_power_of_two
+    from healing.pixelrts.codec import read_png_bytes, read_structure
 
     path = Path(path)
     limit = max_pixels or DEFAULT_MAX_PIXELS
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, not an image")
+    data = read_png_bytes(path, max_pixels=limit, max_metadata_bytes=max_metadata_bytes)
     try:
-        image = read_image(path, max_pixels=limit, file_hash=file_hash, payload_only=True)
+        image = read_image(path, data=data, max_pixels=limit, max_metadata_bytes=max_metadata_bytes,
+                           file_hash=file_hash, payload_only=True)
     except InputError:
-        dims = _png_dimensions(path)
-        if dims is None:
+        structure = read_structure(data, max_metadata_bytes)
+        header = structure.header
+        if header.width == header.height and is_power_of_two(header.width):
             raise
-        width, height = dims
-        square_grid = width == height and width >= 1 and width & (width - 1) == 0
-        if square_grid or width * height > limit or width == 0 or height == 0:
-            raise
-        # A plain PNG of any shape: no curve, no hash — statistics only.
-        return _read_plain(path, limit, file_hash)
+        # A plain PNG of any other shape: no curve, no hash — statistics only.
+        return _read_plain(path, data, structure, file_hash)
+    del data
     report = verify_image(image) if image.is_pixelrts else None
     return LoadedImage(str(path), image.pixels, image.grid_size, image.stream, image, report, image.file_size,
                        image.file_sha256)

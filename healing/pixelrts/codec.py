@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
+import errno
 import hashlib
-import json
 import os
-import sys
-import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,13 +22,16 @@ from typing import Any
 import cv2
 import numpy as np
 
-from healing.errors import CorruptedError, DependencyError, InputError, UsageError, reading
+from healing.errors import CorruptedError, DependencyError, InputError, UsageError
 from healing.pixelrts import _metadata as md
 from healing.pixelrts import _png
 from healing.pixelrts._hilbert import is_power_of_two, linear_table
+from healing.pixelrts._schema import parse_metadata
+from healing.safeio import describe_oserror, open_regular, read_regular, refuse_symlink, write_atomic
 
 Progress = Callable[[str, float], None]
 DEFAULT_MAX_PIXELS = 8192 * 8192
+DEFAULT_MAX_METADATA_BYTES = _png.DEFAULT_MAX_TEXT_BYTES
 _CHUNK = 1 << 20  # curve positions per gather/scatter step: bounded temporaries, progress granularity
 
 
@@ -72,6 +72,7 @@ class PixelRTSImage:
     file_sha256: str | None  # only when read_image(..., file_hash=True)
     png_info: dict[str, Any] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)  # found while reading (sidecar mismatch, …)
+    payload_limit: int = 4 * DEFAULT_MAX_PIXELS  # a compressed payload is never inflated past this
     _buffer: bytearray | None = field(default=None, repr=False)  # owner of ``stream`` on the decode() path
 
     @property
@@ -91,7 +92,7 @@ class PixelRTSImage:
     @cached_property
     def payload(self) -> bytes:
         """The original data: the stored bytes, decompressed, or the code-mode base64 copy."""
-        return _payload_from(self.metadata, self.stream, self.stored_length)
+        return _payload_from(self.metadata, self.stream, self.stored_length, self.payload_limit)
 
     @property
     def _stored_verbatim(self) -> bool:
@@ -120,7 +121,7 @@ class PixelRTSImage:
     def padding_start(self) -> int:
         """Where the zero padding must begin (code mode writes whole pixels for the last group)."""
         meta = self.metadata or {}
-        if meta.get("original_data_b64") is not None and meta.get("encoding", {}).get("type") == "RGBA-code":
+        if meta.get("original_data_b64") is not None and (meta.get("encoding") or {}).get("type") == "RGBA-code":
             return min(self.capacity, -(-self.stored_length // 4) * 4)
         return self.stored_length
 
@@ -306,120 +307,112 @@ def encode(
     return EncodedImage(png=_png.insert_before_idat(encoded.tobytes(), chunk), metadata=meta)
 
 
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    try:
-        with open(tmp, mode) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_image(data: bytes, path: str | os.PathLike[str], *, sidecar: bool = True, **options: Any) -> dict[str, Any]:
-    """Encode ``data`` and write the PNG (and its ``.meta.json`` sidecar) atomically; return the metadata."""
+    """Encode ``data`` and write the PNG (and its ``.meta.json`` sidecar) atomically; return the metadata.
+
+    Neither file is written through a symlink: an existing link (or FIFO, device) at either path is refused.
+    """
     path = Path(path)
     encoded = encode(data, **options)
-    try:
-        _atomic_write(path, encoded.png)
-        if sidecar:
-            _atomic_write(path.with_name(path.name + ".meta.json"), md.sidecar_text(encoded.metadata))
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    side = path.with_name(path.name + ".meta.json")
+    if sidecar:
+        refuse_symlink(side, "sidecar")  # before the image is written: both or neither
+    write_atomic(path, encoded.png, what="image")
+    if sidecar:
+        write_atomic(side, md.sidecar_text(encoded.metadata), what="sidecar")
     return encoded.metadata
 
 
 # ----------------------------------------------------------------------------- reading
 
-def _read_bytes(path: Path) -> bytes:
-    with reading(path, "an image file"), open(path, "rb") as fh:
-        return fh.read()
+def _check_pixel_limit(header: _png.Header, limit: int) -> None:
+    """Refuse declared dimensions over the limit before anything is inflated or allocated."""
+    w, h = header.width, header.height
+    if header.decoded_pixels > limit:
+        deep = " of 16-bit samples (counted twice)" if header.bit_depth == 16 else ""
+        raise InputError(f"declared dimensions {w}x{h} ({w * h} pixels{deep}) exceed the limit of {limit} pixels "
+                         "(pixelrts.max_pixels)")
 
 
-def _parse_meta_text(text: str, where: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        raise CorruptedError(f"PixelRTS metadata in {where} is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise CorruptedError(f"PixelRTS metadata in {where} is not a JSON object")
-    return value
+def _check_file_size(header: _png.Header, size: int, max_text: int) -> None:
+    """A file larger than its declared pixels and text could need carries surplus data: refused unread."""
+    limit = _png.max_file_size(header, max_text)
+    if size > limit:
+        raise CorruptedError(f"corrupted PNG: the file is {size} bytes, more than a {header.width}x{header.height} "
+                             f"{header.colour_name} image can need ({limit}); surplus data is not read")
+
+
+def read_png_bytes(path: str | os.PathLike[str], *, max_pixels: int | None = None,
+                   max_metadata_bytes: int | None = None) -> bytes:
+    """The bytes of the PNG at ``path``, read only when it is a regular file whose IHDR passes the pixel
+    limit and whose size fits what that IHDR can need (FIFOs, devices, sockets: one InputError line)."""
+    limit = max_pixels or DEFAULT_MAX_PIXELS
+    max_text = max_metadata_bytes or DEFAULT_MAX_METADATA_BYTES
+    with open_regular(path, what="an image file") as fh:
+        prefix = fh.read(_png.HEADER_BYTES)
+        header = _png.peek_header(prefix)
+        if header is None:  # shorter than a header: the whole file is in ``prefix``
+            return prefix
+        _check_pixel_limit(header, limit)
+        allowed = _png.max_file_size(header, max_text)
+        _check_file_size(header, os.fstat(fh.fileno()).st_size, max_text)
+        fh.seek(0)
+        data = fh.read(allowed + 1)
+    _check_file_size(header, len(data), max_text)  # it grew while we read
+    return data
+
+
+def _sidecar_text(path: Path, max_bytes: int) -> tuple[str, str] | None:
+    """(text, name) of the first sidecar that exists. A name that cannot exist (too long) is absent;
+    one that is not a regular file is unreadable (exit 3); one over the size limit is invalid (exit 2)."""
+    for candidate in md.sidecar_candidates(path):
+        try:
+            os.stat(candidate)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENAMETOOLONG, errno.ENOTDIR):
+                continue
+            raise InputError(f"cannot read sidecar {candidate.name}: {describe_oserror(exc)}") from None
+        raw = read_regular(candidate, max_bytes=max_bytes, what="a sidecar file", too_big=CorruptedError)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptedError(f"PixelRTS metadata in sidecar {candidate.name} is not UTF-8 text") from None
+        return text, candidate.name
+    return None
+
+
+def _sidecar_metadata(path: Path, max_bytes: int) -> tuple[dict[str, Any], str] | None:
+    found = _sidecar_text(path, max_bytes)
+    return (parse_metadata(found[0], f"sidecar {found[1]}"), found[1]) if found else None
+
+
+def _embedded_text(structure: _png.PngStructure) -> str | None:
+    for _key, text in structure.texts:
+        if text.startswith(md.TEXT_PREFIX + "{"):
+            return text[len(md.TEXT_PREFIX) :]
+    return None
 
 
 def _embedded_metadata(structure: _png.PngStructure) -> dict[str, Any] | None:
-    for _key, text in structure.texts:
-        if text.startswith(md.TEXT_PREFIX + "{"):
-            return _parse_meta_text(text[len(md.TEXT_PREFIX) :], "the PNG tEXt chunk")
-    return None
-
-
-def _sidecar_metadata(path: Path) -> tuple[dict[str, Any], str] | None:
-    for candidate in md.sidecar_candidates(path):
-        try:
-            text = candidate.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            continue
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read sidecar {candidate.name}: {getattr(exc, 'strerror', None) or exc.__class__.__name__}") from None
-        return _parse_meta_text(text, f"sidecar {candidate.name}"), candidate.name
-    return None
+    text = _embedded_text(structure)
+    return parse_metadata(text, "the PNG tEXt chunk") if text is not None else None
 
 
 _COMPARED_KEYS = ("format", "grid_size", "encoding", "data_hash", "data_size", "encoded_size", "compression", "hashes")
 
 
-def _int_field(meta: dict[str, Any], key: str, claim: bool) -> int | None:
-    if key not in meta or meta[key] is None:
-        return None
-    value = meta[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise CorruptedError(f"PixelRTS metadata field {key} must be a non-negative integer, got {value!r}")
-    return value
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence libpng's own 'libpng error: …' lines (we report the problem in one line ourselves).
-
-    Only on the main thread: redirecting the process-wide fd 2 from a server thread could swallow
-    another thread's output.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield
-        return
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _decode_pixels(data: bytes, header: _png.Header, *, keep_bgra: bool = False) -> np.ndarray:
+def _decode_pixels(data: bytes, structure: _png.PngStructure, *, keep_bgra: bool = False) -> np.ndarray:
     """Decode PNG bytes into an (h, w, 4) RGBA uint8 array, converting other 8-bit colour types.
 
-    With ``keep_bgra`` a 4-channel image is returned in OpenCV's BGRA order, unconverted."""
-    with _quiet_stderr():
-        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        _png.parse_structure(data)  # names the chunk if a CRC is wrong
-        raise CorruptedError("corrupted PNG: the pixel data cannot be decompressed")
+    The pixel data is proven sound first (:func:`_png.check_image_data`), so libpng never meets damage
+    it would print about. With ``keep_bgra`` a 4-channel image is returned in OpenCV's BGRA order."""
+    header = structure.header
+    _png.check_image_data(data, structure)
+    arr = cv2.imdecode(np.frombuffer(_png.for_libpng(data, structure), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:  # the data was proven decodable: what is left is memory
+        raise InputError(f"the {header.width}x{header.height} image could not be decoded (out of memory?)")
     if arr.dtype != np.uint8:
         raise InputError(f"unsupported PNG: {arr.dtype} samples (PixelRTS v2 uses 8-bit RGBA)")
-    if arr.shape[:2] != (header.height, header.width):
-        raise CorruptedError("corrupted PNG: decoded size differs from the IHDR dimensions")
     if arr.ndim == 2:
         return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGBA)
     if arr.shape[2] == 3:
@@ -429,10 +422,30 @@ def _decode_pixels(data: bytes, header: _png.Header, *, keep_bgra: bool = False)
     return arr
 
 
+def decode_plain(data: bytes, structure: _png.PngStructure) -> np.ndarray:
+    """Any PNG (any size, 16-bit reduced to 8) as an (h, w, 4) RGBA uint8 array, proven sound first."""
+    _png.check_image_data(data, structure)
+    arr = cv2.imdecode(np.frombuffer(_png.for_libpng(data, structure), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise InputError(f"the {structure.header.width}x{structure.header.height} image could not be decoded (out of memory?)")
+    if arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    if arr.ndim == 2:
+        return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGBA)
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGBA if arr.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+
+
+def read_structure(data: bytes, max_metadata_bytes: int | None = None) -> _png.PngStructure:
+    """The checked chunk structure of PNG bytes (text chunks bounded by ``max_metadata_bytes``)."""
+    return _png.parse_structure(data, check_idat_crc=False,
+                                max_text_bytes=max_metadata_bytes or DEFAULT_MAX_METADATA_BYTES)
+
+
 def read_image(
     path: str | os.PathLike[str],
     *,
     max_pixels: int | None = None,
+    max_metadata_bytes: int | None = None,
     use_sidecar: bool = True,
     progress: Progress | None = None,
     data: bytes | None = None,
@@ -441,8 +454,9 @@ def read_image(
 ) -> PixelRTSImage:
     """Read and decode a PixelRTS v2 (or plain) PNG with fresh state.
 
-    Raises InputError for input that cannot be judged (missing, unreadable, not a PNG, unsupported,
-    over the pixel limit) and CorruptedError for damage (truncated, CRC, broken PixelRTS structure).
+    Raises InputError for input that cannot be judged (missing, not a regular file, not a PNG,
+    unsupported, over the pixel limit) and CorruptedError for damage (truncated, CRC, surplus data,
+    broken PixelRTS structure, metadata that is present but invalid or over ``max_metadata_bytes``).
     ``data`` may supply the file's bytes (an upload) instead of reading ``path``; ``file_hash``
     also records the sha256 of the whole file (``file_sha256``). ``payload_only`` skips keeping the
     RGBA pixel array (``pixels`` is None), which is what :func:`decode` needs.
@@ -450,14 +464,30 @@ def read_image(
     progress = progress or _noop
     path = Path(path)
     limit = max_pixels or DEFAULT_MAX_PIXELS
+    max_meta = max_metadata_bytes or DEFAULT_MAX_METADATA_BYTES
     if data is None:
-        data = _read_bytes(path)
+        data = read_png_bytes(path, max_pixels=limit, max_metadata_bytes=max_meta)
     progress("checking structure", 0.0)
-    structure = _png.parse_structure(data, check_idat_crc=False)
+    structure = read_structure(data, max_meta)
     header = structure.header
+    _check_pixel_limit(header, limit)
+    _check_file_size(header, len(data), max_meta)
 
-    meta_text = _embedded_metadata(structure)
-    sidecar = _sidecar_metadata(path) if use_sidecar and path.name else None
+    embedded = _embedded_text(structure)
+    side_text = _sidecar_text(path, max_meta) if use_sidecar and path.name else None
+    claim = embedded is not None or side_text is not None
+    damaged = CorruptedError if claim else InputError
+    w, h = header.width, header.height
+    if w != h:
+        raise damaged(f"{'PixelRTS image' if claim else 'PNG'} is {w}x{h}: PixelRTS v2 images are square")
+    if not is_power_of_two(w):
+        raise damaged(f"{'PixelRTS image' if claim else 'PNG'} side {w} is not a power of two")
+    if header.bit_depth == 16:
+        raise damaged(f"unsupported PNG: 16-bit {header.colour_name} samples (PixelRTS v2 uses 8-bit RGBA)")
+
+    # Checked only now, so that a broken container is named before what its metadata says.
+    meta_text = parse_metadata(embedded, "the PNG tEXt chunk") if embedded is not None else None
+    sidecar = (parse_metadata(side_text[0], f"sidecar {side_text[1]}"), side_text[1]) if side_text else None
     problems: list[Problem] = []
     if sidecar is not None:
         meta, source = sidecar[0], f"sidecar:{sidecar[1]}"
@@ -471,27 +501,19 @@ def read_image(
         meta, source = meta_text, "text"
     else:
         meta, source = None, None
-    claim = meta is not None
-    damaged = CorruptedError if claim else InputError
-
-    w, h = header.width, header.height
-    if w * h > limit:
-        raise InputError(f"declared dimensions {w}x{h} ({w * h} pixels) exceed the limit of {limit} pixels (pixelrts.max_pixels)")
-    if w != h:
-        raise damaged(f"{'PixelRTS image' if claim else 'PNG'} is {w}x{h}: PixelRTS v2 images are square")
-    if not is_power_of_two(w):
-        raise damaged(f"{'PixelRTS image' if claim else 'PNG'} side {w} is not a power of two")
-    if header.bit_depth == 16:
-        raise InputError(f"unsupported PNG: 16-bit {header.colour_name} samples (PixelRTS v2 uses 8-bit RGBA)")
     n = w
     capacity = 4 * n * n
 
     stored_length = capacity
+    payload_limit = 4 * limit
     if meta is not None:
-        data_size = _int_field(meta, "data_size", claim)
-        encoded_size = _int_field(meta, "encoded_size", claim)
-        if data_size is not None and data_size > capacity and meta.get("compression") in (None, {}) :
+        data_size, encoded_size = meta.get("data_size"), meta.get("encoded_size")
+        if data_size is not None and data_size > capacity and not meta.get("compression"):
             raise CorruptedError(f"PixelRTS metadata declares data_size {data_size} but a {n}x{n} grid holds only {capacity} bytes")
+        if data_size is not None and data_size > payload_limit:
+            raise InputError(f"PixelRTS metadata declares data_size {data_size}, more than the limit of {payload_limit} bytes "
+                             "(4 x pixelrts.max_pixels)")
+        payload_limit = data_size if data_size is not None else payload_limit
         if encoded_size is not None and encoded_size > capacity:
             raise CorruptedError(f"PixelRTS metadata declares encoded_size {encoded_size} but a {n}x{n} grid holds only {capacity} bytes")
         grid_meta = meta.get("grid_size")
@@ -506,7 +528,7 @@ def read_image(
 
     progress("decoding PNG", 0.0)
     fast = payload_only and header.colour_type == 6
-    pixels: np.ndarray | None = _decode_pixels(data, header, keep_bgra=fast)
+    pixels: np.ndarray | None = _decode_pixels(data, structure, keep_bgra=fast)
     file_size = len(data)
     file_sha256 = hashlib.sha256(data).hexdigest() if file_hash else None
     del data
@@ -531,44 +553,50 @@ def read_image(
         png_info={"colour_type": header.colour_name, "bit_depth": header.bit_depth, "interlaced": bool(header.interlace),
                   "chunks": structure.chunk_types[:64]},
         problems=problems,
+        payload_limit=payload_limit,
         _buffer=buffer,
     )
 
 
-def _decompress(meta: dict[str, Any], stored: bytes) -> bytes:
+def _decompress(meta: dict[str, Any], stored: bytes, limit: int) -> bytes:
+    """The decompressed payload, never inflated past ``limit`` bytes (its declared data_size)."""
     comp = meta.get("compression")
     if not comp:
         return stored
-    if not isinstance(comp, dict):
-        raise CorruptedError("PixelRTS metadata field compression must be an object")
     kind = str(comp.get("type", "none")).lower()
     if kind == "none":
         return stored
     if kind == "zlib":
+        inflater = zlib.decompressobj()
         try:
-            return zlib.decompress(stored)
+            out = inflater.decompress(stored, limit + 1)
         except zlib.error as exc:
             raise CorruptedError(f"compressed payload is damaged (zlib: {exc})") from None
+        if len(out) > limit:
+            raise CorruptedError(f"compressed payload inflates to more than the {limit} bytes declared")
+        if not inflater.eof:
+            raise CorruptedError("compressed payload is damaged (zlib: incomplete or truncated stream)")
+        return out
     if kind.startswith("zstd"):
         try:
             import zstandard
         except ImportError:
             raise DependencyError("this image is zstd-compressed: install the 'zstandard' package (pip install zstandard)") from None
         try:
-            return zstandard.ZstdDecompressor().decompress(stored, max_output_size=int(comp.get("original_size") or 0) or 1 << 31)
+            return zstandard.ZstdDecompressor().decompress(stored, max_output_size=limit)
         except zstandard.ZstdError as exc:
             raise CorruptedError(f"compressed payload is damaged (zstd: {exc})") from None
     raise CorruptedError(f"unknown compression type {kind!r} in PixelRTS metadata")
 
 
-def _payload_from(meta: dict[str, Any] | None, stream: np.ndarray, stored_length: int) -> bytes:
+def _payload_from(meta: dict[str, Any] | None, stream: np.ndarray, stored_length: int, limit: int) -> bytes:
     if meta is not None and meta.get("original_data_b64") is not None:
         try:
             return base64.b64decode(meta["original_data_b64"], validate=True)
         except (binascii.Error, TypeError, ValueError):
             raise CorruptedError("PixelRTS metadata field original_data_b64 is not valid base64") from None
     stored = stream[:stored_length].tobytes()
-    return _decompress(meta, stored) if meta is not None else stored
+    return _decompress(meta, stored, limit) if meta is not None else stored
 
 
 # ----------------------------------------------------------------------------- verification
@@ -591,33 +619,26 @@ def verify_image(image: PixelRTSImage) -> VerifyReport:
         except CorruptedError as exc:
             payload = None
             problems.append(Problem("hash_mismatch", str(exc), (0, image.stored_length)))
-            hash_verified = False if expected else None
+            hash_verified = False
         if payload is not None:
             size = meta.get("data_size")
             if isinstance(size, int) and len(payload) != size:
                 problems.append(Problem("metadata", f"payload is {len(payload)} bytes but data_size says {size}"))
-            if isinstance(expected, str):
-                actual = hashlib.sha256(payload).hexdigest()
-                hash_verified = actual == expected.lower()
-                if not hash_verified:
-                    problems.append(Problem("hash_mismatch", f"sha256 of the payload is {actual[:16]}…, metadata says {expected[:16]}…",
-                                            (0, image.stored_length)))
-            else:
-                problems.append(Problem("metadata", "PixelRTS metadata has no data_hash; integrity cannot be proven"))
-            hashes = meta.get("hashes") if isinstance(meta.get("hashes"), dict) else {}
-            if isinstance(hashes.get("data"), str) and isinstance(expected, str) and hashes["data"].lower() != expected.lower():
+            # The schema (healing.pixelrts._schema) guarantees the types used here.
+            actual = hashlib.sha256(payload).hexdigest()
+            hash_verified = actual == expected.lower()
+            if not hash_verified:
+                problems.append(Problem("hash_mismatch", f"sha256 of the payload is {actual[:16]}…, metadata says {expected[:16]}…",
+                                        (0, image.stored_length)))
+            hashes = meta.get("hashes") or {}
+            if "data" in hashes and hashes["data"].lower() != expected.lower():
                 problems.append(Problem("metadata", "hashes.data differs from data_hash"))
-            offsets = meta.get("offsets") if isinstance(meta.get("offsets"), dict) else {}
-            for name, seg in offsets.items():
-                if not isinstance(seg, dict) or "start" not in seg or "size" not in seg:
+            for name, seg in (meta.get("offsets") or {}).items():
+                if "start" not in seg or "size" not in seg:
                     continue  # their converter writes segments without start: nothing to check against
                 want = hashes.get(name) or seg.get("sha256")
-                try:
-                    start, size = int(seg["start"]), int(seg["size"])
-                except (TypeError, ValueError):
-                    problems.append(Problem("metadata", f"segment {name!r} has a non-integer start/size"))
-                    continue
-                if start < 0 or size < 0 or start + size > len(payload):
+                start, size = seg["start"], seg["size"]
+                if start + size > len(payload):
                     problems.append(Problem("segment_mismatch", f"segment {name!r} [{start}, {start + size}) lies outside the payload"))
                     continue
                 if isinstance(want, str) and hashlib.sha256(payload[start : start + size]).hexdigest() != want.lower():
@@ -635,8 +656,8 @@ def verify(path: str | os.PathLike[str], **read_options: Any) -> VerifyReport:
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The PixelRTS metadata of ``path`` (sidecar first, then the tEXt chunk) without decoding pixels."""
     path = Path(path)
-    structure = _png.parse_structure(_read_bytes(path))
-    sidecar = _sidecar_metadata(path)
+    structure = read_structure(read_png_bytes(path))
+    sidecar = _sidecar_metadata(path, DEFAULT_MAX_METADATA_BYTES)
     meta = sidecar[0] if sidecar else _embedded_metadata(structure)
     if meta is None:
         raise InputError(f"{path}: not a PixelRTS image (no PixelRTS metadata)")
@@ -667,17 +688,18 @@ def decode_range(path: str | os.PathLike[str], start: int, count: int, **read_op
     if start < 0 or count < 0:
         raise UsageError(f"decode_range needs start ≥ 0 and count ≥ 0, got {start}, {count}")
     path = Path(path)
-    data = _read_bytes(path)
-    structure = _png.parse_structure(data, check_idat_crc=False)
-    sidecar = _sidecar_metadata(path)
+    limit = read_options.get("max_pixels") or DEFAULT_MAX_PIXELS
+    max_meta = read_options.get("max_metadata_bytes") or DEFAULT_MAX_METADATA_BYTES
+    data = read_png_bytes(path, max_pixels=limit, max_metadata_bytes=max_meta)
+    structure = read_structure(data, max_meta)
+    sidecar = _sidecar_metadata(path, max_meta)
     meta = sidecar[0] if sidecar else _embedded_metadata(structure)
     simple = meta is None or (not meta.get("compression") and meta.get("original_data_b64") is None)
     if not simple:
         return read_image(path, data=data, **read_options).payload[start : start + count]
     header = structure.header
     n = header.width
-    limit = read_options.get("max_pixels") or DEFAULT_MAX_PIXELS
-    if n != header.height or not is_power_of_two(n) or n * n > limit:
+    if n != header.height or not is_power_of_two(n) or header.bit_depth == 16:
         return read_image(path, data=data, **read_options).payload[start : start + count]
     length = 4 * n * n
     if meta is not None and isinstance(meta.get("data_size"), int):
@@ -685,7 +707,7 @@ def decode_range(path: str | os.PathLike[str], start: int, count: int, **read_op
     stop = min(start + count, length)
     if stop <= start:
         return b""
-    pixels = _decode_pixels(data, header)
+    pixels = _decode_pixels(data, structure)
     del data
     first_px, last_px = start // 4, -(-stop // 4)
     words = _pixels_to_stream(pixels.view(np.uint32).reshape(n, n), n, _noop, first_px, last_px - first_px)

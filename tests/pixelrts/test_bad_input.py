@@ -100,20 +100,19 @@ def test_permission_denied(good, monkeypatch, capsys):
         if proc is not None and "No module named" not in proc.stderr:
             assert_one_line_error(proc, 3, "permission denied")
             return
-        import builtins
-
         from healing import cli
-        from healing.pixelrts import codec
+
+        real_open = os.open
 
         def refusing_open(file, *args, **kwargs):
             if str(file) == str(target):
                 raise PermissionError(13, "Permission denied", str(file))
-            return builtins.open(file, *args, **kwargs)
+            return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr(codec, "open", refusing_open, raising=False)
+        monkeypatch.setattr(os, "open", refusing_open)
         assert cli.main(["validate", str(target)]) == 3
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == [f"selfheal: {target}: permission denied"]
+        assert err == [f"selfheal: {target}: cannot read (permission denied)"]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
