@@ -61,6 +61,7 @@ class WorkerSettings:
     sync_interval: float = 30.0
     threads: int = 4
     misfire_grace_time: int = 600
+    shutdown_grace: float = 5.0  # after SIGTERM, how long running jobs may finish before the process exits
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerSettings:
@@ -74,7 +75,43 @@ class WorkerSettings:
             threads=_as_number("worker.threads", raw.get("threads", d.threads), int, 1, 64),
             misfire_grace_time=_as_number("worker.misfire_grace_time", raw.get("misfire_grace_time", d.misfire_grace_time),
                                           int, 1, 86400),
+            shutdown_grace=_as_number("worker.shutdown_grace", raw.get("shutdown_grace", d.shutdown_grace), float, 0, 8),
         )
+
+
+class _RunningCheck:
+    """One image check running in its own daemon thread (a stuck one must not hold up the worker)."""
+
+    def __init__(self, service: Any, image_id: int) -> None:
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.record: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(service, image_id), name=f"check-{image_id}", daemon=True)
+
+    def _run(self, service: Any, image_id: int) -> None:
+        try:
+            self.record = service.check(image_id)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting job, which logs it once
+            self.error = exc
+        finally:
+            self.done.set()
+
+
+def guarded(name: str, body: Any) -> Any:
+    """Wrap a scheduler job: an expected operational failure (database locked or full, disk full) is one
+    log line and the job runs again at its next interval; only a bug gets a traceback."""
+
+    def job(*args: Any) -> None:
+        try:
+            body(*args)
+        except SelfHealError as exc:
+            log.warning("%s: %s", name, exc)
+        except Exception:
+            log.exception("%s failed", name)
+
+    job.__name__ = name
+    return job
 
 
 class WorkerLock:
@@ -149,6 +186,10 @@ class Worker:
         self._register_failures: dict[str, str] = {}
         self._stats = {"checks": 0, "heals": 0, "requests": 0}
         self._stats_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._checks: dict[int, _RunningCheck] = {}  # image id → its check thread (may outlive its deadline)
+        self._checks_lock = threading.Lock()
+        self.abandoned_threads = 0  # threads still running when run_forever returned (the CLI must not wait)
 
     # ------------------------------------------------------------------ preparation
 
@@ -179,6 +220,7 @@ class Worker:
         self.refuse_remote_worker()
         with session_scope() as session:
             fail_abandoned_requests(session, reason="the worker stopped while running this request")
+        self.service.reconcile_heals()  # the image checks that follow re-check what it touched
         self.sync_config_images()
         self.notifier.submit_pending()
 
@@ -216,16 +258,61 @@ class Worker:
 
     def check_image(self, image_id: int) -> None:
         """The body of a check:<id> job; never raises (a failing job must not disturb the scheduler)."""
+        record = self.bounded_check(image_id)
+        if record is not None:
+            with self._stats_lock:
+                self._stats["checks"] += 1
+                self._stats["heals"] += record.heal is not None
+
+    def bounded_check(self, image_id: int) -> Any:
+        """Check (and maybe heal) one image in its own daemon thread, waiting at most health_check.timeout_s.
+
+        An overrun is recorded as an unknown check with an alert and not waited for; while that thread
+        still runs, later checks of the image are recorded unknown instead of piling up behind it.
+        Returns the CheckRecord, or None (overrun, unregistered, failed: logged in one line)."""
+        timeout = self.settings.health_check.timeout_s
+        with self._checks_lock:
+            running = self._checks.get(image_id)
+            if running is not None and running.thread.is_alive():
+                busy_for = time.monotonic() - running.started
+            else:
+                running = _RunningCheck(self.service, image_id)
+                self._checks[image_id] = running
+                busy_for = None
+        if busy_for is not None:
+            self._record_overrun(image_id, busy_for, first=False)
+            return None
+        running.thread.start()
+        deadline = running.started + timeout
+        while not running.done.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if self._stopping.is_set():
+                return None  # shutting down: the check thread is a daemon; its heal, if any, is reconciled
+            if time.monotonic() >= deadline:
+                log.warning("check of image %s did not finish within %g s: recorded unknown", image_id, timeout)
+                self._record_overrun(image_id, timeout, first=True)
+                return None
+        with self._checks_lock:
+            self._checks.pop(image_id, None)
+        if isinstance(running.error, LookupError):
+            return None  # unregistered meanwhile
+        if isinstance(running.error, SelfHealError):
+            log.warning("check of image %s failed: %s", image_id, running.error)
+            return None
+        if running.error is not None:
+            log.error("check of image %s failed", image_id, exc_info=running.error)
+            return None
+        return running.record
+
+    def _record_overrun(self, image_id: int, seconds: float, *, first: bool) -> None:
         try:
-            record = self.service.check(image_id)
-        except LookupError:
-            return
-        except Exception:
-            log.exception("check of image %s failed", image_id)
-            return
-        with self._stats_lock:
-            self._stats["checks"] += 1
-            self._stats["heals"] += record.heal is not None
+            self.service.record_overrun(image_id, seconds, first=first)
+        except SelfHealError as exc:
+            log.warning("overrun of image %s not recorded: %s", image_id, exc)
+
+    def in_flight_checks(self) -> int:
+        """Check threads still running (including overrun ones)."""
+        with self._checks_lock:
+            return sum(c.thread.is_alive() for c in self._checks.values())
 
     def process_requests(self, limit: int | None = None) -> int:
         """Claim and run pending requests, oldest first; returns how many were processed."""
@@ -273,7 +360,11 @@ class Worker:
         except LookupError as exc:
             return False, {"error": str(exc)}
         if kind == "check":
-            record = self.service.check_path(path)
+            image = self.service.get_image(path=path)
+            record = self.bounded_check(image["id"]) if image is not None else self.service.check_path(path)
+            if record is None:
+                return False, {"error": f"the check of {path} did not complete within health_check.timeout_s "
+                                        f"({self.settings.health_check.timeout_s:g} s) or failed; see the worker log"}
             return True, {"status": record.status, "check_id": record.check_id, "reused_analysis": record.reused,
                           "heal": record.heal.to_dict() if record.heal else None}
         if kind == "heal":
@@ -290,7 +381,7 @@ class Worker:
         from storage.engine import session_scope
 
         with self._stats_lock:
-            info = dict(self._stats)
+            info: dict[str, Any] = dict(self._stats)
         if self.scheduler is not None:
             info["jobs"] = len([j for j in self.scheduler.get_jobs() if j.id.startswith(CHECK_JOB_PREFIX)])
         info["heartbeat_interval"] = self.config.heartbeat_interval
@@ -303,21 +394,36 @@ class Worker:
     # ------------------------------------------------------------------ modes
 
     def run_once(self) -> dict[str, Any]:
-        """Check every registered image now (healing where auto-heal applies), run pending requests, return."""
+        """Check every registered image now (healing where auto-heal applies), run pending requests, return.
+
+        Each check is bounded by health_check.timeout_s like the scheduled ones; an overrun counts as unknown."""
+        from storage.engine import session_scope
+        from storage.worker_queries import image_schedule
+
         self.lock.acquire()
         try:
             self.prepare()
-            records = self.service.check_all()
+            with session_scope(write=False) as session:
+                ids = [row["id"] for row in sorted(image_schedule(session), key=lambda r: r["path"])]
+            records, overruns = [], 0
+            for image_id in ids:
+                record = self.bounded_check(image_id)
+                if record is not None:
+                    records.append(record)
+                elif self.in_flight_checks():
+                    overruns += 1
             requests = self.process_requests()
             self.prune_quarantine()
+            self.service.remove_stale_temps()
             self.notifier.close(timeout=self.settings.healing.notification.timeout * 2)
         finally:
             self.lock.release()
         counts = {s: 0 for s in ("healthy", "warning", "critical", "unknown")}
         for record in records:
             counts[record.status] = counts.get(record.status, 0) + 1
+        counts["unknown"] += overruns
         heals = [r.heal for r in records if r.heal is not None]
-        return {"checked": len(records), **counts, "healed": sum(h.healthy for h in heals),
+        return {"checked": len(records) + overruns, **counts, "healed": sum(h.healthy for h in heals),
                 "heal_failed": sum(not h.healthy for h in heals), "requests": requests,
                 "reused": sum(r.reused for r in records)}
 
@@ -334,6 +440,7 @@ class Worker:
         from storage.worker_queries import image_schedule
 
         self.sync_config_images()
+        recheck = self.service.reconcile_heals()
         with session_scope(write=False) as session:
             wanted = {f"{CHECK_JOB_PREFIX}{row['id']}": row for row in image_schedule(session)}
         existing = {job.id: job for job in self.scheduler.get_jobs() if job.id.startswith(CHECK_JOB_PREFIX)}
@@ -343,22 +450,30 @@ class Worker:
             job = existing.get(job_id)
             interval = timedelta(seconds=row["interval_s"])
             if job is None:
-                self.scheduler.add_job(self.check_image, "interval", seconds=row["interval_s"], args=[row["id"]], id=job_id,
+                self.scheduler.add_job(guarded("check", self.check_image), "interval", seconds=row["interval_s"],
+                                       args=[row["id"]], id=job_id,
                                        name=f"check {row['path']}", next_run_time=datetime.now(UTC), **self._job_options())
             elif job.trigger.interval != interval:
                 job.reschedule("interval", seconds=row["interval_s"])
+            elif row["id"] in recheck:
+                job.modify(next_run_time=datetime.now(UTC))  # an interrupted heal: look at the file now
 
     def _job_options(self) -> dict[str, Any]:
         return {"coalesce": True, "max_instances": 1, "misfire_grace_time": self.config.misfire_grace_time,
                 "replace_existing": True}
 
     def run_forever(self) -> int:
-        """Run the scheduler until SIGTERM/SIGINT; returns 0 after a clean stop."""
+        """Run the scheduler until SIGTERM/SIGINT; returns 0 after a clean stop.
+
+        After the signal, running jobs get ``worker.shutdown_grace`` seconds; a check that is still running
+        (stuck on a file system, overrunning) is not waited for: ``abandoned_threads`` says how many threads
+        are left, and the CLI exits without joining them. A heal cut short is reconciled at the next start."""
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.blocking import BlockingScheduler
 
         self.lock.acquire()
         executor = ThreadPoolExecutor(self.config.threads)
+        stop = self._install_signal_handlers()
         try:
             from storage.migrate import upgrade
 
@@ -366,29 +481,42 @@ class Worker:
             self.refuse_remote_worker()
             self.beat("starting")
             self.prepare()
+            if self._stopping.is_set():
+                return 0
             self.scheduler = BlockingScheduler(executors={"default": executor}, timezone=UTC)
             now = datetime.now(UTC)
-            self.scheduler.add_job(self.sync_jobs, "interval", seconds=self.config.sync_interval, id=SYNC_JOB,
-                                   next_run_time=now, **self._job_options())
-            self.scheduler.add_job(self._poll, "interval", seconds=self.config.poll_interval, id=POLL_JOB,
-                                   next_run_time=now, **self._job_options())
-            self.scheduler.add_job(self.beat, "interval", seconds=self.config.heartbeat_interval, id=HEARTBEAT_JOB,
-                                   next_run_time=now, **self._job_options())
-            self.scheduler.add_job(self.prune_quarantine, "interval", seconds=QUARANTINE_PRUNE_INTERVAL_S, id=QUARANTINE_JOB,
-                                   next_run_time=now, **self._job_options())
+            for job_id, body, seconds in ((SYNC_JOB, self.sync_jobs, self.config.sync_interval),
+                                          (POLL_JOB, self.process_requests, self.config.poll_interval),
+                                          (HEARTBEAT_JOB, self.beat, self.config.heartbeat_interval),
+                                          (QUARANTINE_JOB, self.prune_quarantine, QUARANTINE_PRUNE_INTERVAL_S)):
+                self.scheduler.add_job(guarded(job_id, body), "interval", seconds=seconds, id=job_id, next_run_time=now,
+                                       **self._job_options())
             self.add_extra_jobs()
-            stop = self._install_signal_handlers()
             log.info("worker %s started (home %s)", self.worker_id, self.settings.home)
-            self.scheduler.start()
-            # shutdown(wait=False) in the signal handler returned at once; let running jobs finish here.
-            self.beat("stopping")
-            executor.shutdown(wait=True)
-            self.notifier.close(timeout=self.settings.healing.notification.timeout)
+            if not self._stopping.is_set():
+                self.scheduler.start()
+            # shutdown(wait=False) in the signal handler returned at once; give running jobs a bounded grace.
+            deadline = time.monotonic() + self.config.shutdown_grace
+            executor.shutdown(wait=False)
+            self.abandoned_threads = self._wait_for_threads(deadline)
+            self.notifier.close(timeout=max(0.1, deadline - time.monotonic()))
+            if self.abandoned_threads:
+                log.warning("worker %s: %d job thread(s) still running after %g s; not waiting for them",
+                            self.worker_id, self.abandoned_threads, self.config.shutdown_grace)
             log.info("worker %s stopped (%s)", self.worker_id, stop.get("signal", "scheduler ended"))
         finally:
             self.beat("stopped")
             self.lock.release()
         return 0
+
+    def _wait_for_threads(self, deadline: float) -> int:
+        """Wait until the job and check threads end or ``deadline`` passes; returns how many still run."""
+        while True:
+            others = [t for t in threading.enumerate() if t is not threading.current_thread() and t.is_alive()
+                      and (not t.daemon or t.name.startswith("check-"))]
+            if not others or time.monotonic() >= deadline:
+                return len(others)
+            time.sleep(0.05)
 
     def add_extra_jobs(self) -> list[str]:
         """Let other areas register their periodic jobs (JOB_HOOKS); returns the hooks that ran."""
@@ -404,17 +532,12 @@ class Worker:
             ran.append(spec)
         return ran
 
-    def _poll(self) -> None:
-        try:
-            self.process_requests()
-        except SelfHealError as exc:
-            log.warning("request poll failed: %s", exc)
-
     def _install_signal_handlers(self) -> dict[str, str]:
         stop: dict[str, str] = {}
 
         def handler(signum: int, _frame: Any) -> None:
             stop["signal"] = signal.Signals(signum).name
+            self._stopping.set()  # job threads waiting on a check stop waiting
             if self.scheduler is not None and self.scheduler.running:
                 self.scheduler.shutdown(wait=False)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -47,7 +48,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     worker = Worker()
     configure_logging(worker.settings)
     if not args.once:
-        return worker.run_forever()
+        code = worker.run_forever()
+        if worker.abandoned_threads:
+            # A stuck check thread would keep the interpreter from exiting (job threads are joined at exit);
+            # the lock and the heartbeat are already released, so leave without waiting for it.
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(code)
+        return code
     summary = worker.run_once()
     if args.json:
         print(json.dumps(summary, sort_keys=True))

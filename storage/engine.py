@@ -20,8 +20,10 @@ Public API
   busy_timeout_ms_from_settings(settings=None) -> int
   DEFAULT_BUSY_TIMEOUT_MS
 
-Errors: "database is locked" beyond the busy timeout (PostgreSQL: its lock timeout), and a database file that cannot be opened,
-surface as healing.errors.DatabaseError with one line (exit code 3), never a raw traceback.
+Errors: "database is locked" beyond the busy timeout (PostgreSQL: its lock timeout), "database or disk is full"
+(PostgreSQL: disk full), a read-only database (PostgreSQL: read-only transaction), a disk I/O error and a database
+file that cannot be opened surface as healing.errors.DatabaseError with one line (exit code 3), never a raw
+traceback (operational_error() is the one mapping).
 
 Configuration: ``database.busy_timeout_ms`` in the YAML file or SELFHEAL_DB_BUSY_TIMEOUT_MS
 (default 5000, at least 100).
@@ -212,20 +214,44 @@ def _retry_locked(statement: Any, busy_timeout_ms: int) -> None:
         delay = min(delay * 2, 0.1)
 
 
+# PostgreSQL SQLSTATEs of the operational failures below (psycopg's ``sqlstate``, psycopg2's ``pgcode``).
+_PG_DISK_FULL = {"53100"}  # disk_full
+_PG_READ_ONLY = {"25006"}  # read_only_sql_transaction (a hot standby, default_transaction_read_only)
+_PG_LOCKED = {"55P03"}  # lock_not_available (lock_timeout)
+
+
+def operational_error(exc: BaseException, shown_url: str, busy_timeout_ms: int) -> DatabaseError | None:
+    """The one-line DatabaseError (exit 3) for an expected operational failure of the database — locked
+    beyond the busy timeout, disk full, read-only, cannot be opened — or None for anything else (a bug
+    keeps its traceback). Used by the engine's error hook, so every caller gets the same line."""
+    text = " ".join(str(exc).split())
+    lowered = text.lower()
+    code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    if (code in _PG_LOCKED or "database is locked" in lowered or "database table is locked" in lowered
+            or "canceling statement due to lock timeout" in lowered):
+        return DatabaseError(
+            f"database is locked: another process held it for more than {busy_timeout_ms} ms ({shown_url}); "
+            "raise database.busy_timeout_ms or find the stuck writer")
+    if code in _PG_DISK_FULL or "database or disk is full" in lowered or "no space left on device" in lowered:
+        return DatabaseError(f"database or disk is full: cannot write to {shown_url}; free space on its file system")
+    if code in _PG_READ_ONLY or "readonly database" in lowered or "read-only transaction" in lowered:
+        return DatabaseError(f"database is read-only: cannot write to {shown_url} (file permissions, a read-only "
+                             "file system or a read-only server)")
+    if "disk i/o error" in lowered:
+        return DatabaseError(f"disk I/O error on database {shown_url}")
+    if "unable to open database file" in lowered or "file is not a database" in lowered:
+        return DatabaseError(f"cannot open database {shown_url}: {text}")
+    return None
+
+
 def _install_error_translation(engine: Engine, shown_url: str, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "handle_error")
     def _translate(ctx: sa.engine.ExceptionContext) -> None:
-        text = " ".join(str(ctx.original_exception).split())
-        lowered = text.lower()
-        if ("database is locked" in lowered or "database table is locked" in lowered
-                or "canceling statement due to lock timeout" in lowered):
-            raise DatabaseError(
-                f"database is locked: another process held it for more than {busy_timeout_ms} ms ({shown_url}); "
-                "raise database.busy_timeout_ms or find the stuck writer"
-            ) from None
-        if "unable to open database file" in lowered or "file is not a database" in lowered:
-            raise DatabaseError(f"cannot open database {shown_url}: {text}") from None
+        error = operational_error(ctx.original_exception, shown_url, busy_timeout_ms)
+        if error is not None:
+            raise error from None
         if ctx.is_disconnect or ctx.connection is None:
+            text = " ".join(str(ctx.original_exception).split())
             raise DatabaseError(f"cannot connect to database {shown_url}: {text}") from None
 
 

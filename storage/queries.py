@@ -17,6 +17,8 @@ Writes (need a write session, the default of session_scope)
       ``result`` is the `check --json` object (DESIGN.md §4); updates the image's last_status.
   record_heal(session, *, image_path, action, outcome, image_id, check_id, source_path, quarantine_path,
               detail, duration_ms, actor, now) -> dict                    audit: heal
+      A restore is recorded with outcome "started" before the file is touched, then finished:
+  finish_heal(session, heal_id, *, outcome, detail, duration_ms, actor, now) -> dict   audit: heal
   record_alert(session, *, kind, severity, subject, message, reason, webhook, actor, now) -> dict   audit: alert
   acknowledge_alert(session, alert_id, *, by, now) -> dict                audit: alert.acknowledged
   mark_alert_delivery(session, alert_id, *, delivered, error, now) -> dict
@@ -33,6 +35,7 @@ Reads (any session; prefer session_scope(write=False) for pages)
   check_history(session, image_id, *, since=None, limit=500) -> list[dict]   oldest first
   check_history_frame(session, image_id, *, since=None, limit=500) -> pandas.DataFrame
   recent_heals(session, *, image_id=None, limit=50) -> list[dict]
+  unfinished_heals(session) -> list[dict]   heals still "started" (a killed process's), oldest first
   recent_alerts(session, *, limit=50, include_acknowledged=True) -> list[dict]
   pending_webhook_alerts(session, *, limit=50) -> list[dict]
   audit_page(session, *, kind, subject, start, end, offset=0, limit=50) -> list[dict]   newest first
@@ -346,6 +349,46 @@ def record_heal(
         "source_path": source_path, "quarantine_path": quarantine_path, "detail": detail,
     }, actor, now=now)
     return heal.model_dump()
+
+
+HEAL_STARTED = "started"
+
+
+def finish_heal(
+    session: Session,
+    heal_id: int,
+    *,
+    outcome: str,
+    detail: dict[str, Any] | None = None,
+    duration_ms: float | None = None,
+    actor: str = "worker",
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Finish a heal recorded as "started": set its outcome, merge ``detail`` in, audit the result.
+
+    Only a started heal can be finished (two processes reconciling the same row finish it once);
+    raises LookupError otherwise."""
+    heal = session.get(Heal, heal_id, with_for_update=True)
+    if heal is None or heal.outcome != HEAL_STARTED:
+        raise LookupError(f"heal {heal_id} is not an unfinished heal")
+    heal.outcome = outcome
+    heal.detail = {**(heal.detail or {}), **(detail or {})}
+    if duration_ms is not None:
+        heal.duration_ms = duration_ms
+    session.add(heal)
+    session.flush()
+    append_event(session, KIND_HEAL, heal.image_path, {
+        "heal_id": heal.id, "image_id": heal.image_id, "check_id": heal.check_id, "action": heal.action,
+        "outcome": outcome, "source_path": heal.source_path, "quarantine_path": heal.quarantine_path,
+        "detail": heal.detail,
+    }, actor, now=_now(now))
+    return heal.model_dump()
+
+
+def unfinished_heals(session: Session) -> list[dict[str, Any]]:
+    """Heals still recorded as "started", oldest first: in progress, or left by a process that died."""
+    query = select(Heal).where(Heal.outcome == HEAL_STARTED).order_by(Heal.id)
+    return [h.model_dump() for h in session.exec(query)]
 
 
 def recent_heals(session: Session, *, image_id: int | None = None, limit: int = 50) -> list[dict[str, Any]]:

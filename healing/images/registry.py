@@ -16,8 +16,9 @@ from typing import Any
 
 from healing.config import Settings
 from healing.errors import CorruptedError, InputError
-from healing.images.golden import GoldenRef, GoldenStore, atomic_copy, sha256_file, sidecar_of
+from healing.images.golden import GoldenRef, GoldenStore, atomic_write_bytes, sha256_file, sidecar_of
 from healing.images.integrity import baseline_file, iso_now
+from healing.safeio import WriteError, describe_oserror
 
 KIND_CHANGE_ACCEPTED = "image.change_accepted"
 KIND_REGISTER_REFUSED = "image.register_refused"
@@ -54,11 +55,11 @@ def load_baseline(image: dict[str, Any]) -> dict[str, Any] | None:
 def _write_baseline(home: Path, baseline: dict[str, Any]) -> Path:
     target = baseline_file(home, baseline["file_sha256"])
     if not target.exists():
-        tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(baseline, separators=(",", ":")), encoding="utf-8")
-        atomic_copy(tmp, target, mode=0o444)
-        tmp.unlink()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WriteError(f"cannot create {target.parent}: {describe_oserror(exc)}") from None
+        atomic_write_bytes(target, json.dumps(baseline, separators=(",", ":")).encode("utf-8"), mode=0o444)
     return target
 
 

@@ -19,8 +19,10 @@ After ``healing.max_heal_attempts`` consecutive failures the image is escalated:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import stat
 import threading
 import time
@@ -29,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from healing.config import Settings
-from healing.errors import SelfHealError
+from healing.errors import SelfHealError, printable
 from healing.images.actions import HealingAction, action_name, run_action
 from healing.images.golden import GoldenStore, sha256_file
 from healing.images.integrity import HealthStatus, finding, iso_now
 from healing.images.registry import golden_ref, load_baseline, normalise_path
+from healing.safeio import describe_oserror, kind_of
 
 log = logging.getLogger("selfheal.images")
 
@@ -107,13 +110,37 @@ def _result_dict(raw: Any) -> dict[str, Any]:
     return data
 
 
-def _unknown(path: str, message: str, status: str = "unknown", category: str = "structural") -> dict[str, Any]:
+def _unknown(path: str, message: str, status: str = "unknown", category: str = "structural",
+             recommendation: str | None = None) -> dict[str, Any]:
     """The result for a file that could not be analysed (missing, a directory, unreadable)."""
     severity = "high" if status == "critical" else "medium"
-    recommendation = "restore the image from its golden copy" if status == "critical" else "make the file readable"
+    if recommendation is None:
+        recommendation = "restore the image from its golden copy" if status == "critical" else "make the file readable"
     return {"image_path": path, "status": status, "confidence": 0.9 if status == "critical" else 0.0, "metrics": {},
             "findings": [finding(category, severity, message, source=SOURCE)], "recommendation": recommendation,
             "timestamp": iso_now(), "duration_ms": 0.0}
+
+
+def _replaced(path: str, mode: int) -> dict[str, Any]:
+    """The result for a registered image that is no longer a regular file: a security finding (someone
+    put a symlink, FIFO or device where the image was), critical, and nothing behind it is read."""
+    if stat.S_ISLNK(mode):
+        try:
+            target = printable(os.readlink(path))[:300]
+        except OSError as exc:
+            target = f"unreadable link: {describe_oserror(exc)}"
+        what = f"a symbolic link (to {target}); the link is not followed"
+    else:
+        what = f"{kind_of(mode)}, not a regular file"
+    return _unknown(path, f"{path}: registered image was replaced by {what}", "critical", "security",
+                    "investigate who replaced the file; healing restores the golden copy in its place")
+
+
+def _nonregular_findings(result: dict[str, Any] | None) -> set[str]:
+    """Descriptions of the 'replaced by a non-regular file' findings in a check result."""
+    return {str(f.get("description")) for f in (result or {}).get("findings") or []
+            if f.get("category") == "security" and f.get("source") == SOURCE and "registered image was replaced" in
+            str(f.get("description"))}
 
 
 class ImageService:
@@ -208,20 +235,24 @@ class ImageService:
         start = time.perf_counter()
         facts: dict[str, Any] = {"file_size": None, "file_mtime_ns": None, "file_sha256": None, "reused": False}
         try:
-            st = os.stat(path)
+            # lstat: a registered image is judged as the directory entry it is, never through a link.
+            st = os.lstat(path) if image is not None else os.stat(path)
         except FileNotFoundError:
             status = "critical" if image is not None else "unknown"
             data = _unknown(path, f"{path}: {'registered image is missing' if image else 'no such file'}", status)
             return data, result_object(data), facts
         except OSError as exc:
-            data = _unknown(path, f"{path}: cannot stat ({exc.strerror or exc})")
+            data = _unknown(path, f"{path}: cannot stat ({describe_oserror(exc)})")
             return data, result_object(data), facts
-        if stat.S_ISDIR(st.st_mode):
-            data = _unknown(path, f"{path}: is a directory, not an image")
+        if not stat.S_ISREG(st.st_mode):
+            if image is not None:
+                data = _replaced(path, st.st_mode)
+            else:
+                data = _unknown(path, f"{path}: is {kind_of(st.st_mode)}, not an image")
             return data, result_object(data), facts
         facts.update(file_size=st.st_size, file_mtime_ns=st.st_mtime_ns)
         try:
-            facts["file_sha256"] = sha256_file(path)
+            facts["file_sha256"] = sha256_file(path, follow_symlinks=image is None)
         except SelfHealError as exc:
             data = _unknown(path, str(exc))
             return data, result_object(data), facts
@@ -286,7 +317,11 @@ class ImageService:
                                        file_sha256=facts["file_sha256"], file_mtime_ns=facts["file_mtime_ns"],
                                        reused_analysis=facts["reused"], actor=self.actor)
             previous = image.get("last_status")
-            if data["status"] == "critical" and previous != "critical":
+            replaced = _nonregular_findings(data)
+            if replaced and replaced != _nonregular_findings(last):
+                alerts.append(self._alert(session, "image.security", "critical", path,
+                                          f"{Path(path).name}: {_first_description(data)}", "check"))
+            elif data["status"] == "critical" and previous != "critical":
                 alerts.append(self._alert(session, "image.critical", "critical", path,
                                           f"{Path(path).name} is critical: {_first_description(data)}", "check"))
             elif unexpected and not any(f.get("category") == "security" for f in (last or {}).get("findings") or []):
@@ -384,13 +419,18 @@ class ImageService:
         image = self.get_image(path=text)
         if image is None:
             return HealReport(text, False, "none", "not registered: no golden copy to restore from")
-        with self._lock_for(image["id"]):
+        lock = self._lock_for(image["id"])
+        if not lock.acquire(timeout=self.settings.health_check.timeout_s):
+            return HealReport(text, False, "none", "a check of this image is still running (over health_check.timeout_s)")
+        try:
             record = self._check_locked(image["id"], allow_heal=False)
             image = self.get_image(image_id=image["id"]) or image
             if record.status in ("healthy", "warning") and record.file_sha256 == image.get("golden_sha256"):
                 return HealReport(text, True, "none", f"{Path(text).name} is {record.status} and equals its golden copy; nothing to do")
             return self._heal_locked(image, record, result_object(record.result), trigger="explicit",
                                      actor=actor or self.actor)
+        finally:
+            lock.release()
 
     def _heal_locked(self, image: dict[str, Any], record: CheckRecord, raw: Any, *, trigger: str,
                      actor: str | None = None) -> HealReport:
@@ -435,7 +475,7 @@ class ImageService:
         return report
 
     def _restore(self, image: dict[str, Any], record: CheckRecord, trigger: str, actor: str, heal_ids: list[int]) -> HealReport:
-        from healing.images.healer import restore_from_golden
+        from healing.images.healer import HealOutcome, restore_from_golden
         from storage import queries
         from storage.engine import session_scope
 
@@ -443,20 +483,42 @@ class ImageService:
         ref = golden_ref(image, self.store)
         start = time.perf_counter()
         if ref is None:
-            outcome_ok, message, qpath, detail = False, "no golden copy to restore from", None, {"trigger": trigger}
-        else:
-            heal_cfg = self.settings.healing
-            qdir = self.settings.quarantine_dir if (heal_cfg.backup_before_heal or heal_cfg.quarantine_corrupted) else None
-            outcome = restore_from_golden(path, ref, self.store, quarantine_dir=qdir)
-            outcome_ok, message, qpath = outcome.healed, outcome.message, outcome.quarantine_path
-            detail = {"trigger": trigger, "before_sha256": outcome.before_sha256, "after_sha256": outcome.after_sha256,
-                      **outcome.details}
+            message = "no golden copy to restore from"
+            with session_scope() as session:
+                heal_ids.append(int(queries.record_heal(
+                    session, image_path=path, action="restore_golden", outcome="failed", image_id=image["id"],
+                    check_id=record.check_id, detail={"message": message, "trigger": trigger}, actor=actor)["id"]))
+            return HealReport(path, False, "restore_golden", message)
+        heal_cfg = self.settings.healing
+        qdir = self.settings.quarantine_dir if (heal_cfg.backup_before_heal or heal_cfg.quarantine_corrupted) else None
+        started: list[int] = []
+
+        def record_started(outcome: HealOutcome) -> None:
+            # Committed before the file is touched: a kill from here on leaves a "started" row (with its
+            # quarantine copy) that reconcile_heals finishes at the next start.
+            with session_scope() as session:
+                started.append(int(queries.record_heal(
+                    session, image_path=path, action="restore_golden", outcome=queries.HEAL_STARTED,
+                    image_id=image["id"], check_id=record.check_id, source_path=str(ref.path),
+                    quarantine_path=outcome.quarantine_path,
+                    detail={"trigger": trigger, "golden_sha256": ref.sha256, "before_sha256": outcome.before_sha256,
+                            "owner": _owner(), **outcome.details}, actor=actor)["id"]))
+
+        outcome = restore_from_golden(path, ref, self.store, quarantine_dir=qdir, started=record_started)
+        outcome_ok, message, qpath = outcome.healed, outcome.message, outcome.quarantine_path
+        detail = {"message": message, "trigger": trigger, "before_sha256": outcome.before_sha256,
+                  "after_sha256": outcome.after_sha256, **outcome.details}
+        duration_ms = round((time.perf_counter() - start) * 1000, 3)
         with session_scope() as session:
-            heal_ids.append(int(queries.record_heal(
-                session, image_path=path, action="restore_golden", outcome="healed" if outcome_ok else "failed",
-                image_id=image["id"], check_id=record.check_id, source_path=str(ref.path) if ref else None,
-                quarantine_path=qpath, detail={"message": message, **detail},
-                duration_ms=round((time.perf_counter() - start) * 1000, 3), actor=actor)["id"]))
+            if started:
+                row = queries.finish_heal(session, started[0], outcome="healed" if outcome_ok else "failed", detail=detail,
+                                          duration_ms=duration_ms, actor=actor)
+            else:  # failed before the file was touched (quarantine or the started record failed)
+                row = queries.record_heal(
+                    session, image_path=path, action="restore_golden", outcome="failed", image_id=image["id"],
+                    check_id=record.check_id, source_path=str(ref.path), quarantine_path=qpath, detail=detail,
+                    duration_ms=duration_ms, actor=actor)
+            heal_ids.append(int(row["id"]))
         if outcome_ok:
             # Record the healed state, so the image's last status says what is on disk now.
             after = self._check_locked(image["id"], allow_heal=False)
@@ -464,6 +526,110 @@ class ImageService:
             if not outcome_ok:
                 message = f"restored, but the re-check says {after.status}"
         return HealReport(path, outcome_ok, "restore_golden", message, quarantine_path=qpath)
+
+    # ------------------------------------------------------------------ crash recovery
+
+    def reconcile_heals(self) -> list[int]:
+        """Finish the heals a killed process left "started", then remove stale temporary files.
+
+        A heal whose process is gone is finished as ``restored`` when the file on disk is the golden copy
+        (the restore completed; counters are reset and the heal is alerted like any other), otherwise as
+        ``interrupted`` (the old file is still there: atomic replace). Returns the ids of the images to
+        re-check now. A heal in progress (this process holds its image lock, or its process is alive)
+        is left alone."""
+        from storage import queries
+        from storage.engine import session_scope
+
+        with session_scope(write=False) as session:
+            rows = queries.unfinished_heals(session)
+        recheck: list[int] = []
+        for row in rows:
+            if not _owner_gone(row):
+                continue
+            lock = self._lock_for(row["image_id"]) if row["image_id"] is not None else threading.Lock()
+            if not lock.acquire(blocking=False):
+                continue  # this process is healing that image right now
+            try:
+                if self._finish_unfinished(row):
+                    recheck.append(int(row["image_id"]))
+            finally:
+                lock.release()
+        self.remove_stale_temps()
+        return sorted(set(recheck))
+
+    def _finish_unfinished(self, row: dict[str, Any]) -> bool:
+        """Finish one abandoned started heal; True when its image should be re-checked."""
+        from storage import queries
+        from storage.engine import session_scope
+
+        image = self.get_image(image_id=row["image_id"]) if row["image_id"] is not None else None
+        golden = (row.get("detail") or {}).get("golden_sha256")
+        on_disk = None
+        if image is not None:
+            try:
+                on_disk = sha256_file(image["path"], follow_symlinks=False)
+            except SelfHealError:
+                on_disk = None
+        restored = golden is not None and on_disk == golden
+        if restored:
+            outcome, message = "restored", "the restore completed before its process stopped; recorded at restart"
+        else:
+            outcome, message = "interrupted", "the process stopped during the heal; the file was not replaced"
+        with session_scope() as session:
+            try:
+                queries.finish_heal(session, row["id"], outcome=outcome, actor=self.actor,
+                                    detail={"message": message, "after_sha256": on_disk, "reconciled_by": _owner()})
+            except LookupError:
+                return False  # another process finished it meanwhile
+        log.warning("heal %s of %s was left unfinished by a stopped process: %s", row["id"], row["image_path"], outcome)
+        if restored and image is not None:
+            self._account(image, HealReport(image["path"], True, "restore_golden", message, heal_ids=[row["id"]],
+                                            quarantine_path=row.get("quarantine_path")), self.actor)
+        return image is not None
+
+    def remove_stale_temps(self) -> list[str]:
+        """Delete temporary files of killed restores and copies: next to registered images, in the
+        quarantine, the golden store and the baselines. Returns the removed paths."""
+        from healing.images.golden import remove_stale_temp_files
+        from storage.engine import session_scope
+        from storage.worker_queries import image_schedule
+
+        with session_scope(write=False) as session:
+            directories = {Path(row["path"]).parent for row in image_schedule(session)}
+        directories.add(self.settings.quarantine_dir)
+        for root in (self.settings.golden_dir, self.settings.home / "baselines"):
+            directories.add(root)
+            with contextlib.suppress(OSError):
+                directories.update(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())
+        removed: list[str] = []
+        for directory in sorted(directories):
+            removed.extend(remove_stale_temp_files(directory))
+        if removed:
+            log.info("removed %d stale temporary file(s) of stopped restores", len(removed))
+        return removed
+
+    def record_overrun(self, image_id: int, seconds: float, *, first: bool) -> None:
+        """Record an unknown check for an image whose check overran health_check.timeout_s (an alert the
+        first time); the check itself may still be running in its thread."""
+        from storage import queries
+        from storage.engine import session_scope
+
+        image = self.get_image(image_id=image_id)
+        if image is None:
+            return
+        path = image["path"]
+        what = (f"check did not finish within health_check.timeout_s ({seconds:g} s)" if first
+                else f"the previous check is still running after {seconds:.0f} s")
+        data = _unknown(path, f"{path}: {what}", recommendation="look for a hung file system, a huge image or a slow "
+                        "custom check; raise health_check.timeout_s if checks of this image are legitimately slow")
+        data["findings"][0]["category"] = "performance"
+        alerts: list[int] = []
+        with session_scope() as session:
+            queries.record_check(session, data, image_id=image_id, actor=self.actor)
+            if first:
+                alerts.append(self._alert(session, "image.check_timeout", "warning", path, f"{Path(path).name}: {what}",
+                                          "timeout"))
+        self._deliver(alerts)
 
     def _account(self, image: dict[str, Any], report: HealReport, actor: str) -> None:
         """Reset or count failures; escalate after max_heal_attempts consecutive failures."""
@@ -496,6 +662,35 @@ class ImageService:
                         f"{name} failed to heal {failures} times; marked bad, auto-heal stopped until an operator "
                         "re-registers or heals it", "max_heal_attempts"))
         self._deliver(alerts)
+
+
+STALE_HEAL_S = 3600.0  # a started heal older than this is abandoned whatever its pid says (pid reuse, other hosts)
+
+
+def _owner() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _owner_gone(row: dict[str, Any]) -> bool:
+    """True when the process that started this heal cannot still be running it."""
+    from datetime import UTC, datetime
+
+    created = row["created_at"]
+    created = created.replace(tzinfo=UTC) if created.tzinfo is None else created
+    if (datetime.now(UTC) - created).total_seconds() > STALE_HEAL_S:
+        return True
+    owner = (row.get("detail") or {}).get("owner") or {}
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return not owner  # another host's heal may be in progress until it is stale
+    if owner["pid"] == os.getpid():
+        return True  # ours, and the caller holds the image lock: not in flight
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _first_description(data: dict[str, Any]) -> str:

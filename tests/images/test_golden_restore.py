@@ -34,7 +34,8 @@ def test_store_is_content_addressed_and_read_only(tmp_path, image):
     assert ref.sha256 == sha256_file(image)
     assert ref.path == tmp_path / "golden" / ref.sha256[:2] / f"{ref.sha256}.rts.png"
     assert ref.path.read_bytes() == image.read_bytes()
-    assert oct(ref.path.stat().st_mode & 0o777) == "0o444"
+    assert oct(ref.path.stat().st_mode & 0o777) == "0o400"  # owner read-only, in private directories
+    assert [oct(d.stat().st_mode & 0o777) for d in (ref.path.parent, store.root)] == ["0o700", "0o700"]
     assert ref.sidecar is not None and ref.sidecar_name == "kernel.rts.png.meta.json"
     assert store.store(image) == ref  # idempotent
     assert store.is_intact(ref)

@@ -270,15 +270,18 @@ def test_hostile_files_are_recorded_and_do_not_stop_the_cycle(settings, make_ima
     _huge_png(paths["huge"])
     records = {Path(r.image_path).name.split(".")[0]: r for r in ImageService(settings).check_all()}
     paths["noperm"].chmod(0o644)
-    expected = {"truncated": "critical", "directory": "unknown", "notpng": "unknown", "huge": "unknown", "fine": "healthy"}
+    expected = {"truncated": "critical", "directory": "critical", "notpng": "unknown", "huge": "unknown", "fine": "healthy"}
     if os.geteuid() != 0:  # root reads a mode-000 file anyway
         expected["noperm"] = "unknown"
     assert {k: records[k].status for k in expected} == expected
-    assert "is a directory" in records["directory"].result["findings"][0]["description"]
+    assert records["directory"].result["findings"][0] == {
+        "category": "security", "severity": "high", "byte_range": None, "region": None, "source": "registry",
+        "description": f"{paths['directory']}: registered image was replaced by a directory, not a regular file"}
     assert "exceed the limit" in records["huge"].result["findings"][0]["description"]
     assert len(rows(Check)) == len(names)
     alerted = sorted(Path(a["subject"]).name.split(".")[0] + ":" + a["kind"] for a in rows(Alert))
-    assert alerted == sorted(f"{k}:image.{'critical' if v == 'critical' else 'unknown'}" for k, v in expected.items() if v != "healthy")
+    kinds = {"truncated": "critical", "directory": "security"}
+    assert alerted == sorted(f"{k}:image.{kinds.get(k, 'unknown')}" for k, v in expected.items() if v != "healthy")
 
 
 def test_missing_registered_image_is_critical_and_restored(settings, make_image):
