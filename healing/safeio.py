@@ -84,6 +84,8 @@ def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True,
             raise InputError(f"{path}: is a symbolic link, not {what} (refused)") from None
         if exc.errno == errno.EISDIR:
             raise InputError(f"{path}: is a directory, not {what}") from None
+        if exc.errno == errno.ENOENT:  # the wording every command has used for a missing file
+            raise InputError(f"{path}: no such file") from None
         raise InputError(f"{path}: cannot read ({describe_oserror(exc)})") from None
     try:
         st = os.fstat(fd)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +52,26 @@ def build_baseline(*, stream: np.ndarray, grid_size: int, block_size: int, file_
     }
 
 
+MAX_BASELINE_BYTES = 256 << 20  # ~100 bytes per 4 KiB block: room for the largest grid at small blocks
+
+
 def load_baseline(path: str | Path) -> dict[str, Any]:
-    """Read and validate a baseline file; InputError (one line) when it is missing or malformed."""
+    """Read and validate a baseline file; InputError (one line) when it is missing, not a regular file
+    (FIFO, device), too large or malformed."""
+    from healing.safeio import read_regular
+
     path = Path(path)
+    if not os.path.exists(path):  # also a name that cannot exist (too long)
+        raise InputError(f"{path}: baseline file not found")
+    raw = read_regular(path, max_bytes=MAX_BASELINE_BYTES, what="a baseline file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: baseline file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read baseline ({type(exc).__name__})") from None
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: baseline is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: baseline is not valid JSON (line {exc.lineno})") from None
+    except (ValueError, RecursionError):  # integers of thousands of digits, deep nesting
+        raise InputError(f"{path}: baseline is not valid JSON") from None
     validate_baseline(data, str(path))
     return data
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from healing.errors import CorruptedError, InputError, UsageError
+from healing.errors import CorruptedError, InputError, UsageError, printable
 
 _EXIT = {"healthy": 0, "warning": 1, "critical": 2, "unknown": 3}
 # "The worst over all images": a critical image needs action more than one that could not be judged.
@@ -55,27 +55,28 @@ def register(sub: Any) -> None:
 
 
 def _write_json(path: str, data: Any) -> None:
-    try:
-        Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    """Atomically, never through a symlink (an existing link at ``path`` is refused, exit 3)."""
+    from healing.safeio import write_atomic
+
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _print_result(result: Any, verbose: bool) -> None:
     data = result.to_dict()
-    print(f"{data['image_path']}: {data['status'].upper()} (confidence {data['confidence']:.2f}, "
-          f"{data['duration_ms']:.0f} ms)")
+    lines = [f"{data['image_path']}: {data['status'].upper()} (confidence {data['confidence']:.2f}, "
+             f"{data['duration_ms']:.0f} ms)"]
     for f in data["findings"]:
         where = ""
         if f.get("byte_range"):
             where += f" bytes [{f['byte_range'][0]}, {f['byte_range'][1]})"
         if f.get("region"):
             where += " region x={} y={} w={} h={}".format(*f["region"])
-        print(f"  - [{f['severity']}] {f['category']}: {f['description']}{where} ({f['source']})")
-    print(f"  recommendation: {data['recommendation']}")
+        lines.append(f"  - [{f['severity']}] {f['category']}: {f['description']}{where} ({f['source']})")
+    lines.append(f"  recommendation: {data['recommendation']}")
     if verbose:
-        for key, value in data["metrics"].items():
-            print(f"  {key}: {value}")
+        lines += [f"  {key}: {value}" for key, value in data["metrics"].items()]
+    # Paths and descriptions may carry a file author's text: control characters are shown escaped.
+    print("\n".join(printable(line) for line in lines))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -84,6 +85,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from healing.config import load_settings
 
     baseline = load_baseline(args.baseline) if args.baseline else None
+    if args.output:
+        from healing.safeio import refuse_symlink
+
+        refuse_symlink(args.output)  # refused before the work, not after it
     checker = VLMHealthChecker(load_settings(), models=args.model, endpoint=args.endpoint)
     if args.model is not None or args.endpoint is not None:
         checker.providers_for()  # name or endpoint errors are usage errors before any work is done
@@ -109,7 +114,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from healing.images.integrity import iso_now
 
     settings = load_settings()
-    loaded = load_image(args.image, max_pixels=settings.pixelrts.max_pixels, file_hash=True)
+    loaded = load_image(args.image, max_pixels=settings.pixelrts.max_pixels, file_hash=True,
+                        max_metadata_bytes=settings.pixelrts.max_metadata_bytes)
     if loaded.stream is None or loaded.grid_size is None:
         raise InputError(f"{args.image}: a baseline needs a square power-of-two PNG (a PixelRTS grid)")
     if loaded.report is not None and loaded.report.hash_verified is False:
@@ -136,7 +142,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     methods = ENGINE_METHODS if args.method == "all" else (args.method,)
-    loaded = load_image(args.image, max_pixels=settings.pixelrts.max_pixels)
+    loaded = load_image(args.image, max_pixels=settings.pixelrts.max_pixels,
+                        max_metadata_bytes=settings.pixelrts.max_metadata_bytes)
     result = analyze_image(loaded, methods, edge_method=args.edge_method, block_size=settings.health_check.block_size)
     if args.output:
         _write_json(args.output, result)

@@ -120,16 +120,23 @@ def findings_overlay(pixels: np.ndarray, findings: Iterable[Mapping[str, Any]], 
 
 
 def write_png(path: str | Path, rgb: np.ndarray) -> Path:
-    """Write an RGB(A) uint8 array as PNG; returns the path."""
+    """Write an RGB(A) uint8 array as PNG atomically, never through a symlink; returns the path."""
     import cv2
 
+    from healing.safeio import WriteError, describe_oserror, write_atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"cannot create {path.parent}: {describe_oserror(exc)}") from None
     array = np.asarray(rgb)
     code = cv2.COLOR_RGBA2BGRA if array.ndim == 3 and array.shape[2] == 4 else cv2.COLOR_RGB2BGR
     bgr = cv2.cvtColor(array, code) if array.ndim == 3 else array
-    if not cv2.imwrite(str(path), bgr):
-        raise OSError(f"cannot write {path}")
+    ok, encoded = cv2.imencode(".png", bgr)
+    if not ok:
+        raise WriteError(f"cannot encode {path} as PNG")
+    write_atomic(path, encoded.tobytes())
     return path
 
 

@@ -102,7 +102,10 @@ def _prepare() -> Any:
 
 def cmd_register(args: argparse.Namespace) -> int:
     from healing.images.registry import register_image
+    from healing.safeio import open_regular
 
+    with open_regular(args.image, what="an image file"):
+        pass  # a FIFO, device or socket is refused here at once instead of blocking the registry's reads
     settings = _prepare()
     outcome = register_image(args.image, settings=settings, critical=True if args.critical else None,
                              interval_s=args.interval, accept_current=args.accept_current, actor="cli")

@@ -307,13 +307,20 @@ def encode(
     return EncodedImage(png=_png.insert_before_idat(encoded.tobytes(), chunk), metadata=meta)
 
 
-def write_image(data: bytes, path: str | os.PathLike[str], *, sidecar: bool = True, **options: Any) -> dict[str, Any]:
+def write_image(data: bytes, path: str | os.PathLike[str], *, sidecar: bool = True,
+                max_metadata_bytes: int | None = None, **options: Any) -> dict[str, Any]:
     """Encode ``data`` and write the PNG (and its ``.meta.json`` sidecar) atomically; return the metadata.
 
     Neither file is written through a symlink: an existing link (or FIFO, device) at either path is refused.
+    Metadata over ``max_metadata_bytes`` (readers refuse it; code mode embeds the whole input) is a usage error.
     """
     path = Path(path)
     encoded = encode(data, **options)
+    limit = max_metadata_bytes or DEFAULT_MAX_METADATA_BYTES
+    size = len(md.sidecar_text(encoded.metadata).encode("utf-8"))
+    if size > limit:
+        raise UsageError(f"the metadata would take {size} bytes, over pixelrts.max_metadata_bytes ({limit}): "
+                         "readers would refuse the image (code mode embeds the whole input)")
     side = path.with_name(path.name + ".meta.json")
     if sidecar:
         refuse_symlink(side, "sidecar")  # before the image is written: both or neither

@@ -16,7 +16,7 @@ from healing.errors import (
     InputError,
     SelfHealError,
     UsageError,
-    reading,
+    printable,
 )
 
 
@@ -60,10 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_validate)
 
 
-def _max_pixels() -> int:
+def _limits() -> dict[str, int]:
+    """The reading limits of the settings, as keyword arguments of ``read_image``."""
     from healing.config import load_settings
 
-    return load_settings().pixelrts.max_pixels
+    px = load_settings().pixelrts
+    return {"max_pixels": px.max_pixels, "max_metadata_bytes": px.max_metadata_bytes}
 
 
 def _size_of(path: str) -> int:
@@ -77,14 +79,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from healing.config import load_settings
     from healing.pixelrts import write_image
     from healing.progress import for_terminal
+    from healing.safeio import read_regular
 
     settings = load_settings()
     if args.input == "-":
         data = sys.stdin.buffer.read()
     else:
-        src = Path(args.input)
-        with reading(src):
-            data = src.read_bytes()
+        data = read_regular(args.input, what="an input file")
     caller: dict[str, Any] = {}
     if args.content_type:
         caller["type"] = args.content_type
@@ -95,11 +96,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
     progress = for_terminal(len(data))
     level = settings.pixelrts.compression_level if args.compression_level is None else args.compression_level
     meta = write_image(data, args.output, grid_size=args.grid_size, mode=args.mode, metadata=caller,
-                       compression_level=level, progress=progress, sidecar=not args.no_sidecar)
+                       compression_level=level, progress=progress, sidecar=not args.no_sidecar,
+                       max_metadata_bytes=settings.pixelrts.max_metadata_bytes)
     if progress:
         progress.done()
     n = meta["grid_size"]
-    print(f"wrote {args.output}: {len(data)} bytes in a {n}x{n} grid, sha256 {meta['data_hash']}")
+    print(printable(f"wrote {args.output}: {len(data)} bytes in a {n}x{n} grid, sha256 {meta['data_hash']}"))
     return EXIT_OK
 
 
@@ -114,9 +116,15 @@ def _default_output(image: str) -> str:
 def cmd_decode(args: argparse.Namespace) -> int:
     from healing.pixelrts import read_image, verify_image
     from healing.progress import for_terminal
+    from healing.safeio import refuse_symlink, write_atomic
 
+    out = args.output or _default_output(args.image)
+    if out != "-":
+        if os.path.abspath(out) == os.path.abspath(args.image):
+            raise UsageError("the output would overwrite the image; pass -o OUT")
+        refuse_symlink(out)  # before the work: an existing link at the output is never written through
     progress = for_terminal(_size_of(args.image))
-    image = read_image(args.image, max_pixels=_max_pixels(), progress=progress)
+    image = read_image(args.image, progress=progress, **_limits())
     if progress:
         progress.done()
     if args.verify:
@@ -124,28 +132,22 @@ def cmd_decode(args: argparse.Namespace) -> int:
             raise InputError(f"{args.image}: not a PixelRTS image (no metadata), nothing to verify against")
         report = verify_image(image)
         if report.problems:
-            print(f"selfheal: {args.image}: corrupted: {report.problems[0].message}", file=sys.stderr)
+            print(printable(f"selfheal: {args.image}: corrupted: {report.problems[0].message}"), file=sys.stderr)
             return EXIT_CRITICAL
     payload = image.payload
-    out = args.output or _default_output(args.image)
     if out == "-":
         sys.stdout.buffer.write(payload)
         sys.stdout.buffer.flush()
         return EXIT_OK
-    if os.path.abspath(out) == os.path.abspath(args.image):
-        raise UsageError("the output would overwrite the image; pass -o OUT")
-    try:
-        Path(out).write_bytes(payload)
-    except OSError as exc:
-        raise InputError(f"cannot write {out}: {exc.strerror or exc}") from None
-    print(f"wrote {out}: {len(payload)} bytes" + (" (verified)" if args.verify else ""), file=sys.stderr)
+    write_atomic(out, payload)
+    print(printable(f"wrote {out}: {len(payload)} bytes" + (" (verified)" if args.verify else "")), file=sys.stderr)
     return EXIT_OK
 
 
 def _info_dict(args: argparse.Namespace) -> dict[str, Any]:
     from healing.pixelrts import read_image
 
-    image = read_image(args.image, max_pixels=_max_pixels())
+    image = read_image(args.image, **_limits())
     meta = dict(image.metadata or {})
     if "original_data_b64" in meta:
         meta["original_data_b64"] = f"<{len(meta['original_data_b64'])} base64 characters>"
@@ -168,20 +170,20 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return EXIT_OK
     meta = info["metadata"] or {}
-    print(f"{info['path']}")
-    print(f"  PixelRTS:    {'yes, metadata from ' + str(info['metadata_source']) if info['pixelrts'] else 'no (plain PNG)'}")
-    print(f"  grid:        {info['grid_size']}x{info['grid_size']} ({info['capacity']} bytes capacity)")
-    print(f"  data size:   {info['data_size']} bytes   file size: {info['file_size']} bytes")
+    lines = [f"{info['path']}",
+             f"  PixelRTS:    {'yes, metadata from ' + str(info['metadata_source']) if info['pixelrts'] else 'no (plain PNG)'}",
+             f"  grid:        {info['grid_size']}x{info['grid_size']} ({info['capacity']} bytes capacity)",
+             f"  data size:   {info['data_size']} bytes   file size: {info['file_size']} bytes"]
     if meta:
-        print(f"  format:      {meta.get('format')} v{meta.get('format_version')}  encoding {meta.get('encoding_mode')}")
-        for key in ("type", "name", "description", "content_version"):
-            if key in meta:
-                print(f"  {key + ':':<12} {meta[key]}")
-        print(f"  sha256:      {meta.get('data_hash')}")
+        lines.append(f"  format:      {meta.get('format')} v{meta.get('format_version')}  encoding {meta.get('encoding_mode')}")
+        lines += [f"  {key + ':':<12} {meta[key]}" for key in ("type", "name", "description", "content_version") if key in meta]
+        lines.append(f"  sha256:      {meta.get('data_hash')}")
         if meta.get("compression"):
-            print(f"  compression: {meta['compression'].get('type')}  encoded size {meta.get('encoded_size')}")
+            lines.append(f"  compression: {meta['compression'].get('type')}  encoded size {meta.get('encoded_size')}")
         if meta.get("offsets"):
-            print(f"  segments:    {', '.join(meta['offsets'])}")
+            lines.append(f"  segments:    {', '.join(meta['offsets'])}")
+    # Metadata values are the file's author's text: control characters (ANSI, CR/LF) are shown escaped.
+    print("\n".join(printable(line) for line in lines))
     return EXIT_OK
 
 
@@ -191,7 +193,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     progress = None if args.json else for_terminal(_size_of(args.image))
     try:
-        image = read_image(args.image, max_pixels=_max_pixels(), progress=progress)
+        image = read_image(args.image, progress=progress, **_limits())
         if progress:
             progress.done()
         report = verify_image(image)
@@ -217,7 +219,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         out["status"] = status
         print(json.dumps(out, indent=2))
     elif code == EXIT_UNKNOWN:
-        print(f"selfheal: {message}", file=sys.stderr)
+        print(f"selfheal: {printable(message)}", file=sys.stderr)
     else:
-        print(message, file=sys.stdout if code == EXIT_OK else sys.stderr)
+        print(printable(message), file=sys.stdout if code == EXIT_OK else sys.stderr)
     return code

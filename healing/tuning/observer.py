@@ -31,6 +31,7 @@ would read as "search for a fix", which one warning does not justify.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -931,17 +932,17 @@ def observe_text(text: str, **kwargs: Any) -> list[ObserverEvent]:
 
 
 def observe_file(path: str | Path, **kwargs: Any) -> list[ObserverEvent]:
-    """All events of a log file; garbage and binary content never crash. Unreadable → InputError."""
+    """All events of a log file; garbage and binary content never crash. Unreadable → InputError.
+
+    Only a regular file is read: a FIFO, device or socket is refused at once (it could block or never end).
+    """
+    from healing.safeio import open_regular
+
     p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            return observe_lines(iter_binary_lines(fh), **kwargs)
-    except FileNotFoundError:
-        raise InputError(f"log file not found: {p}") from None
-    except IsADirectoryError:
-        raise InputError(f"log file is a directory: {p}") from None
-    except OSError as exc:
-        raise InputError(f"cannot read log file {p}: {exc.strerror or exc.__class__.__name__}") from None
+    if not os.path.exists(p):  # also a name that cannot exist (too long)
+        raise InputError(f"log file not found: {p}")
+    with open_regular(p, what="a log file") as fh:
+        return observe_lines(iter_binary_lines(fh), **kwargs)
 
 
 def parse_current(pairs: Iterable[str]) -> dict[str, Decimal]:
