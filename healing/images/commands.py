@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import stat
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from healing.errors import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN, EXIT_WARNING, InputError
+from healing.errors import (
+    EXIT_CRITICAL,
+    EXIT_OK,
+    EXIT_UNKNOWN,
+    EXIT_WARNING,
+    DatabaseError,
+    InputError,
+    SelfHealError,
+)
+from healing.safeio import WriteError
 
 # Worst-first order for a monitor run's exit code: critical beats unknown beats warning.
 _RANK = {"healthy": 0, "healed": 0, "warning": 1, "unknown": 2, "critical": 3}
@@ -133,13 +143,24 @@ def _service(settings: Any, *, auto_heal: bool | None, actor: str) -> Any:
                         auto_heal=auto_heal, actor=actor)
 
 
+class HealError(SelfHealError):
+    """A heal that could not complete for an operational reason (disk full, database locked): exit 2."""
+
+    exit_code = EXIT_CRITICAL
+
+
 def cmd_heal(args: argparse.Namespace) -> int:
-    settings = _prepare()
-    service = _service(settings, auto_heal=None, actor="cli")
     try:
-        report = service.heal(args.image)
-    finally:
-        service.notifier.close(timeout=settings.healing.notification.timeout * 2)
+        settings = _prepare()
+        service = _service(settings, auto_heal=None, actor="cli")
+        try:
+            report = service.heal(args.image)
+        finally:
+            service.notifier.close(timeout=settings.healing.notification.timeout * 2)
+    except (DatabaseError, WriteError) as exc:
+        # The heal did not complete: that is "could not heal" (exit 2) whatever stopped it; the file
+        # itself is either untouched or fully restored (atomic replace), and a started heal is reconciled.
+        raise HealError(f"{args.image}: could not heal: {exc}") from None
     if args.json:
         print(json.dumps(report.to_dict(), sort_keys=True))
     elif report.healthy:
@@ -210,14 +231,16 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
     from healing.config import load_settings
+    from healing.images.golden import TMP_MARK
     from healing.images.quarantine import quarantined_at
 
     qdir = load_settings().quarantine_dir
     rows = []
     if qdir.is_dir():
         for entry in qdir.iterdir():
-            if entry.is_file() and not entry.is_symlink():
-                rows.append({"path": str(entry), "bytes": entry.stat().st_size,
+            st = entry.lstat()  # a quarantined symlink is listed as the link it is, never followed
+            if (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)) and not entry.name.startswith(TMP_MARK):
+                rows.append({"path": str(entry), "bytes": st.st_size,
                              "quarantined_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(quarantined_at(entry)))})
     rows.sort(key=lambda r: (r["quarantined_at"], r["path"]))
     if args.json:
