@@ -321,8 +321,6 @@ def _create_key(path: Path) -> bytes:
         except OSError:
             pass
     fsync_directory(path.parent)
-    log.warning("created audit key %s (key id %s); back it up: without it the audit chain cannot be verified",
-                path, key_id(key))
     return key
 
 
@@ -597,6 +595,9 @@ def _begin(session: Session, head: AuditHead, paths: AuditPaths, *, create_for_l
                 txn.release()
                 return txn
             key = _create_key(paths.key_file)
+            if not create_for_legacy:  # `selfheal audit init-key` says so itself
+                log.warning("created audit key %s (key id %s); back it up: without it the audit chain cannot be verified",
+                            paths.key_file, key_id(key))
         txn.key = key
         last = state.last_seq.get(db)
         if last is None:

@@ -1,10 +1,15 @@
-"""CLI commands of the storage layer: `selfheal audit verify` and `selfheal db upgrade`.
+"""CLI commands of the storage layer: `selfheal audit verify|init-key` and `selfheal db upgrade`.
 
 Only the standard library is imported at module level (the CLI must start fast).
 
-  selfheal audit verify [--json]   exit 0 "audit chain intact: N events"; 2 when an event was edited,
-                                   deleted or reordered (the line names the first bad event id);
-                                   3 when the database cannot be opened or was never migrated
+  selfheal audit verify [--json]   authenticate every event (HMAC key), check every link and compare the
+                                   chain with the checkpoint file. Exit 0 "audit chain intact: N events
+                                   (A authenticated, L legacy), checkpoint at seq S"; 2 tampered: the first
+                                   line names the first finding (which seq, what kind), one indented line
+                                   per further finding; 3 cannot verify (key missing or unreadable,
+                                   database unavailable or never migrated)
+  selfheal audit init-key          create the audit key for a database written before keys existed and
+                                   anchor its legacy events (refused when checkpoints exist without a key)
   selfheal db upgrade              run the migrations, print "database at revision R (URL)"
 """
 
@@ -12,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from typing import Any
 
-from healing.errors import EXIT_CRITICAL, EXIT_OK, DatabaseError
+from healing.errors import EXIT_OK, DatabaseError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,11 +28,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Audit trail tools. `verify` recomputes every hash and checks every link.")
     audit_sub = p.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=type(p))
     audit_sub.required = True
-    v = audit_sub.add_parser("verify", help="check the chain (exit 0 intact, 2 tampered, 3 cannot open)",
-                             description="Recompute every audit event's hash and check the chain links. "
-                                         "Exit 0 intact, 2 an event was edited/deleted/reordered, 3 database unavailable.")
+    v = audit_sub.add_parser("verify", help="check the chain (exit 0 intact, 2 tampered, 3 cannot verify)",
+                             description="Authenticate every audit event with the audit key, check the chain links and "
+                                         "compare the chain with the checkpoint file. Exit 0 intact, 2 tampered (edited, "
+                                         "deleted, reordered, truncated, wiped, checkpoint file or key replaced), "
+                                         "3 cannot verify (key missing or unreadable, database unavailable).")
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.set_defaults(func=cmd_audit_verify)
+    k = audit_sub.add_parser("init-key", help="create the audit key and anchor existing (legacy) events",
+                             description="Create the audit key (audit.key_file, SELFHEAL_AUDIT_KEY_FILE; default "
+                                         "$SELFHEAL_HOME/audit/key) for a database whose events predate it, and anchor "
+                                         "them in the checkpoint file. Refused when checkpoints exist but the key does not.")
+    k.set_defaults(func=cmd_audit_init_key)
 
     p = sub.add_parser("db", help="database maintenance", description="Database maintenance.")
     db_sub = p.add_subparsers(dest="db_command", metavar="ACTION", parser_class=type(p))
@@ -48,11 +62,11 @@ def _existing_sqlite_path(url: str) -> str | None:
     return None if path.is_file() else str(path)
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
+def _with_database(work: Callable[[Any], Any], *, write: bool) -> Any:
+    """Run ``work(session)`` on the configured database; database failures become one DatabaseError line."""
     import sqlalchemy as sa
 
     from healing.config import load_settings, mask_url
-    from storage.audit import verify_chain
     from storage.engine import session_scope
 
     url = load_settings().database_url
@@ -60,8 +74,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if missing is not None:
         raise DatabaseError(f"cannot open database: {missing} does not exist (run `selfheal db upgrade` first)")
     try:
-        with session_scope(url, write=False) as session:
-            report = verify_chain(session)
+        with session_scope(url, write=write) as session:
+            return work(session)
     except sa.exc.OperationalError as exc:
         reason = " ".join(str(exc.orig).split()) if exc.orig is not None else type(exc).__name__
         if "no such table" in reason:
@@ -69,12 +83,42 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         raise DatabaseError(f"cannot read database {mask_url(url)}: {reason}") from None
     except sa.exc.DatabaseError as exc:
         reason = " ".join(str(exc.orig).split()) if exc.orig is not None else type(exc).__name__
+        if "does not exist" in reason and "audit_" in reason:  # PostgreSQL: relation "audit_head" does not exist
+            raise DatabaseError(f"database {mask_url(url)} has no audit table (run `selfheal db upgrade` first)") from None
         raise DatabaseError(f"cannot read database {mask_url(url)}: {reason}") from None
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from healing.errors import printable
+    from storage.audit import verify_chain
+
+    report = _with_database(verify_chain, write=False)
     if args.json:
         print(json.dumps(report.as_dict(), sort_keys=True))
     else:
-        print(report.summary())  # the verdict is the command's output, broken or not (like a monitoring plugin)
-    return EXIT_OK if report.ok else EXIT_CRITICAL
+        # The verdict is the command's output, broken or not (like a monitoring plugin): the first line
+        # names the first finding, further findings follow indented.
+        print(printable(report.summary()))
+        for finding in report.findings[1:]:
+            print(f"  {printable(finding)}")
+    return int(report.exit_code)
+
+
+def cmd_audit_init_key(args: argparse.Namespace) -> int:
+    from storage.audit import init_key
+
+    result = _with_database(init_key, write=True)
+    if result["created"]:
+        print(f"created audit key {result['key_file']} (key id {result['key_id']}); back it up: without it the "
+              "audit chain cannot be verified")
+    else:
+        print(f"audit key {result['key_file']} in place (key id {result['key_id']})")
+    if result["anchored_seq"] is None:
+        print("this database was already anchored")
+    else:
+        print(f"anchored the database's first {result['anchored_seq']} events at seq {result['anchored_seq']}; "
+              "new events are authenticated")
+    return EXIT_OK
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

@@ -7,6 +7,8 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from storage.audit import append_event
 from storage.engine import dispose_engines, session_scope
 from storage.migrate import upgrade
@@ -19,12 +21,15 @@ def _run(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]
 
 
 def _seed(home: Path, n: int) -> None:
-    """Migrate and append n events in this process (only the commands under test run as subprocesses)."""
+    """Migrate and append n events in this process (only the commands under test run as subprocesses),
+    with the audit key and checkpoints under ``home`` like the subprocesses'."""
     url = f"sqlite:///{home / 'selfheal.db'}"
     upgrade(url)
-    for i in range(n):
-        with session_scope(url) as session:
-            append_event(session, "check", f"/img/{i}", {"i": i}, "worker")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SELFHEAL_HOME", str(home))
+        for i in range(n):
+            with session_scope(url) as session:
+                append_event(session, "check", f"/img/{i}", {"i": i}, "worker")
     dispose_engines()
 
 
@@ -32,13 +37,16 @@ def test_db_upgrade_then_verify_intact(tmp_path: Path) -> None:
     home = tmp_path / "home"
     up = _run(home, "db", "upgrade")
     assert (up.returncode, up.stderr) == (0, "")
-    assert up.stdout == f"database at revision 0002 (sqlite:///{home / 'selfheal.db'})\n"
+    assert up.stdout == f"database at revision 0003 (sqlite:///{home / 'selfheal.db'})\n"
     assert _run(home, "db", "upgrade").returncode == 0  # idempotent
     _seed(home, 4)
     verify = _run(home, "audit", "verify")
-    assert (verify.returncode, verify.stdout, verify.stderr) == (0, "audit chain intact: 4 events\n", "")
+    assert (verify.returncode, verify.stdout, verify.stderr) == (
+        0, "audit chain intact: 4 events (4 authenticated, 0 legacy), checkpoint at seq 4\n", "")
     as_json = _run(home, "audit", "verify", "--json")
-    assert json.loads(as_json.stdout) == {"ok": True, "events": 4, "first_bad_id": None, "problem": None, "reason": None}
+    assert json.loads(as_json.stdout) == {"ok": True, "events": 4, "first_bad_id": None, "problem": None, "reason": None,
+                                          "first_bad_seq": None, "authenticated": 4, "legacy": 0, "checkpoint_seq": 4,
+                                          "findings": []}
 
 
 def test_verify_reports_an_edited_event_with_exit_2(tmp_path: Path) -> None:
@@ -48,7 +56,7 @@ def test_verify_reports_an_edited_event_with_exit_2(tmp_path: Path) -> None:
         conn.execute("""UPDATE audit_events SET payload = '{"i":1000}' WHERE id = 3""")
     verify = _run(home, "audit", "verify")
     assert verify.returncode == 2
-    assert verify.stdout == "audit chain broken at event 3: event 3 (seq 3) was edited: its content no longer matches its hash\n"
+    assert verify.stdout == "audit chain broken: event 3 (seq 3): authentication failed (edited, or rehashed with another key)\n"
 
 
 def test_verify_reports_a_deleted_event_with_exit_2(tmp_path: Path) -> None:
@@ -58,7 +66,7 @@ def test_verify_reports_a_deleted_event_with_exit_2(tmp_path: Path) -> None:
         conn.execute("DELETE FROM audit_events WHERE id = 2")
     verify = _run(home, "audit", "verify")
     assert verify.returncode == 2
-    assert verify.stdout == "audit chain broken at event 3: 1 event(s) missing before event 3: sequence jumps from 1 to 3\n"
+    assert verify.stdout == "audit chain broken: seq gap 2 (1 event deleted) before event 3 (seq 3)\n"
 
 
 def test_verify_exit_3_when_the_database_cannot_be_opened(tmp_path: Path) -> None:
@@ -88,7 +96,7 @@ def test_verify_exit_3_when_the_database_cannot_be_opened(tmp_path: Path) -> Non
 def test_database_url_override_and_usage_error(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'elsewhere' / 'x.db'}"
     up = _run(tmp_path / "home", "db", "upgrade", SELFHEAL_DATABASE_URL=url)
-    assert (up.returncode, up.stdout) == (0, f"database at revision 0002 ({url})\n")
+    assert (up.returncode, up.stdout) == (0, f"database at revision 0003 ({url})\n")
     assert (tmp_path / "elsewhere" / "x.db").is_file()
     usage = _run(tmp_path / "home", "audit")
     assert usage.returncode == 64
