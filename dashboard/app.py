@@ -32,17 +32,20 @@ def _schema_ready(url: str) -> str:
 
 
 def main() -> None:
-    operator = auth.require_operator()  # stops the run with the login form until someone logs in
-
+    from dashboard.safe import md
     from healing.config import load_settings
     from healing.errors import SelfHealError
+    from healing.redaction import install_log_redaction
+
+    install_log_redaction()  # this process logs too (Streamlit's and our loggers): never a secret
 
     try:
         settings = load_settings()
-        _schema_ready(settings.database_url)
+        _schema_ready(settings.database_url)  # before the login: the throttle's table must exist
     except SelfHealError as exc:
-        st.error(f"selfheal: {exc}")
+        st.error(f"selfheal: {md(exc)}")
         st.stop()
+    operator = auth.require_operator()  # stops the run with the login form until someone logs in
 
     pages = [
         st.Page("views/overview.py", title="Overview", icon="🩺", url_path="overview", default=True),
@@ -55,7 +58,7 @@ def main() -> None:
     ]
     page = st.navigation(pages)
     with st.sidebar:
-        st.caption(f"Logged in as **{operator}** · mode **{settings.mode}**")
+        st.caption(f"Logged in as **{md(operator)}** · mode **{settings.mode}**")
         if st.session_state.get(auth.SESSION_AUTH_METHOD) != "off" and st.button("Log out"):
             auth.logout()
             st.rerun()

@@ -15,6 +15,15 @@ address (``server.address`` 127.0.0.1 or ::1); on any other address the variable
 message, never silently honoured.
 
 No page is drawn before :func:`require_operator` returns: it calls ``st.stop()`` instead.
+
+Password guesses are throttled per operator name and per client address across every session and
+dashboard process, in the database (dashboard.throttle): 5 failures, then a lock that doubles with
+each further failure; while locked even the right password is refused. The client address is
+``st.context.ip_address``: the TCP peer, or — when the peer is a trusted reverse proxy (uvicorn's
+``FORWARDED_ALLOW_IPS``, loopback by default) — the address the proxy put in ``X-Forwarded-For``.
+Headers are not read here: anything in them that no trusted proxy vouched for is the client's to
+forge. A loopback client (no proxy) counts as ``local``; a proxy elsewhere must be listed in
+``FORWARDED_ALLOW_IPS``, or all its clients share one address (and one throttle).
 """
 
 from __future__ import annotations
@@ -23,7 +32,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,14 +40,12 @@ PBKDF2_ITERATIONS = 120_000
 LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
 DEFAULT_OPERATOR = "operator"
 MAX_OPERATOR_NAME = 64
-# After this many failed attempts in one browser session, wait LOCKOUT_S before the next one.
-MAX_FAILED_ATTEMPTS = 5
-LOCKOUT_S = 30.0
+LOCAL_CLIENT = "local"
+# Secrets of the Streamlit secrets file: redacted from every page (see dashboard.safe).
+SECRET_FIELDS = ("password", "client_secret", "cookie_secret")
 
 SESSION_OPERATOR = "operator"
 SESSION_AUTH_METHOD = "auth_method"
-_SESSION_FAILURES = "_login_failures"
-_SESSION_LOCKED_UNTIL = "_login_locked_until"
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -121,6 +127,16 @@ def oidc_providers(secret_values: Mapping[str, Any]) -> list[str | None]:
     return providers
 
 
+def secret_fields(secret_values: Mapping[str, Any]) -> list[str]:
+    """The secret strings of ``[dashboard]`` and ``[auth]`` (and its provider sub-sections)."""
+    sections = [secret_values.get("dashboard"), secret_values.get("auth")]
+    auth_section = secret_values.get("auth")
+    if isinstance(auth_section, Mapping):
+        sections += [v for v in auth_section.values() if isinstance(v, Mapping)]
+    return [str(section[field]) for section in sections if isinstance(section, Mapping)
+            for field in SECRET_FIELDS if section.get(field)]
+
+
 def clean_operator_name(name: str | None) -> str:
     """The operator name recorded as the audit actor: printable, single line, at most 64 characters."""
     # Whitespace (newlines included) first becomes single spaces, then control characters go.
@@ -160,6 +176,21 @@ def _secret_values() -> dict[str, Any]:
         return {}
 
 
+def streamlit_secrets() -> list[str]:
+    """The secrets held in Streamlit's secrets file ([] outside a Streamlit run)."""
+    from streamlit import runtime
+
+    return secret_fields(_secret_values()) if runtime.exists() else []
+
+
+def client_address() -> str:
+    """The client's address as the throttle counts it (see the module docstring)."""
+    import streamlit as st
+
+    address = getattr(st.context, "ip_address", None)  # Streamlit ≥ 1.45; None for a loopback peer
+    return address if isinstance(address, str) and address else LOCAL_CLIENT
+
+
 def _oidc_user_name() -> str | None:
     import streamlit as st
 
@@ -183,12 +214,18 @@ def current_operator() -> str | None:
 
 
 def logout() -> None:
-    """Forget this session's login (and end the OIDC session when that is how the operator came in)."""
+    """Forget this session's login, revoke its exports (and end the OIDC session if it came that way)."""
     import streamlit as st
 
+    from dashboard import exports, throttle
+
     method = st.session_state.get(SESSION_AUTH_METHOD)
+    operator = st.session_state.get(SESSION_OPERATOR)
     for key in (SESSION_OPERATOR, SESSION_AUTH_METHOD):
         st.session_state.pop(key, None)
+    exports.revoke_session_grant()
+    if operator:
+        throttle.record_logout(operator, client_address())
     if method == "oidc":
         st.logout()
 
@@ -242,19 +279,31 @@ def _draw_login(config: GateConfig) -> None:
         submitted = st.form_submit_button("Log in")
     if not submitted:
         return
-    locked_until = float(st.session_state.get(_SESSION_LOCKED_UNTIL, 0.0))
-    now = time.monotonic()
-    if now < locked_until:
-        st.error(f"Too many failed attempts: try again in {int(locked_until - now) + 1} s.")
+    _attempt(clean_operator_name(name), password, config.password)
+
+
+def _attempt(name: str, password: str, configured: str) -> None:
+    """One login attempt through the shared throttle; logs in (and reruns) or says why not."""
+    import streamlit as st
+
+    from dashboard import throttle
+    from dashboard.config import dashboard_settings
+    from dashboard.safe import md
+    from healing.config import load_settings
+
+    client = client_address()
+    try:
+        admission = throttle.begin_attempt(name, client, dashboard_settings(load_settings()).throttle)
+    except Exception as exc:  # no throttle, no login: a guess must never go uncounted
+        st.error(f"Login is unavailable: the attempt could not be recorded ({md(type(exc).__name__)}).")
         return
-    if verify_password(password, config.password):
-        st.session_state[SESSION_OPERATOR] = clean_operator_name(name)
+    if not admission.allowed:
+        st.error(f"Too many failed attempts: login is locked for {int(admission.retry_after_s) + 1} s.")
+        return
+    ok = verify_password(password, configured)
+    throttle.finish_attempt(name, client, ok)
+    if ok:
+        st.session_state[SESSION_OPERATOR] = name
         st.session_state[SESSION_AUTH_METHOD] = "password"
-        st.session_state[_SESSION_FAILURES] = 0
         st.rerun()
-    failures = int(st.session_state.get(_SESSION_FAILURES, 0)) + 1
-    st.session_state[_SESSION_FAILURES] = failures
-    if failures >= MAX_FAILED_ATTEMPTS:
-        st.session_state[_SESSION_LOCKED_UNTIL] = now + LOCKOUT_S
-        st.session_state[_SESSION_FAILURES] = 0
     st.error("Wrong password.")

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from dashboard.safe import plot_text
+
 STATUS_COLORS = {"healthy": "#2e7d32", "warning": "#f9a825", "critical": "#c62828", "unknown": "#757575"}
 SEVERITY_COLORS = {"low": "#fdd835", "medium": "#fb8c00", "high": "#e53935"}
 
@@ -132,7 +134,8 @@ def heatmap_figure(values: np.ndarray, *, title: str, colorbar_title: str, color
 
 def score_breakdown_figure(breakdown: Mapping[str, Any] | None, *, title: str = "Score breakdown") -> go.Figure:
     """Horizontal bars of a candidate's score components (numeric entries only, in the given order)."""
-    items = [(str(k), float(v)) for k, v in (breakdown or {}).items()
+    # Component names come from the database; Plotly renders some HTML tags (<a href>) in labels.
+    items = [(plot_text(k), float(v)) for k, v in (breakdown or {}).items()
              if isinstance(v, int | float) and not isinstance(v, bool)]
     fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
                            text=[f"{v:.3g}" for _, v in items], textposition="auto",
@@ -147,7 +150,7 @@ def rate_limit_figure(state: Mapping[str, Any]) -> go.Figure:
     """A gauge of runs used in the rate-limit window against the maximum."""
     used, maximum = int(state["runs_used"]), int(state["max_runs"])
     fig = go.Figure(go.Indicator(
-        mode="gauge+number", value=used, title={"text": f"{state['subsystem']}: runs in window"},
+        mode="gauge+number", value=used, title={"text": f"{plot_text(state['subsystem'])}: runs in window"},
         gauge={"axis": {"range": [0, max(maximum, 1)]},
                "bar": {"color": STATUS_COLORS["critical"] if used >= maximum else STATUS_COLORS["healthy"]}},
     ))

@@ -11,6 +11,12 @@ Keys (YAML ``dashboard:`` section; defaults in parentheses):
   csv_export_max     (100000) most audit rows one CSV export holds
   chain_verify_max_age_s (300) the Audit page re-verifies the hash chain (in the background) when
                              its last verification is older than this
+  login_max_failures (5)     failed logins in a streak (per operator name and per client) before a lock
+  login_window_s     (900)   a failure within this many seconds of the previous one continues the streak
+  login_lock_s       (60)    the first lock; each further failure doubles it ...
+  login_lock_max_s   (3600)  ... up to this
+  export_ttl_s       (60)    a generated export (audit CSV, upload report) is served at its download
+                             URL for at most this long, and never after its session logs out
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dashboard.throttle import ThrottlePolicy
 from healing.config import Settings, _as_number
+from healing.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -30,10 +38,19 @@ class DashboardSettings:
     worker_stale_s: float = 120.0
     csv_export_max: int = 100_000
     chain_verify_max_age_s: float = 300.0
+    login_max_failures: int = 5
+    login_window_s: float = 900.0
+    login_lock_s: float = 60.0
+    login_lock_max_s: float = 3600.0
+    export_ttl_s: float = 60.0
 
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def throttle(self) -> ThrottlePolicy:
+        return ThrottlePolicy(self.login_max_failures, self.login_window_s, self.login_lock_s, self.login_lock_max_s)
 
 
 def dashboard_settings(settings: Settings) -> DashboardSettings:
@@ -41,6 +58,13 @@ def dashboard_settings(settings: Settings) -> DashboardSettings:
     section: dict[str, Any] = settings.section("dashboard")
     defaults = DashboardSettings()
     pixels = _as_number("dashboard.max_upload_pixels", section.get("max_upload_pixels", defaults.max_upload_pixels), int, 1)
+
+    def number(key: str, kind: type, lo: float, hi: float | None = None) -> Any:
+        return _as_number(f"dashboard.{key}", section.get(key, getattr(defaults, key)), kind, lo, hi)
+
+    lock_s, lock_max_s = number("login_lock_s", float, 1, 86400), number("login_lock_max_s", float, 1, 30 * 86400)
+    if lock_max_s < lock_s:
+        raise ConfigError("config: dashboard.login_lock_max_s must not be less than dashboard.login_lock_s")
     return DashboardSettings(
         max_upload_mb=_as_number("dashboard.max_upload_mb", section.get("max_upload_mb", defaults.max_upload_mb), int, 1, 4096),
         # The codec's own limit is the ceiling: the dashboard may be stricter, never looser.
@@ -51,4 +75,9 @@ def dashboard_settings(settings: Settings) -> DashboardSettings:
         csv_export_max=_as_number("dashboard.csv_export_max", section.get("csv_export_max", defaults.csv_export_max), int, 1),
         chain_verify_max_age_s=_as_number("dashboard.chain_verify_max_age_s",
                                           section.get("chain_verify_max_age_s", defaults.chain_verify_max_age_s), float, 0),
+        login_max_failures=number("login_max_failures", int, 1, 1000),
+        login_window_s=number("login_window_s", float, 1, 30 * 86400),
+        login_lock_s=lock_s,
+        login_lock_max_s=lock_max_s,
+        export_ttl_s=number("export_ttl_s", float, 1, 3600),
     )

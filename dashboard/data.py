@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from dashboard.exports import spreadsheet_safe
 from healing.config import Settings
 from storage import queries
 from storage.engine import session_scope
@@ -237,8 +238,11 @@ def audit_csv(url: str | None = None, *, kind: str | None = None, subject: str |
               start: datetime | None = None, end: datetime | None = None, max_rows: int = 100_000) -> str:
     """The matching audit events (newest first, at most ``max_rows``) as CSV text with a header.
 
-    The payload column is the canonical JSON exactly as hashed, so an export can be re-verified.
+    The payload column is the canonical JSON exactly as hashed, so an export can be re-verified — after
+    removing the apostrophe :func:`dashboard.exports.spreadsheet_safe` puts before any cell that begins
+    with = + - @ tab or CR (so that a spreadsheet shows it as text instead of running it as a formula).
     """
+
     a = AuditEvent.__table__.c
     filters = queries.audit_filters(kind, subject, start, end)
     query = (sa.select(*(getattr(a, col) for col in AUDIT_CSV_COLUMNS)).where(*filters)
@@ -249,7 +253,8 @@ def audit_csv(url: str | None = None, *, kind: str | None = None, subject: str |
     with session_scope(url, write=False) as session:
         for row in session.execute(query):
             created = row.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-            writer.writerow([row.seq, created, row.kind, row.subject, row.actor, row.payload, row.hash, row.prev_hash])
+            writer.writerow([spreadsheet_safe(cell) for cell in (row.seq, created, row.kind, row.subject, row.actor,
+                                                                 row.payload, row.hash, row.prev_hash)])
     return out.getvalue()
 
 

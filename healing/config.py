@@ -125,6 +125,10 @@ class Settings:
         data["home"] = str(self.home)
         data["config_path"] = str(self.config_path) if self.config_path else None
         data["database_url"] = mask_url(self.database_url)
+        # A webhook's ?token= or an endpoint's ?key= is a credential under a harmless-looking key.
+        endpoint, webhook = self.vision_model.endpoint, self.healing.notification.webhook
+        data["vision_model"]["endpoint"] = mask_url(endpoint) if endpoint else None
+        data["healing"]["notification"]["webhook"] = mask_url(webhook) if webhook else None
         data.pop("raw", None)
         return mask_secrets(data)
 
@@ -148,14 +152,28 @@ def mask_secrets(value: Any) -> Any:
 
 
 def mask_url(url: str) -> str:
-    """Hide the password of a database URL (postgresql://user:pw@host/db → user:***@host)."""
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
+    """A URL with its credentials hidden: the userinfo password and every query value become '***'.
+
+    postgresql://user:pw@host/db → postgresql://user:***@host/db;
+    https://hooks.example/h?token=abc&x=1 → https://hooks.example/h?token=***&x=***.
+    Every query value, not only token-looking ones: webhook and API URLs name their credential in
+    many ways (token, key, sig, code, auth …). The one place URLs are masked for display.
+    """
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    rest, hash_mark, fragment = rest.partition("#")
+    rest, question, query = rest.partition("?")
+    if "@" in rest:  # the last @ ends the userinfo, even when the password holds an unencoded / or @
         creds, host = rest.rsplit("@", 1)
         if ":" in creds:
             creds = creds.split(":", 1)[0] + ":***"
-        return f"{scheme}://{creds}@{host}"
-    return url
+        rest = f"{creds}@{host}"
+    if query:
+        query = "&".join(part.split("=", 1)[0] + "=***" if "=" in part else part for part in query.split("&"))
+    if fragment:
+        fragment = "***"
+    return f"{scheme}://{rest}{question}{query}{hash_mark}{fragment}"
 
 
 # --------------------------------------------------------------------------- parsing helpers

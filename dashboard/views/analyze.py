@@ -6,7 +6,8 @@ import json
 
 import streamlit as st
 
-from dashboard import charts
+from dashboard import charts, exports
+from dashboard.safe import md, rows, value
 from dashboard.upload import ENTROPY_TILE, UploadAnalysis, UploadRefused, analyze_upload
 from dashboard.views.common import dash_settings, findings_rows, settings, status_label
 
@@ -27,31 +28,31 @@ def run_analysis(name: str, content: bytes, model: str | None) -> UploadAnalysis
         with st.spinner("Analysing …"):
             result = analyze_upload(name, content, ENV, model=model)
     except UploadRefused as exc:
-        st.error(f"Upload refused: {exc}")
+        st.error(f"Upload refused: {md(exc)}")
         return None
     st.session_state["upload-analysis"] = (key, result)
     return result
 
 
 def draw(result: UploadAnalysis) -> None:
-    st.subheader(f"{result.filename}: {status_label(result.status)}")
+    st.subheader(f"{md(result.filename)}: {status_label(result.status)}")
     st.caption(f"{result.size:,} bytes · sha256 {result.sha256}")
     if result.error:
-        st.error(result.error)
+        st.error(md(result.error))
     check = result.check
     if check.get("recommendation"):
-        st.write(f"Recommendation: {check['recommendation']}")
+        st.write(f"Recommendation: {md(check['recommendation'])}")
     metrics = check.get("metrics") or {}
     if metrics:
         cols = st.columns(4)
         for col, key in zip(cols, ("hash_verified", "anomaly_score", "grid_size", "data_size"), strict=True):
-            value = metrics.get(key)
-            col.metric(key.replace("_", " "), "—" if value is None else str(value))
+            metric = metrics.get(key)
+            col.metric(key.replace("_", " "), "—" if metric is None else md(metric))
 
     st.subheader("Findings")
     findings = result.findings
     if findings:
-        st.dataframe(findings_rows(findings), hide_index=True, width="stretch")
+        st.dataframe(rows(findings_rows(findings)), hide_index=True, width="stretch")
     else:
         st.success("No findings.")
 
@@ -76,15 +77,18 @@ def draw(result: UploadAnalysis) -> None:
                                                   colorbar_title="cluster", colorscale="Turbo",
                                                   cell=(ENTROPY_TILE, ENTROPY_TILE)), key="up-clusters")
         with st.expander("Analysis summary"):
-            st.json(result.summaries)
+            st.json(value(result.summaries))
 
     if result.integrity:
         with st.expander("Integrity (codec verify)"):
-            st.json(result.integrity)
+            st.json(value(result.integrity))
     for vision in result.vision:
-        with st.expander(f"Vision model {vision['provider']}: {vision['status']}"):
-            st.json(vision)
-    st.download_button("Download JSON report", json.dumps(result.report(), indent=2, sort_keys=True, default=str),
+        with st.expander(f"Vision model {md(vision['provider'])}: {md(vision['status'])}"):
+            st.json(value(vision))
+    # Built on click and only for this logged-in session (dashboard.exports), redacted like the page.
+    st.download_button("Download JSON report",
+                       exports.deferred(lambda: json.dumps(value(result.report()), indent=2, sort_keys=True, default=str),
+                                        LIMITS.export_ttl_s),
                        file_name=f"{result.filename}.report.json", mime="application/json", key="download-report")
 
 

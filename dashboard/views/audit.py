@@ -7,8 +7,9 @@ from datetime import UTC, datetime, time, timedelta
 
 import streamlit as st
 
-from dashboard import data
+from dashboard import data, exports
 from dashboard.chain import ChainVerifier
+from dashboard.safe import md, rows, text
 from dashboard.views.common import dash_settings, fmt_time
 
 LIMITS = dash_settings()
@@ -30,17 +31,17 @@ def draw_chain_status() -> None:
     state = verifier.latest(max_age_s=LIMITS.chain_verify_max_age_s, wait_s=0.5)
     report = state["report"]
     if state["error"]:
-        st.error(f"The audit chain could not be verified: {state['error']}")
+        st.error(f"The audit chain could not be verified: {md(state['error'])}")
     if report is None:
         st.info("Verifying the audit chain in the background …", icon="⏳")
     elif report["ok"]:
         head = data.audit_head()
         newer = head["seq"] - report["events"]
-        st.success(f"{report['summary']} (verified {fmt_time(report['verified_at'])}"
+        st.success(f"{md(report['summary'])} (verified {fmt_time(report['verified_at'])}"
                    + (f"; {newer} newer event(s) are checked on the next verification" if newer > 0 else "") + ")",
                    icon="🔒")
     else:
-        st.error(f"{report['summary']} (verified {fmt_time(report['verified_at'])}). Run `selfheal audit verify` "
+        st.error(f"{md(report['summary'])} (verified {fmt_time(report['verified_at'])}). Run `selfheal audit verify` "
                  "and compare with a backup; the events after the break cannot be trusted.", icon="⚠️")
     if report is not None and state["running"]:
         st.caption("A newer verification is running …")
@@ -82,21 +83,20 @@ page_size = LIMITS.page_size
 total = data.audit_count(**filters)
 pages = max(1, -(-total // page_size))
 page = int(st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, step=1, key="audit-page"))
-rows = data.audit_page(**filters, offset=(page - 1) * page_size, limit=page_size)
+events = data.audit_page(**filters, offset=(page - 1) * page_size, limit=page_size)
 st.caption(f"{total:,} matching event(s), newest first; page {page} of {pages}.")
-if not rows:
+if not events:
     st.info("No event matches these filters.")
 else:
-    st.dataframe([{
+    st.dataframe(rows({
         "seq": r["seq"], "time": fmt_time(r["created_at"]), "kind": r["kind"], "subject": r["subject"],
         "actor": r["actor"], "payload": json.dumps(r["payload"], sort_keys=True), "hash": r["hash"][:12],
-    } for r in rows], hide_index=True, width="stretch")
+    } for r in events), hide_index=True, width="stretch")
 
-if st.button("Prepare CSV export", key="csv-prepare"):
-    # Built on demand: an export of 100,000 rows is too much work for every rerun of the page.
-    st.session_state["audit-csv"] = (filters, data.audit_csv(**filters, max_rows=LIMITS.csv_export_max))
-prepared = st.session_state.get("audit-csv")
-if prepared is not None and prepared[0] == filters:
-    shown = min(total, LIMITS.csv_export_max)
-    st.download_button(f"Download CSV ({shown:,} events)", prepared[1], file_name="selfheal-audit.csv",
-                       mime="text/csv", key="csv-download")
+shown = min(total, LIMITS.csv_export_max)
+# Generated on the click, for this logged-in session only, and gone from its URL soon after
+# (dashboard.exports); 100,000 rows are also too much work for every rerun of the page.
+st.download_button(f"Download CSV ({shown:,} events)",
+                   exports.deferred(lambda: text(data.audit_csv(**filters, max_rows=LIMITS.csv_export_max)),
+                                    LIMITS.export_ttl_s),
+                   file_name="selfheal-audit.csv", mime="text/csv", key="csv-download")

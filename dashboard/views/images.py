@@ -8,6 +8,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard import actions, charts, data
+from dashboard.safe import md, rows, text, value
 from dashboard.upload import ENTROPY_TILE, block_entropy_map, edge_magnitude
 from dashboard.views.common import findings_rows, fmt_time, operator, settings, status_label
 
@@ -30,12 +31,12 @@ def draw_overlays(path: str, findings: list[dict[str, Any]]) -> None:
     try:
         stat = os.stat(path)
     except OSError as exc:
-        st.warning(f"Cannot read {path}: {exc.strerror or exc}. The worker will report it on its next check.")
+        st.warning(f"Cannot read {md(path)}: {md(exc.strerror or exc)}. The worker will report it on its next check.")
         return
     try:
         maps = _image_maps(path, stat.st_mtime_ns, stat.st_size, ENV.pixelrts.max_pixels)
     except SelfHealError as exc:
-        st.warning(f"Cannot draw {path}: {exc}")
+        st.warning(f"Cannot draw {md(path)}: {md(exc)}")
         return
     tabs = st.tabs(["Findings overlay", "Entropy", "Edges"])
     with tabs[0]:
@@ -81,7 +82,7 @@ def _submit(kind: str, path: str) -> None:
     try:
         request = actions.request_run(kind, path, operator())
     except actions.ActionRefused as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         return
     if request["duplicate"]:
         st.info(f"A {kind} request (#{request['id']}) for this image is already waiting for the worker.")
@@ -95,8 +96,8 @@ def draw_detail(image_id: int) -> None:
         st.error(f"Image {image_id} is no longer registered.")
         return
     image, check = detail["image"], detail["latest_check"]
-    st.header(image["name"] or os.path.basename(image["path"]))
-    st.caption(image["path"])
+    st.header(md(image["name"] or os.path.basename(image["path"])))
+    st.caption(md(image["path"]))
     columns = st.columns(4)
     columns[0].metric("status", status_label(image["last_status"]))
     columns[1].metric("last check", fmt_time(image["last_checked_at"]))
@@ -117,13 +118,13 @@ def draw_detail(image_id: int) -> None:
                  f"{check['duration_ms']:.0f} ms · {fmt_time(check['created_at'])}"
                  + (" · analysis reused (file unchanged)" if check["reused_analysis"] else ""))
         if check["recommendation"]:
-            st.write(f"Recommendation: {check['recommendation']}")
+            st.write(f"Recommendation: {md(check['recommendation'])}")
         if findings:
-            st.dataframe(findings_rows(findings), hide_index=True, width="stretch")
+            st.dataframe(rows(findings_rows(findings)), hide_index=True, width="stretch")
         else:
             st.success("No findings.")
         with st.expander("Metrics"):
-            st.json(check["metrics"] or {})
+            st.json(value(check["metrics"] or {}))
 
     st.subheader("Overlays")
     if st.toggle("Show the image and its overlays", value=True, key="show-overlays"):
@@ -145,16 +146,16 @@ def draw_detail(image_id: int) -> None:
     with left:
         st.subheader("Healing actions")
         if detail["heals"]:
-            st.dataframe([{"time": fmt_time(h["created_at"]), "action": h["action"], "outcome": h["outcome"],
-                           "quarantine": h["quarantine_path"] or "—"} for h in detail["heals"]], hide_index=True)
+            st.dataframe(rows({"time": fmt_time(h["created_at"]), "action": h["action"], "outcome": h["outcome"],
+                               "quarantine": h["quarantine_path"] or "—"} for h in detail["heals"]), hide_index=True)
         else:
             st.caption("None yet.")
     with right:
         st.subheader("Requests")
         if detail["requests"]:
-            st.dataframe([{"#": r["id"], "kind": r["kind"], "status": r["status"], "by": r["requested_by"],
-                           "requested": fmt_time(r["created_at"]), "finished": fmt_time(r["finished_at"])}
-                          for r in detail["requests"]], hide_index=True)
+            st.dataframe(rows({"#": r["id"], "kind": r["kind"], "status": r["status"], "by": r["requested_by"],
+                               "requested": fmt_time(r["created_at"]), "finished": fmt_time(r["finished_at"])}
+                              for r in detail["requests"]), hide_index=True)
         else:
             st.caption("None yet.")
 
@@ -169,12 +170,13 @@ if frame.empty:
 status_filter = st.multiselect("Status", ["healthy", "warning", "critical", "unknown"], key="status-filter")
 shown = frame[frame["last_status"].isin(status_filter)] if status_filter else frame
 st.dataframe(
-    shown.assign(last_status=shown["last_status"].map(status_label),
+    shown.assign(name=shown["name"].map(lambda v: text(v) if isinstance(v, str) else v), path=shown["path"].map(text),
+                 last_status=shown["last_status"].map(status_label),
                  last_checked_at=shown["last_checked_at"].map(lambda t: fmt_time(t) if t is not None and t == t else "—")),
     hide_index=True, width="stretch", height=min(400, 40 + 35 * len(shown)),
     column_config={"id": None, "last_duration_ms": st.column_config.NumberColumn("last duration (ms)", format="%.0f")},
 )
-labels = dict(zip(shown["id"], (shown["name"].fillna(shown["path"]) + "  —  " + shown["path"]), strict=True))
+labels = dict(zip(shown["id"], (shown["name"].fillna(shown["path"]) + "  —  " + shown["path"]).map(text), strict=True))
 if not labels:
     st.info("No image has one of the selected statuses.")
     st.stop()

@@ -7,6 +7,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard import actions, charts, data
+from dashboard.safe import md, rows
 from dashboard.views.common import fmt_duration, fmt_time, operator, settings
 
 ENV = settings()
@@ -20,20 +21,20 @@ def draw_pending(promotion: dict[str, Any]) -> None:
     expiry = "no expiry" if expires is None else (
         f"expired {fmt_time(expires)}" if expires <= now else f"expires in {fmt_duration((expires - now).total_seconds())} ({fmt_time(expires)})")
     with st.container(border=True):
-        st.markdown(f"**Promotion #{pid}** · {promotion['subsystem']} · proposed {fmt_time(promotion['created_at'])} · {expiry}")
+        st.markdown(f"**Promotion #{pid}** · {md(promotion['subsystem'])} · proposed {fmt_time(promotion['created_at'])} · {expiry}")
         st.caption(f"run #{promotion['run_id'] or '—'} · candidate #{promotion['candidate_id'] or '—'}"
                    + (f" · score {promotion['score']:.3f}" if promotion["score"] is not None else ""))
         if promotion["reason"]:
-            st.write(promotion["reason"])
+            st.write(md(promotion["reason"]))
         changes = data.value_changes(promotion["old_values"], promotion["new_values"])
-        st.dataframe(changes, hide_index=True, width="stretch")
+        st.dataframe(rows(changes.to_dict("records")), hide_index=True, width="stretch")
         if promotion["score_breakdown"]:
             st.plotly_chart(charts.score_breakdown_figure(promotion["score_breakdown"]), key=f"promo-score-{pid}")
         note = st.text_input("Note for the audit trail (optional)", key=f"note-{pid}")
         pending = st.session_state.get(CONFIRM_KEY)
         if pending and pending[0] == pid:
             verb = "approve" if pending[1] else "reject"
-            st.warning(f"{verb.capitalize()} promotion #{pid} as {operator()}? "
+            st.warning(f"{verb.capitalize()} promotion #{pid} as {md(operator())}? "
                        + ("The worker applies approved changes to the service configuration." if pending[1] else ""))
             yes, no = st.columns(2)
             if yes.button(f"Confirm {verb}", key=f"confirm-{pid}", type="primary"):
@@ -41,9 +42,10 @@ def draw_pending(promotion: dict[str, Any]) -> None:
                 try:
                     actions.decide_promotion(pid, pending[1], operator(), reason=note)
                 except actions.ActionRefused as exc:
-                    st.session_state["promotion-message"] = ("error", str(exc))
+                    st.session_state["promotion-message"] = ("error", md(exc))
                 else:
-                    st.session_state["promotion-message"] = ("success", f"Promotion #{pid} {'approved' if pending[1] else 'rejected'} by {operator()}.")
+                    st.session_state["promotion-message"] = (
+                        "success", f"Promotion #{pid} {'approved' if pending[1] else 'rejected'} by {md(operator())}.")
                 st.rerun()
             if no.button("Cancel", key=f"cancel-{pid}"):
                 st.session_state.pop(CONFIRM_KEY, None)
@@ -77,9 +79,9 @@ history = [p for p in data.promotions(limit=100) if p["status"] != "pending_revi
 if not history:
     st.caption("No decisions yet.")
 else:
-    st.dataframe([{
+    st.dataframe(rows({
         "#": p["id"], "subsystem": p["subsystem"], "status": p["status"], "decided by": p["decided_by"] or "—",
         "decided": fmt_time(p["decided_at"]), "applied": fmt_time(p["applied_at"]),
         "change": ", ".join(f"{k}: {p['old_values'].get(k) if p['old_values'] else '—'} → {v}"
                             for k, v in (p["new_values"] or {}).items()),
-    } for p in history], hide_index=True, width="stretch")
+    } for p in history), hide_index=True, width="stretch")

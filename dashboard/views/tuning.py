@@ -8,6 +8,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard import charts, data
+from dashboard.safe import md, rows, text
 from dashboard.views.common import fmt_duration, fmt_time, settings
 
 ENV = settings()
@@ -36,7 +37,7 @@ def draw_rate_limits() -> None:
             st.write(f"cooldown left **{fmt_duration(state['cooldown_left_s'])}** · backoff "
                      f"**{fmt_duration(state['backoff_left_s'])}** ({state['consecutive_failures']} consecutive failure(s))")
             st.write("next run: **now**" if state["allowed"] else f"next run: **{fmt_time(state['next_allowed_at'])}**")
-            st.caption(state["reason"])
+            st.caption(md(state["reason"]))
 
 
 def draw_intents() -> None:
@@ -46,11 +47,11 @@ def draw_intents() -> None:
         st.info("No intents yet: the Observer emits one per configuration failure it recognises in the service's "
                 "logs (`selfheal tune observe LOGFILE` shows what it would find).")
         return
-    st.dataframe([{
+    st.dataframe(rows({
         "#": i["id"], "time": fmt_time(i["created_at"]), "subsystem": i["subsystem"], "class": i["error_class"],
         "status": i["status"], "outcome": i["outcome"] or "—", "values": _json_cell(i["values"]),
         "seed fix": _json_cell(i["seed_fix"]), "reason": i["reason"] or "—",
-    } for i in intents], hide_index=True, width="stretch")
+    } for i in intents), hide_index=True, width="stretch")
 
 
 def draw_runs() -> None:
@@ -60,23 +61,23 @@ def draw_runs() -> None:
         st.info("No tuning runs yet.")
         return
     for run in runs:
-        title = (f"Run #{run['id']} · {run['subsystem']} · {run['status']} · {fmt_time(run['started_at'])}"
-                 + (f" · {run['decision']}" if run["decision"] else ""))
+        title = (f"Run #{run['id']} · {md(run['subsystem'])} · {md(run['status'])} · {fmt_time(run['started_at'])}"
+                 + (f" · {md(run['decision'])}" if run["decision"] else ""))
         with st.expander(title, expanded=run is runs[0]):
-            st.write(f"mode {run['mode']} · intent #{run['intent_id'] or '—'} · baseline score "
+            st.write(f"mode {md(run['mode'])} · intent #{run['intent_id'] or '—'} · baseline score "
                      f"{run['baseline_score'] if run['baseline_score'] is not None else '—'} · finished {fmt_time(run['finished_at'])}")
             if run["reason"]:
-                st.write(f"Reason: {run['reason']}")
+                st.write(f"Reason: {md(run['reason'])}")
             candidates = run["candidates"]
             if not candidates:
                 st.caption("No candidates.")
                 continue
-            st.dataframe([{
+            st.dataframe(rows({
                 "#": c["id"], "params": _json_cell(c["params"]),
                 "pre-flight": "—" if c["preflight_ok"] is None else ("pass" if c["preflight_ok"] else "fail"),
                 "pre-flight reason": c["preflight_reason"] or "—", "canary gates": _json_cell(c["canary_gates"]),
                 "score": c["score"],
-            } for c in candidates], hide_index=True, width="stretch")
+            } for c in candidates), hide_index=True, width="stretch")
             scored = [c for c in candidates if c["score_breakdown"]]
             if scored:
                 best = scored[0]
@@ -86,7 +87,7 @@ def draw_runs() -> None:
             for c in candidates:
                 if c["log_excerpt"]:
                     with st.popover(f"Canary log of candidate #{c['id']}"):
-                        st.code(c["log_excerpt"])
+                        st.code(text(c["log_excerpt"]), language=None)
 
 
 st.title("Config tuning")

@@ -116,3 +116,51 @@ def logged_in_app(page: str | None = None, *, timeout: float = 60) -> Any:
         at.switch_page(page).run()
         assert not at.exception, at.exception
     return at
+
+
+def hostile_text(beacon_url: str) -> str:
+    """Markdown and HTML that would make a browser fetch ``beacon_url`` or render links, if rendered."""
+    return (f"![d]({beacon_url}) <img src=\"{beacon_url}?img\"> [click](http://evil.example/phish) "
+            "http://evil.example/bare www.evil.example :red[x] $x^2$")
+
+
+def seed_hostile(home: Path, text: str) -> dict[str, Any]:
+    """Rows whose user-controlled fields — image name and path, finding, recommendation, metadata
+    values, alert, audit subject/actor/payload, promotion subsystem/reason, run and intent reasons,
+    worker host — all carry ``text``. The image sorts first, so the Images page opens on it."""
+    from sqlmodel import select
+
+    from storage import queries
+    from storage.audit import append_event
+    from storage.engine import session_scope
+    from storage.models import Promotion, TuningIntent, TuningRun
+
+    path = f"/0-hostile/{text}/boot.rts.png"
+    link = "[click](http://evil.example)"
+    now = datetime.now(UTC)
+    with session_scope() as s:
+        image = queries.upsert_image(s, path, name=text, critical=True, actor="test", now=T0)
+        queries.record_check(s, {
+            "image_path": path, "status": "critical", "confidence": 0.5,
+            "metrics": {"data_size": text, "anomaly_score": 0.95, "hash_verified": False},
+            "findings": [{"category": "structural", "severity": "high", "description": f"invalid data_size {text!r}",
+                          "byte_range": None, "region": [0, 0, 4, 4], "source": "codec"}],
+            "recommendation": text, "duration_ms": 3.0,
+        }, image_id=image["id"], now=T0 + timedelta(minutes=1))
+        queries.record_alert(s, kind="image.critical", severity="critical", subject=path, message=text,
+                             now=now - timedelta(minutes=1))
+        queries.beat_heartbeat(s, "worker-hostile", pid=4343, host=text, now=now)
+        append_event(s, "check", text, {"note": text, "path": path}, actor=text[:255])
+        intent = TuningIntent(subsystem=link, error_class="KV_CACHE_INSUFFICIENT", values={"note": text},
+                              status="open", reason=text, created_at=now)
+        s.add(intent)
+        s.flush()
+        run = TuningRun(subsystem=link, status="failed", mode="prod", reason=text, decision="escalate",
+                        intent_id=intent.id, started_at=now - timedelta(minutes=5), finished_at=now)
+        s.add(run)
+        s.flush()
+        s.add(Promotion(run_id=run.id, subsystem=link, old_values={text: 1}, new_values={text: 2}, reason=text,
+                        created_at=now, expires_at=now + timedelta(hours=1), target_file=path))
+        s.flush()
+        assert s.exec(select(Promotion).where(Promotion.subsystem == link)).first() is not None
+    return {"image_path": path, "image_id": image["id"]}
