@@ -18,6 +18,7 @@ from healing.errors import (
     DatabaseError,
     InputError,
     SelfHealError,
+    printable,
 )
 from healing.safeio import WriteError
 
@@ -129,7 +130,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     what = "change accepted for" if outcome["changed"] else "registered"
     flags = ", critical" if image["critical"] else ""
     note = " (accepted despite integrity problems)" if outcome["accepted_current"] else ""
-    print(f"{what} {image['path']}: golden {outcome['golden_sha256'][:12]}…, interval {image['interval_s']} s{flags}{note}")
+    print(printable(f"{what} {image['path']}: golden {outcome['golden_sha256'][:12]}…, interval {image['interval_s']} s{flags}{note}"))
     return EXIT_OK
 
 
