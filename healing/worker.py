@@ -132,8 +132,9 @@ class WorkerLock:
             holder = os.read(fd, 64).decode("ascii", "replace").strip() or "?"
             os.close(fd)
             raise WorkerLockedError(f"another worker is already running for this database (pid {holder}, lock {self.path})") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        with contextlib.suppress(OSError):  # the pid is for messages; the flock is the lock (a full disk must not stop us)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
     def release(self) -> None:

@@ -192,7 +192,7 @@ def _create_engine(url_text: str, busy_timeout_ms: int) -> Engine:
         mode = conn.get_execution_options().get(BEGIN_OPTION, "IMMEDIATE")
         conn.exec_driver_sql(f"BEGIN {mode}")
 
-    _install_error_translation(engine, shown, busy_timeout_ms)
+    _install_error_translation(engine, shown, busy_timeout_ms, path)
     return engine
 
 
@@ -220,7 +220,17 @@ _PG_READ_ONLY = {"25006"}  # read_only_sql_transaction (a hot standby, default_t
 _PG_LOCKED = {"55P03"}  # lock_not_available (lock_timeout)
 
 
-def operational_error(exc: BaseException, shown_url: str, busy_timeout_ms: int) -> DatabaseError | None:
+def _nearly_full(path: Path) -> bool:
+    """True when the file system holding ``path`` has (almost) no space left."""
+    try:
+        st = os.statvfs(path.parent if not path.is_dir() else path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (256 << 10)
+
+
+def operational_error(exc: BaseException, shown_url: str, busy_timeout_ms: int,
+                      db_path: Path | None = None) -> DatabaseError | None:
     """The one-line DatabaseError (exit 3) for an expected operational failure of the database — locked
     beyond the busy timeout, disk full, read-only, cannot be opened — or None for anything else (a bug
     keeps its traceback). Used by the engine's error hook, so every caller gets the same line."""
@@ -232,7 +242,9 @@ def operational_error(exc: BaseException, shown_url: str, busy_timeout_ms: int) 
         return DatabaseError(
             f"database is locked: another process held it for more than {busy_timeout_ms} ms ({shown_url}); "
             "raise database.busy_timeout_ms or find the stuck writer")
-    if code in _PG_DISK_FULL or "database or disk is full" in lowered or "no space left on device" in lowered:
+    # SQLite says "disk I/O error" when its WAL or shared memory cannot grow on a full file system.
+    full_io = "disk i/o error" in lowered and db_path is not None and _nearly_full(db_path)
+    if code in _PG_DISK_FULL or full_io or "database or disk is full" in lowered or "no space left on device" in lowered:
         return DatabaseError(f"database or disk is full: cannot write to {shown_url}; free space on its file system")
     if code in _PG_READ_ONLY or "readonly database" in lowered or "read-only transaction" in lowered:
         return DatabaseError(f"database is read-only: cannot write to {shown_url} (file permissions, a read-only "
@@ -244,10 +256,10 @@ def operational_error(exc: BaseException, shown_url: str, busy_timeout_ms: int) 
     return None
 
 
-def _install_error_translation(engine: Engine, shown_url: str, busy_timeout_ms: int) -> None:
+def _install_error_translation(engine: Engine, shown_url: str, busy_timeout_ms: int, db_path: Path | None = None) -> None:
     @event.listens_for(engine, "handle_error")
     def _translate(ctx: sa.engine.ExceptionContext) -> None:
-        error = operational_error(ctx.original_exception, shown_url, busy_timeout_ms)
+        error = operational_error(ctx.original_exception, shown_url, busy_timeout_ms, db_path)
         if error is not None:
             raise error from None
         if ctx.is_disconnect or ctx.connection is None:
