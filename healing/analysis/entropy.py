@@ -197,26 +197,20 @@ def entropy_map(stream: np.ndarray, grid_size: int, block_size: int = DEFAULT_BL
 def tiled_entropy_map(pixels: np.ndarray, tile: int) -> EntropyMap:
     """Entropy of the bytes of square ``tile``×``tile`` tiles of an image without a Hilbert curve.
 
-    Used for plain PNGs that are not square powers of two. Edge tiles are cropped to the image.
+    Used for plain PNGs that are not square powers of two. Edge tiles are cropped to the image. The
+    histograms are counted one band of tiles at a time, so the temporaries stay a few MiB whatever the
+    image's size (a whole-image key array took 8 bytes per byte of the image).
     """
     array = pixels if pixels.ndim == 3 else pixels[:, :, None]
     height, width, channels = array.shape
     rows, cols = -(-height // tile), -(-width // tile)
-    padded_h, padded_w = rows * tile, cols * tile
-    if (padded_h, padded_w) != (height, width):
-        # Pad by edge replication only to reshape; the histograms below use the real pixels only.
-        valid = np.zeros((padded_h, padded_w), dtype=bool)
-        valid[:height, :width] = True
-        array = np.pad(array, ((0, padded_h - height), (0, padded_w - width), (0, 0)))
-    else:
-        valid = None
-    tiles = array.reshape(rows, tile, cols, tile, channels).transpose(0, 2, 1, 3, 4).reshape(rows * cols, -1)
     count = rows * cols
-    keys = tiles.astype(np.intp) + (np.arange(count, dtype=np.intp) * 256)[:, None]
-    if valid is not None:
-        mask = valid.reshape(rows, tile, cols, tile).transpose(0, 2, 1, 3).reshape(count, -1)
-        keys = keys[np.repeat(mask, channels, axis=1)]
-    hist = np.bincount(keys.ravel(), minlength=count * 256).reshape(count, 256)
+    hist = np.zeros((count, 256), dtype=np.int32)
+    column_keys = ((np.arange(width, dtype=np.int32) // tile) * 256)[None, :, None]
+    for row in range(rows):
+        band = array[row * tile : (row + 1) * tile]
+        keys = band + column_keys  # int32: tile column · 256 + byte value
+        hist[row * cols : (row + 1) * cols] = np.bincount(keys.ravel(), minlength=cols * 256).reshape(cols, 256)
     blocks = entropy_from_histograms(hist)
     emap = EntropyMap(blocks=blocks, image=blocks.astype(np.float32).reshape(rows, cols),
                       block_size=tile * tile * channels, cell=tile, grid_size=None, tile=tile)

@@ -379,7 +379,8 @@ def _sidecar_text(path: Path, max_bytes: int) -> tuple[str, str] | None:
             if exc.errno in (errno.ENOENT, errno.ENAMETOOLONG, errno.ENOTDIR):
                 continue
             raise InputError(f"cannot read sidecar {candidate.name}: {describe_oserror(exc)}") from None
-        raw = read_regular(candidate, max_bytes=max_bytes, what="a sidecar file", too_big=CorruptedError)
+        raw = read_regular(candidate, max_bytes=max_bytes, what="a sidecar (pixelrts.max_metadata_bytes)",
+                           too_big=CorruptedError)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -439,7 +440,9 @@ def decode_plain(data: bytes, structure: _png.PngStructure) -> np.ndarray:
         arr = (arr >> 8).astype(np.uint8)
     if arr.ndim == 2:
         return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGBA)
-    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGBA if arr.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+    if arr.shape[2] == 3:
+        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGBA)
+    return cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA, dst=arr)  # in place: no second full-size copy
 
 
 def read_structure(data: bytes, max_metadata_bytes: int | None = None) -> _png.PngStructure:
