@@ -87,6 +87,10 @@ def register_image(
 
     text = normalise_path(path)
     file = Path(text)
+    if file.is_symlink():
+        # The worker judges a registered image by its directory entry (a link there is a security finding),
+        # so the entry registered must be the file itself.
+        raise InputError(f"{text}: is a symbolic link; register the file it points to ({os.path.realpath(text)})")
     if file.is_dir():
         raise InputError(f"{text}: is a directory, not an image")
     if not file.exists():
