@@ -253,3 +253,56 @@ def test_connect_time_pragma_retries_a_locked_database_within_the_busy_timeout()
     with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
         _retry_locked(broken, 1000)
     assert len(calls) == 1  # other errors are not retried
+
+
+def test_full_sqlite_database_is_one_line_database_error(sqlite_url: str, db_path: Path) -> None:
+    engine = get_engine(sqlite_url)
+    engine.dispose()
+
+    @sa.event.listens_for(engine, "connect")
+    def _tiny(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        dbapi_connection.execute("PRAGMA max_page_count = 64")  # SQLITE_FULL, as on a full disk
+
+    with pytest.raises(DatabaseError) as info:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE filler (x BLOB)")
+            for _ in range(200):
+                conn.exec_driver_sql("INSERT INTO filler VALUES (zeroblob(4096))")
+    assert str(info.value) == (f"database or disk is full: cannot write to sqlite:///{db_path}; "
+                               "free space on its file system")
+    assert info.value.exit_code == 3
+
+
+def test_read_only_sqlite_database_is_one_line_database_error(sqlite_url: str, db_path: Path) -> None:
+    from healing.config import mask_url
+
+    url = f"sqlite:///file:{db_path}?mode=ro&uri=true"
+    with pytest.raises(DatabaseError) as info:
+        with get_engine(url).begin() as conn:
+            conn.exec_driver_sql("INSERT INTO audit_head (id, seq, last_hash) VALUES (99, 0, '')")
+    assert str(info.value) == (f"database is read-only: cannot write to {mask_url(url)} (file permissions, a read-only "
+                               "file system or a read-only server)")
+
+
+def test_postgresql_read_only_transaction_is_one_line_database_error(pg_url: str) -> None:
+    with pytest.raises(DatabaseError) as info:
+        with get_engine(pg_url).begin() as conn:
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            conn.exec_driver_sql("DELETE FROM audit_head")
+    assert str(info.value).startswith("database is read-only: cannot write to postgresql+psycopg://")
+
+
+def test_postgresql_disk_full_and_lock_codes_map_to_one_line() -> None:
+    from storage.engine import operational_error
+
+    class PgError(Exception):
+        def __init__(self, sqlstate: str, text: str) -> None:
+            super().__init__(text)
+            self.sqlstate = sqlstate
+
+    full = operational_error(PgError("53100", 'could not extend file "base/1/2": No space left on device\nHINT: x'),
+                             "postgresql://u:***@h/db", 5000)
+    locked = operational_error(PgError("55P03", "could not obtain lock on relation"), "postgresql://h/db", 300)
+    assert str(full) == "database or disk is full: cannot write to postgresql://u:***@h/db; free space on its file system"
+    assert str(locked).startswith("database is locked: another process held it for more than 300 ms (postgresql://h/db)")
+    assert operational_error(PgError("42P01", 'relation "x" does not exist'), "postgresql://h/db", 300) is None
