@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from healing.config import Settings, load_settings
+from healing.errors import SelfHealError
 from healing.images.actions import HealingAction
 
 log = logging.getLogger("selfheal.daemon")
@@ -110,6 +111,7 @@ class VLMSelfHealingDaemon:
         from storage.worker_queries import image_schedule
 
         service = self._ensure_service()
+        service.reconcile_heals()  # heals a killed process left "started"; the checks below re-check their files
         with session_scope(write=False) as session:
             schedule = image_schedule(session)
         now = time.monotonic()
@@ -160,6 +162,9 @@ class VLMSelfHealingDaemon:
                 records, wait = await asyncio.to_thread(self._due_cycle)
                 if records:
                     self.last_results = records
+            except SelfHealError as exc:  # database locked or full: one line, the next cycle tries again
+                log.warning("daemon cycle failed: %s", exc)
+                wait = float(self.check_interval)
             except Exception:  # noqa: BLE001 - a failed cycle is logged; the daemon keeps watching
                 log.exception("daemon cycle failed")
                 wait = float(self.check_interval)
