@@ -271,6 +271,10 @@ class Worker:
         An overrun is recorded as an unknown check with an alert and not waited for; while that thread
         still runs, later checks of the image are recorded unknown instead of piling up behind it.
         Returns the CheckRecord, or None (overrun, unregistered, failed: logged in one line)."""
+        return self._bounded_check(image_id)[0]
+
+    def _bounded_check(self, image_id: int) -> tuple[Any, bool]:
+        """(record or None, True when the check overran or an earlier one is still running)."""
         timeout = self.settings.health_check.timeout_s
         with self._checks_lock:
             running = self._checks.get(image_id)
@@ -282,38 +286,33 @@ class Worker:
                 busy_for = None
         if busy_for is not None:
             self._record_overrun(image_id, busy_for, first=False)
-            return None
+            return None, True
         running.thread.start()
         deadline = running.started + timeout
         while not running.done.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
             if self._stopping.is_set():
-                return None  # shutting down: the check thread is a daemon; its heal, if any, is reconciled
+                return None, False  # shutting down: the check thread is a daemon; a heal it began is reconciled
             if time.monotonic() >= deadline:
                 log.warning("check of image %s did not finish within %g s: recorded unknown", image_id, timeout)
                 self._record_overrun(image_id, timeout, first=True)
-                return None
+                return None, True
         with self._checks_lock:
             self._checks.pop(image_id, None)
         if isinstance(running.error, LookupError):
-            return None  # unregistered meanwhile
+            return None, False  # unregistered meanwhile
         if isinstance(running.error, SelfHealError):
             log.warning("check of image %s failed: %s", image_id, running.error)
-            return None
+            return None, False
         if running.error is not None:
             log.error("check of image %s failed", image_id, exc_info=running.error)
-            return None
-        return running.record
+            return None, False
+        return running.record, False
 
     def _record_overrun(self, image_id: int, seconds: float, *, first: bool) -> None:
         try:
             self.service.record_overrun(image_id, seconds, first=first)
         except SelfHealError as exc:
             log.warning("overrun of image %s not recorded: %s", image_id, exc)
-
-    def in_flight_checks(self) -> int:
-        """Check threads still running (including overrun ones)."""
-        with self._checks_lock:
-            return sum(c.thread.is_alive() for c in self._checks.values())
 
     def process_requests(self, limit: int | None = None) -> int:
         """Claim and run pending requests, oldest first; returns how many were processed."""
@@ -408,11 +407,10 @@ class Worker:
                 ids = [row["id"] for row in sorted(image_schedule(session), key=lambda r: r["path"])]
             records, overruns = [], 0
             for image_id in ids:
-                record = self.bounded_check(image_id)
+                record, overran = self._bounded_check(image_id)
                 if record is not None:
                     records.append(record)
-                elif self.in_flight_checks():
-                    overruns += 1
+                overruns += overran
             requests = self.process_requests()
             self.prune_quarantine()
             self.service.remove_stale_temps()

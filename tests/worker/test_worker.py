@@ -201,3 +201,31 @@ def test_job_hooks_let_other_areas_add_jobs(settings, monkeypatch):
     assert worker.add_extra_jobs() == ["fake_worker_jobs:register_jobs"]
     job = worker.scheduler.get_job("tuning-observe")
     assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, 600)
+
+
+def test_run_once_counts_a_check_overrunning_its_timeout_as_unknown(settings, make_image):
+    import threading
+    import time
+
+    from healing.analysis import VLMHealthChecker
+
+    real = VLMHealthChecker(settings)
+
+    class SlowChecker:
+        def check_health(self, path, baseline=None):
+            time.sleep(0.8)  # a hung mount or a slow model would look the same
+            return real.check_health(path, baseline=baseline)
+
+    image = make_image()
+    image_id = register_image(image, settings=settings)["image"]["id"]
+    settings.health_check.timeout_s = 0.2
+    summary = Worker(settings, checker=SlowChecker()).run_once()
+    assert summary == {"checked": 1, "healthy": 0, "warning": 0, "critical": 0, "unknown": 1, "healed": 0,
+                       "heal_failed": 0, "requests": 0, "reused": 0}
+    for thread in threading.enumerate():  # the overrun check finishes on its own and records its result
+        if thread.name.startswith("check-"):
+            thread.join(timeout=10)
+    with session_scope(write=False) as session:
+        history = queries.check_history(session, image_id)
+    assert [(c["status"], (c["findings"] or [{}])[0].get("category")) for c in history] == [
+        ("unknown", "performance"), ("healthy", None)]
