@@ -150,6 +150,9 @@ class WebhookNotifier:
 
 
 def _strip_url(text: str, url: str | None) -> str:
+    from healing.redaction import redact, url_secrets
+
     if url:
         text = text.replace(url, "<webhook>")
-    return " ".join(text.split())[:200]
+    # The exact URL is not the only form it takes: a token re-encoded or in another case goes too.
+    return " ".join(redact(text, url_secrets(url)).split())[:200]
