@@ -98,26 +98,26 @@ def _read_plain(path: Path, data: bytes, structure: Any, file_hash: bool) -> Loa
 
 def load_image(path: str | os.PathLike[str], *, max_pixels: int | None = None, file_hash: bool = False,
                max_metadata_bytes: int | None = None) -> LoadedImage:
-    """Read ``path`` for analysis (see the module docstring). The file is read once, through the codec's
-    checks (regular file only, pixel limit, size bound), and never handed to libpng unproven."""
+    """Read ``path`` for analysis (see the module docstring), always through the codec's checks (regular
+    file only, pixel limit, size bound), so its bytes never reach libpng unproven."""
     from healing.pixelrts import DEFAULT_MAX_PIXELS, read_image, verify_image
     from healing.pixelrts._hilbert import is_power_of_two
     from healing.pixelrts.codec import read_png_bytes, read_structure
 
     path = Path(path)
     limit = max_pixels or DEFAULT_MAX_PIXELS
-    data = read_png_bytes(path, max_pixels=limit, max_metadata_bytes=max_metadata_bytes)
     try:
-        image = read_image(path, data=data, max_pixels=limit, max_metadata_bytes=max_metadata_bytes,
-                           file_hash=file_hash, payload_only=True)
+        image = read_image(path, max_pixels=limit, max_metadata_bytes=max_metadata_bytes, file_hash=file_hash,
+                           payload_only=True)
     except InputError:
+        # Read again rather than hold the file's bytes through a grid's decode (peak memory).
+        data = read_png_bytes(path, max_pixels=limit, max_metadata_bytes=max_metadata_bytes)
         structure = read_structure(data, max_metadata_bytes)
         header = structure.header
         if header.width == header.height and is_power_of_two(header.width):
             raise
         # A plain PNG of any other shape: no curve, no hash — statistics only.
         return _read_plain(path, data, structure, file_hash)
-    del data
     report = verify_image(image) if image.is_pixelrts else None
     return LoadedImage(str(path), image.pixels, image.grid_size, image.stream, image, report, image.file_size,
                        image.file_sha256)
