@@ -46,6 +46,7 @@ pytestmark = [
 
 OPERATOR = "e2e-operator"
 WEBHOOK_TOKEN = "whk-Token-0099887766"
+EXPORT_TTL_S = 8
 PAGES = ["Overview", "Images", "Analyze", "Config tuning", "Promotions", "Audit", "Settings"]
 
 
@@ -94,7 +95,8 @@ def dashboard(_isolated_home: Path) -> Iterator[dict[str, Any]]:
     info = seed(_isolated_home)
     config = _isolated_home / "selfheal.yaml"
     config.write_text(f"healing:\n  notification:\n    enabled: false\n"
-                      f"    webhook: https://hooks.example/notify?token={WEBHOOK_TOKEN}\n", encoding="utf-8")
+                      f"    webhook: https://hooks.example/notify?token={WEBHOOK_TOKEN}\n"
+                      f"dashboard:\n  export_ttl_s: {EXPORT_TTL_S}\n", encoding="utf-8")
     env = subprocess_env(SELFHEAL_HOME=str(_isolated_home), SELFHEAL_DASHBOARD_PASSWORD=PASSWORD,
                          SELFHEAL_CONFIG=str(config))
     env.pop("SELFHEAL_DASHBOARD_AUTH", None)
@@ -216,22 +218,34 @@ def test_csv_export_is_neutralised_and_gone_after_logout(dashboard: dict[str, An
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     assert _login(page, dashboard["url"]) == "ok"
     _go(page, "Audit")
-    with page.expect_download() as info:
-        page.get_by_role("button", name="Download CSV", exact=False).click()
-    download = info.value
-    saved = tmp_path / "audit.csv"
-    download.save_as(saved)
-    url = download.url
+
+    def download() -> tuple[str, str]:
+        with page.expect_download() as info:
+            page.get_by_role("button", name="Download CSV", exact=False).click()
+        saved = tmp_path / "audit.csv"
+        info.value.save_as(saved)
+        return info.value.url, saved.read_text(encoding="utf-8")
+
+    url, content = download()
     assert "/media/" in url
-    rows = list(csv.DictReader(io.StringIO(saved.read_text(encoding="utf-8"))))
+    rows = list(csv.DictReader(io.StringIO(content)))
     [note] = [r for r in rows if r["kind"] == "note"]
     assert (note["subject"], note["actor"]) == ("'=HYPERLINK(\"http://evil.example\",\"open me\")", "'@attacker")
-    while_in = httpx.get(url, timeout=5)
-    assert while_in.status_code == 200 and "HYPERLINK" in while_in.text
+    fresh = httpx.get(url, timeout=5)
+    time.sleep(EXPORT_TTL_S + 2)
+    expired = httpx.get(url, timeout=5)  # still logged in, but the export's time is up
 
+    url, _ = download()
+    generated = time.monotonic()
+    while_in = httpx.get(url, timeout=5)
     page.get_by_role("button", name="Log out").click()
     page.get_by_role("textbox", name="Operator name").wait_for()
     after = httpx.get(url, timeout=5)
-    print(f"\nCSV URL status: {while_in.status_code} while logged in, {after.status_code} after logout")
+    assert time.monotonic() - generated < EXPORT_TTL_S  # so the logout removed it, not the expiry
+    print(f"\nCSV URL status: {fresh.status_code} fresh, {expired.status_code} after {EXPORT_TTL_S} s, "
+          f"{while_in.status_code} again, {after.status_code} after logout")
+    assert fresh.status_code == 200 and "HYPERLINK" in fresh.text
+    assert expired.status_code == 404 and "HYPERLINK" not in expired.text
+    assert while_in.status_code == 200 and "HYPERLINK" in while_in.text
     assert after.status_code == 404 and "HYPERLINK" not in after.text
     assert [e["actor"] for e in _audit("auth.logout")] == [OPERATOR]
