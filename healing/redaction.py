@@ -38,6 +38,8 @@ MIN_SECRET_LEN = 4
 ENV_PREFIXES = ("VLM_", "SELFHEAL_", "OPENAI_", "ANTHROPIC_", "KLR_")
 ENV_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
 URL_ENV_VARS = ("SELFHEAL_DATABASE_URL", "VLM_MODEL_ENDPOINT")
+# A name like SELFHEAL_AUDIT_KEY_FILE or audit.key_file says where a secret lives; its value is a path.
+LOCATION_SUFFIXES = ("_FILE", "_PATH", "_DIR")
 
 
 def _variants(secret: str) -> set[str]:
@@ -102,7 +104,10 @@ def _secret_leaves(value: Any, secret_key: bool = False) -> Iterable[str]:
     """Strings stored under a secret-looking key anywhere in a YAML tree."""
     if isinstance(value, Mapping):
         for k, v in value.items():
-            yield from _secret_leaves(v, secret_key or any(w in str(k).lower() for w in SECRET_WORDS))
+            name = str(k).lower()
+            if name.upper().endswith(LOCATION_SUFFIXES):
+                continue
+            yield from _secret_leaves(v, secret_key or any(w in name for w in SECRET_WORDS))
     elif isinstance(value, list | tuple):
         for v in value:
             yield from _secret_leaves(v, secret_key)
@@ -122,7 +127,8 @@ def configured_secrets(settings: Settings | None, env: Mapping[str, str] | None 
         found.update(url_secrets(settings.vision_model.endpoint))
     for name, value in env.items():
         upper = name.upper()
-        if upper.startswith(ENV_PREFIXES) and any(word in upper for word in ENV_SECRET_WORDS):
+        if (upper.startswith(ENV_PREFIXES) and any(word in upper for word in ENV_SECRET_WORDS)
+                and not upper.endswith(LOCATION_SUFFIXES)):
             found.add(value)
     for name in URL_ENV_VARS:
         found.update(url_secrets(env.get(name)))
@@ -131,6 +137,8 @@ def configured_secrets(settings: Settings | None, env: Mapping[str, str] | None 
 
 _cache_lock = threading.Lock()
 _cache: tuple[tuple[Any, ...], Redactor] | None = None
+# Loading the settings may itself log; that record must not start loading them again.
+_building = threading.local()
 
 
 def _environment_key(env: Mapping[str, str]) -> tuple[Any, ...]:
@@ -151,13 +159,18 @@ def default_redactor() -> Redactor:
     with _cache_lock:
         if _cache is not None and _cache[0] == key:
             return _cache[1]
+    if getattr(_building, "active", False):
+        return Redactor(frozenset(configured_secrets(None, env)))
     from healing.config import load_settings
     from healing.errors import SelfHealError
 
+    _building.active = True
     try:
         settings: Settings | None = load_settings(env=env)
     except SelfHealError:  # a broken config still leaves the environment's secrets to protect
         settings = None
+    finally:
+        _building.active = False
     redactor = Redactor(frozenset(configured_secrets(settings, env)))
     with _cache_lock:
         _cache = (key, redactor)

@@ -77,10 +77,11 @@ def test_configured_secrets_come_from_settings_and_environment(tmp_path: Path) -
     config.write_text(
         "vision_model:\n  provider: openai\n  api_key: " + KEY + "\n"
         "healing:\n  notification:\n    enabled: false\n    webhook: https://hooks.example/h?token=" + WEBHOOK_TOKEN + "\n"
-        "tuning:\n  canary:\n    auth_token: canary-Token-1234\n", encoding="utf-8")
+        "tuning:\n  canary:\n    auth_token: canary-Token-1234\n"
+        "audit:\n  key_file: /var/lib/selfheal/audit.key\n", encoding="utf-8")
     env = {"SELFHEAL_HOME": str(tmp_path), "SELFHEAL_DATABASE_URL": "postgresql://app:pg-Pass-99@db/selfheal",
            "SELFHEAL_DASHBOARD_PASSWORD": "dash-Pass-42", "VLM_API_KEY": "vlm-Key-777", "OPENAI_API_KEY": "sk-openai-1",
-           "VLM_MODEL_NAME": "llava-not-a-secret", "HOME": "/root"}
+           "VLM_MODEL_NAME": "llava-not-a-secret", "HOME": "/root", "SELFHEAL_AUDIT_KEY_FILE": "/etc/selfheal/key"}
     found = configured_secrets(load_settings(config, env=env), env)
     assert found == {KEY, WEBHOOK_TOKEN, "canary-Token-1234", "pg-Pass-99", "dash-Pass-42", "vlm-Key-777", "sk-openai-1"}
 
