@@ -228,6 +228,8 @@ def parse_structure(data: bytes | memoryview, *, check_crc: bool = True, check_i
         if idat_run == "in" and ctype != b"IDAT":
             idat_run = "after"
         if ctype == b"IDAT":
+            if not (check_crc and check_idat_crc):
+                structure.idat_crc_checked = False  # check_image_data verifies it
             if idat_run == "after":
                 raise CorruptedError(f"corrupted PNG: IDAT chunk at byte {pos} after other chunks: IDAT chunks must be consecutive")
             idat_run = "in"
