@@ -409,16 +409,22 @@ def _embedded_metadata(structure: _png.PngStructure) -> dict[str, Any] | None:
 _COMPARED_KEYS = ("format", "grid_size", "encoding", "data_hash", "data_size", "encoded_size", "compression", "hashes")
 
 
-def _decode_pixels(data: bytes, structure: _png.PngStructure, *, keep_bgra: bool = False) -> np.ndarray:
-    """Decode PNG bytes into an (h, w, 4) RGBA uint8 array, converting other 8-bit colour types.
-
-    The pixel data is proven sound first (:func:`_png.check_image_data`), so libpng never meets damage
-    it would print about. With ``keep_bgra`` a 4-channel image is returned in OpenCV's BGRA order."""
-    header = structure.header
+def _imdecode(data: bytes, structure: _png.PngStructure) -> np.ndarray:
+    """OpenCV's decode of PNG bytes whose pixel data was proven sound first (:func:`_png.check_image_data`),
+    so libpng never meets damage it would print about (from any thread)."""
     _png.check_image_data(data, structure)
     arr = cv2.imdecode(np.frombuffer(_png.for_libpng(data, structure), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:  # the data was proven decodable: what is left is memory
+        header = structure.header
         raise InputError(f"the {header.width}x{header.height} image could not be decoded (out of memory?)")
+    return arr
+
+
+def _decode_pixels(data: bytes, structure: _png.PngStructure, *, keep_bgra: bool = False) -> np.ndarray:
+    """Decode PNG bytes into an (h, w, 4) RGBA uint8 array, converting other 8-bit colour types.
+
+    With ``keep_bgra`` a 4-channel image is returned in OpenCV's BGRA order, unconverted."""
+    arr = _imdecode(data, structure)
     if arr.dtype != np.uint8:
         raise InputError(f"unsupported PNG: {arr.dtype} samples (PixelRTS v2 uses 8-bit RGBA)")
     if arr.ndim == 2:
@@ -432,10 +438,7 @@ def _decode_pixels(data: bytes, structure: _png.PngStructure, *, keep_bgra: bool
 
 def decode_plain(data: bytes, structure: _png.PngStructure) -> np.ndarray:
     """Any PNG (any size, 16-bit reduced to 8) as an (h, w, 4) RGBA uint8 array, proven sound first."""
-    _png.check_image_data(data, structure)
-    arr = cv2.imdecode(np.frombuffer(_png.for_libpng(data, structure), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise InputError(f"the {structure.header.width}x{structure.header.height} image could not be decoded (out of memory?)")
+    arr = _imdecode(data, structure)
     if arr.dtype == np.uint16:
         arr = (arr >> 8).astype(np.uint8)
     if arr.ndim == 2:
