@@ -120,3 +120,14 @@ def test_login_form_is_throttled_across_fresh_sessions(url: str) -> None:
     [locked] = _events(throttle.KIND_LOCKED)
     assert (locked["subject"], locked["payload"]["client"], locked["payload"]["locked"]) == (
         "mallory", "local", ["client", "operator"])
+
+
+def test_parallel_guesses_cannot_slip_in_before_the_count_moves(url: str) -> None:
+    """Twenty attempts at once (threads, separate connections): exactly five may compare a password."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        admissions = list(pool.map(lambda i: throttle.begin_attempt(f"eve-{i}", "198.51.100.1", POLICY, now=T0),
+                                   range(20)))
+    assert sum(a.allowed for a in admissions) == 5
+    assert len(_events(throttle.KIND_LOCKED)) == 15
