@@ -126,34 +126,36 @@ def peek_header(prefix: bytes) -> Header | None:
     return _header_from(view[16:29])
 
 
+class _OverBudget(Exception):
+    """A text chunk holds more than the text budget left (never inflated further)."""
+
+
 def _inflate_text(data: bytes, budget: int) -> bytes | None:
     """Inflate a text chunk's payload, never past ``budget`` + 1 bytes; None when it is not zlib."""
-    inflater = zlib.decompressobj()
     try:
-        out = inflater.decompress(data, budget + 1)
+        return zlib.decompressobj().decompress(data, budget + 1)
     except zlib.error:
         return None
-    return out
 
 
-def _read_text_chunk(ctype: bytes, raw: bytes, budget: int) -> tuple[str, str] | None | int:
-    """(keyword, text); None when unreadable (not ours); a byte count over ``budget`` when it exceeds it."""
+def _read_text_chunk(ctype: bytes, raw: bytes, budget: int) -> tuple[str, str] | None:
+    """(keyword, text), or None when unreadable (not ours); _OverBudget past ``budget`` bytes."""
     key, _, rest = raw.partition(b"\0")
     try:
         if ctype == b"tEXt":
-            return (len(rest) if len(rest) > budget else (key.decode("latin-1"), rest.decode("latin-1")))
-        if ctype == b"zTXt":
-            text = _inflate_text(rest[1:], budget)
-            if text is None:
-                return None
-            return len(text) if len(text) > budget else (key.decode("latin-1"), text.decode("latin-1"))
-        compressed = rest[0]
-        _lang, _, rest = rest[2:].partition(b"\0")
-        _translated, _, body = rest.partition(b"\0")
-        text = _inflate_text(body, budget) if compressed else body
+            text, encoding = rest, "latin-1"
+        elif ctype == b"zTXt":
+            text, encoding = _inflate_text(rest[1:], budget), "latin-1"
+        else:  # iTXt: keyword, compression flag and method, language, translated keyword, text
+            compressed = rest[0]
+            _lang, _, rest = rest[2:].partition(b"\0")
+            _translated, _, body = rest.partition(b"\0")
+            text, encoding = (_inflate_text(body, budget) if compressed else body), "utf-8"
         if text is None:
             return None
-        return len(text) if len(text) > budget else (key.decode("latin-1"), text.decode("utf-8"))
+        if len(text) > budget:
+            raise _OverBudget
+        return key.decode("latin-1"), text.decode(encoding)
     except (UnicodeDecodeError, IndexError):
         return None  # an unreadable text chunk is not ours; the metadata search reports absence
 
@@ -257,10 +259,11 @@ def parse_structure(data: bytes | memoryview, *, check_crc: bool = True, check_i
         elif ctype in (b"tEXt", b"zTXt", b"iTXt"):
             if ctype != b"tEXt" or not _libpng_quiet_text(body):
                 structure.plain_for_libpng = False
-            text = _read_text_chunk(ctype, bytes(body), text_budget)
-            if isinstance(text, int):
+            try:
+                text = _read_text_chunk(ctype, bytes(body), text_budget)
+            except _OverBudget:
                 raise CorruptedError(f"PNG text chunk {name} at byte {pos} is over the limit: text chunks may hold "
-                                     f"{max_text_bytes} bytes in all, decompressed (pixelrts.max_metadata_bytes)")
+                                     f"{max_text_bytes} bytes in all, decompressed (pixelrts.max_metadata_bytes)") from None
             if text is not None:
                 structure.texts.append(text)
                 text_budget -= len(text[1])
