@@ -411,6 +411,7 @@ class _FileState:
     any_lines: bool = False
     ends_with_newline: bool = True
     last_seq: dict[str, int] = field(default_factory=dict)
+    tail: bytes = b""  # the last bytes seen: tells an appended-to file from a replaced one
 
 
 _file_states: dict[Path, _FileState] = {}
@@ -432,8 +433,15 @@ def _read_state(path: Path) -> _FileState:
         return state
     try:
         with open(path, "rb") as fh:
-            fh.seek(state.size)
-            data = fh.read(st.st_size - state.size)
+            fh.seek(state.size - len(state.tail))
+            data = fh.read(st.st_size - state.size + len(state.tail))
+            if not data.startswith(state.tail):
+                # Another process compacted the file and the new one reused the inode number: start over.
+                state = _FileState(ino=st.st_ino)
+                fh.seek(0)
+                data = fh.read(st.st_size)
+            else:
+                data = data[len(state.tail):]
     except OSError as exc:
         raise WriteError(f"cannot read audit checkpoints {path}: {describe_oserror(exc)}") from None
     for raw in data.split(b"\n"):
@@ -442,6 +450,7 @@ def _read_state(path: Path) -> _FileState:
             state.last_seq[parts[1].decode("ascii", "replace")] = int(parts[3])
         state.any_lines = state.any_lines or bool(raw.strip())
     state.size += len(data)
+    state.tail = (state.tail + data)[-64:]
     state.ends_with_newline = data.endswith(b"\n")
     _file_states[path] = state
     return state
@@ -551,6 +560,7 @@ class _Transaction:
     db: str
     lock_fd: int | None = None
     pending: tuple[int, str] | None = None  # (seq, hash) of the newest event appended in this transaction
+    anchored_seq: int | None = None  # set when this transaction wrote the database's first checkpoint
 
     def release(self) -> None:
         if self.lock_fd is not None:
@@ -605,6 +615,7 @@ def _begin(session: Session, head: AuditHead, paths: AuditPaths, *, create_for_l
             if head.seq and _last_event_is_keyed(session, head, key):
                 kind = "reanchor"  # keyed events but no checkpoint for them: the file was lost; say so forever
             _append_checkpoint(paths, key, db, kind, head.seq, head.last_hash)
+            txn.anchored_seq = head.seq
         elif last < head.seq:
             _append_checkpoint(paths, key, db, "pin", head.seq, head.last_hash)  # a process died before pinning
     except BaseException:
@@ -696,12 +707,11 @@ def init_key(session: Session, *, paths: AuditPaths | None = None) -> dict[str, 
     paths = paths or audit_paths()
     head = _locked_head(session)
     existed = load_key(paths.key_file) is not None
-    before = _read_state(paths.checkpoint_file).last_seq.get(database_id(session))
     txn = _begin(session, head, paths, create_for_legacy=True)
     session.info[_TXN] = txn  # released when the caller's transaction ends
     assert txn.key is not None  # create_for_legacy: _begin returned a key or raised
     return {"created": not existed, "key_file": str(paths.key_file), "key_id": key_id(txn.key),
-            "anchored_seq": head.seq if before is None else None}
+            "anchored_seq": txn.anchored_seq}
 
 
 # --------------------------------------------------------------------------- verifying
