@@ -229,3 +229,30 @@ def test_run_once_counts_a_check_overrunning_its_timeout_as_unknown(settings, ma
         history = queries.check_history(session, image_id)
     assert [(c["status"], (c["findings"] or [{}])[0].get("category")) for c in history] == [
         ("unknown", "performance"), ("healthy", None)]
+
+
+def test_each_sync_reconciles_abandoned_heals_and_checks_their_images_now(settings, make_image):
+    import socket
+    import subprocess
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    from storage.models import Heal
+
+    image = register_image(make_image(), settings=settings, interval_s=3600)["image"]
+    worker = Worker(load_settings())
+    worker.scheduler = BlockingScheduler(timezone=UTC)
+    worker.sync_jobs()
+    job_id = f"{CHECK_JOB_PREFIX}{image['id']}"
+    later = datetime.now(UTC) + timedelta(hours=1)
+    worker.scheduler.get_job(job_id).modify(next_run_time=later)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with session_scope() as session:  # what a process killed mid-heal leaves behind
+        heal_id = queries.record_heal(session, image_path=image["path"], action="restore_golden", outcome="started",
+                                      image_id=image["id"], detail={"golden_sha256": "0" * 64,
+                                                                    "owner": {"pid": gone.pid, "host": socket.gethostname()}})["id"]
+    worker.sync_jobs()
+    with session_scope(write=False) as session:
+        assert session.get(Heal, heal_id).outcome == "interrupted"
+    assert worker.scheduler.get_job(job_id).next_run_time < later - timedelta(minutes=59)
