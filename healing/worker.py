@@ -467,6 +467,7 @@ class Worker:
         After the signal, running jobs get ``worker.shutdown_grace`` seconds; a check that is still running
         (stuck on a file system, overrunning) is not waited for: ``abandoned_threads`` says how many threads
         are left, and the CLI exits without joining them. A heal cut short is reconciled at the next start."""
+        from apscheduler.events import EVENT_SCHEDULER_START
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.blocking import BlockingScheduler
 
@@ -491,9 +492,10 @@ class Worker:
                 self.scheduler.add_job(guarded(job_id, body), "interval", seconds=seconds, id=job_id, next_run_time=now,
                                        **self._job_options())
             self.add_extra_jobs()
+            # A signal between here and the main loop finds the scheduler not running yet: stop it as it starts.
+            self.scheduler.add_listener(self._stop_if_signalled, EVENT_SCHEDULER_START)
             log.info("worker %s started (home %s)", self.worker_id, self.settings.home)
-            if not self._stopping.is_set():
-                self.scheduler.start()
+            self.scheduler.start()
             # shutdown(wait=False) in the signal handler returned at once; give running jobs a bounded grace.
             deadline = time.monotonic() + self.config.shutdown_grace
             executor.shutdown(wait=False)
@@ -507,6 +509,10 @@ class Worker:
             self.beat("stopped")
             self.lock.release()
         return 0
+
+    def _stop_if_signalled(self, _event: Any) -> None:
+        if self._stopping.is_set():
+            self.scheduler.shutdown(wait=False)
 
     def _wait_for_threads(self, deadline: float) -> int:
         """Wait until the job and check threads end or ``deadline`` passes; returns how many still run."""
