@@ -377,3 +377,21 @@ def _assert_chain_of(url: str, n: int) -> None:
     report = _verify(url)
     assert (report.ok, report.events, report.authenticated) == (True, n, n)
     assert json.loads(json.dumps(report.as_dict()))["ok"] is True
+
+
+def test_checkpoint_state_cache_rereads_a_file_rewritten_in_place(tmp_path: Path) -> None:
+    """Appenders parse only what was appended since they last looked; a file replaced under the same
+    inode (compaction elsewhere reusing the number, or an in-place rewrite) is parsed from the start."""
+    from storage.audit import _read_state
+
+    path = tmp_path / "checkpoints"
+    path.write_bytes(b"v1 aaaaaaaaaaaaaaaa pin 7 h k t m\n")
+    assert _read_state(path).last_seq == {"aaaaaaaaaaaaaaaa": 7}
+    with open(path, "ab") as fh:
+        fh.write(b"v1 aaaaaaaaaaaaaaaa pin 8 h k t m\n")
+    assert _read_state(path).last_seq == {"aaaaaaaaaaaaaaaa": 8}
+    inode = path.stat().st_ino
+    with open(path, "r+b") as fh:  # same inode, different and longer content
+        fh.write(b"v1 bbbbbbbbbbbbbbbb anchor 0 h k t m\nv1 bbbbbbbbbbbbbbbb pin 1 h k t m\nv1 bbbbbbbbbbbbbbbb pin 2 h k t m\n")
+    assert path.stat().st_ino == inode
+    assert _read_state(path).last_seq == {"bbbbbbbbbbbbbbbb": 2}
