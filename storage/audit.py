@@ -564,8 +564,24 @@ class _Transaction:
 
     def release(self) -> None:
         if self.lock_fd is not None:
+            _held.pop(self.lock_fd, None)
             os.close(self.lock_fd)
             self.lock_fd = None
+
+
+# Lock descriptors held by open transactions. A forked child shares their open file description, and
+# with it the flock, until it closes its copy: it does so at once, and forgets the transactions.
+_held: dict[int, _Transaction] = {}
+
+
+def _drop_locks_after_fork() -> None:
+    for fd, txn in list(_held.items()):
+        txn.lock_fd = None
+        os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_after_fork)
 
 
 def _open_lock(paths: AuditPaths) -> int:
@@ -586,6 +602,7 @@ def _begin(session: Session, head: AuditHead, paths: AuditPaths, *, create_for_l
     db = database_id(session)
     fd = _open_lock(paths)
     txn = _Transaction(key=None, paths=paths, db=db, lock_fd=fd)
+    _held[fd] = txn
     try:
         _flock(fd, paths, exclusive=True)
         state = _read_state(paths.checkpoint_file)

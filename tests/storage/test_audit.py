@@ -395,3 +395,26 @@ def test_checkpoint_state_cache_rereads_a_file_rewritten_in_place(tmp_path: Path
         fh.write(b"v1 bbbbbbbbbbbbbbbb anchor 0 h k t m\nv1 bbbbbbbbbbbbbbbb pin 1 h k t m\nv1 bbbbbbbbbbbbbbbb pin 2 h k t m\n")
     assert path.stat().st_ino == inode
     assert _read_state(path).last_seq == {"bbbbbbbbbbbbbbbb": 2}
+
+
+def test_a_forked_child_does_not_keep_the_checkpoint_lock(db_url: str) -> None:
+    """A child forked while a transaction holds the lock closes its copy at once: the parent's commit
+    releases the lock although the child lives on."""
+    import signal
+    import time
+
+    _append(db_url, 1)
+    with session_scope(db_url) as session:
+        append_event(session, "check", "/a", {}, "t")
+        pid = os.fork()
+        if pid == 0:  # the child just waits to be killed
+            time.sleep(60)
+            os._exit(0)
+    try:
+        started = time.monotonic()
+        assert _verify(db_url).summary() == "audit chain intact: 2 events (2 authenticated, 0 legacy), checkpoint at seq 2"
+        _append(db_url, 1)
+        assert time.monotonic() - started < 2.0  # neither waited for the 5 s lock timeout
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
