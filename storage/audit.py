@@ -90,7 +90,7 @@ from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, select
 
 from healing.config import load_settings, mask_secrets
-from healing.errors import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN, SelfHealError
+from healing.errors import EXIT_CRITICAL, EXIT_OK, EXIT_UNKNOWN, ConfigError, SelfHealError
 from healing.safeio import WriteError, describe_oserror, fsync_directory, write_atomic
 from storage.engine import busy_timeout_ms_from_settings, is_write_session
 from storage.models import AuditEvent, AuditHead, utcnow
@@ -222,8 +222,6 @@ def audit_paths(settings: Settings | None = None) -> AuditPaths:
                                       ("SELFHEAL_AUDIT_CHECKPOINT_FILE", "checkpoint_file", "audit/checkpoints")):
         raw = os.environ.get(env_name) or section.get(option) or default
         if not isinstance(raw, str):
-            from healing.errors import ConfigError
-
             raise ConfigError(f"config: audit.{option} must be a path, got {raw!r}")
         path = Path(raw).expanduser()
         paths.append(path if path.is_absolute() else settings.home / path)
@@ -615,6 +613,11 @@ def _begin(session: Session, head: AuditHead, paths: AuditPaths, *, create_for_l
             if head.seq and not create_for_legacy:
                 # A database of legacy events: keep appending legacy events until an operator runs
                 # `selfheal audit init-key` (creating a key here would silently bless whatever the table holds).
+                # A keyed chain seen without its key is a process pointed at the wrong key: refuse.
+                if _last_event_matches(session, head, None) is False:
+                    raise AuditKeyError(
+                        f"audit key missing: {paths.key_file} does not exist but the chain's events are keyed; "
+                        "point this process at the key the other processes use (SELFHEAL_HOME, audit.key_file)")
                 if db not in _warned_unkeyed:
                     _warned_unkeyed.add(db)
                     log.warning("audit events are not authenticated: no audit key at %s; run `selfheal audit init-key`",
@@ -629,7 +632,7 @@ def _begin(session: Session, head: AuditHead, paths: AuditPaths, *, create_for_l
         last = state.last_seq.get(db)
         if last is None:
             kind = "anchor"
-            if head.seq and _last_event_is_keyed(session, head, key):
+            if head.seq and _last_event_matches(session, head, key) is True:
                 kind = "reanchor"  # keyed events but no checkpoint for them: the file was lost; say so forever
             _append_checkpoint(paths, key, db, kind, head.seq, head.last_hash)
             txn.anchored_seq = head.seq
@@ -641,10 +644,13 @@ def _begin(session: Session, head: AuditHead, paths: AuditPaths, *, create_for_l
     return txn
 
 
-def _last_event_is_keyed(session: Session, head: AuditHead, key: bytes) -> bool:
+def _last_event_matches(session: Session, head: AuditHead, key: bytes | None) -> bool | None:
+    """Whether the head's event carries ``key``'s HMAC (key None: a plain legacy sha256); None when it is gone."""
     row = session.exec(select(AuditEvent).where(AuditEvent.seq == head.seq)).first()
-    return row is not None and hmac.compare_digest(
-        row.hash, event_mac(key, row.seq, row.created_at, row.kind, row.subject, row.actor, row.payload, row.prev_hash))
+    if row is None:
+        return None
+    content = (row.seq, row.created_at, row.kind, row.subject, row.actor, row.payload, row.prev_hash)
+    return hmac.compare_digest(row.hash, event_mac(key, *content) if key is not None else event_hash(*content))
 
 
 @sa_event.listens_for(OrmSession, "after_commit")

@@ -418,3 +418,17 @@ def test_a_forked_child_does_not_keep_the_checkpoint_lock(db_url: str) -> None:
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+def test_a_process_without_the_key_does_not_append_to_a_keyed_chain(db_url: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dashboard started with another SELFHEAL_HOME must not write unauthenticated events into the chain."""
+    from storage.audit import AuditKeyError
+
+    _append(db_url, 2)
+    with monkeypatch.context() as other:
+        other.setenv("SELFHEAL_HOME", str(tmp_path / "other-home"))
+        with pytest.raises(AuditKeyError, match="the chain's events are keyed; point this process at the key"):
+            _append(db_url, 1)
+    assert not (tmp_path / "other-home" / "audit" / "key").exists()
+    assert _verify(db_url).summary() == "audit chain intact: 2 events (2 authenticated, 0 legacy), checkpoint at seq 2"
