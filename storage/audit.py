@@ -10,7 +10,7 @@ Public API
       two writers never read the same tail and never share a prev_hash. The event becomes visible
       (and the chain longer) only when the caller's transaction commits; right after that commit
       its (seq, hash) is appended to the checkpoint file.
-  verify_chain(session, *, paths=None) -> ChainReport
+  verify_chain(session, *, batch_size=5000, paths=None) -> ChainReport
       Walks the chain; names every problem found (which seq, what kind). Use a fresh read session
       (session_scope(write=False)): the chain head and the checkpoint file are read together.
   init_key(session, *, paths=None) -> dict   create the key for a database holding only legacy events
@@ -36,7 +36,9 @@ $SELFHEAL_HOME/audit/key. Created 0600 (directory 0700), never through a symlink
 never stored in the database — and only when nothing would have needed an older key: the first
 append to an empty chain with no checkpoint file, or `selfheal audit init-key` on a database of
 legacy events. A missing key with checkpoints present is an error (AuditKeyError, exit 3): a new key
-would "authenticate" whatever the database holds.
+would "authenticate" whatever the database holds. Without key and checkpoints, a database of legacy
+events gets more legacy events (as before keys existed); a keyed chain gets none (AuditKeyError: the
+process was pointed at the wrong key).
 
 The checkpoint file (``audit.checkpoint_file`` / SELFHEAL_AUDIT_CHECKPOINT_FILE, default
 $SELFHEAL_HOME/audit/checkpoints): one line per checkpoint, each authenticated with the key,
@@ -57,10 +59,10 @@ What verify_chain reports (problem codes; the reason names the seq and the event
   relinked     prev_hash differs from the previous event's hash
   reordered    events whose ids run backwards relative to their chain order
   inserted     events beyond the recorded chain head (written around append_event)
-  truncated    the database ends before the last checkpoint
+  truncated    the database ends before the last checkpoint, or checkpoints go backwards (the database
+               was cut back and appended to again)
   wiped        the database holds no events but checkpoints exist
-  checkpoint   the checkpoint file is missing, edited, behind the database, going backwards, or was lost
-               and re-anchored
+  checkpoint   the checkpoint file is missing, edited, behind the database, or was lost and re-anchored
   key          the key file does not match the key the checkpoints were written with (replaced)
   key_missing / key_unreadable   the events cannot be authenticated at all (exit 3, not 2)
 """
@@ -863,10 +865,11 @@ def verify_chain(session: Session, *, batch_size: int = 5000, paths: AuditPaths 
     elif not unkeyed_mode:
         reason = key_problem or f"key missing: {paths.key_file} does not exist"
         reason = f"{reason}: cannot authenticate {events - legacy} events"
-        # Gaps and reordering need no key: they still make the verdict "tampered".
+        problem = "key_unreadable" if key_problem else "key_missing"
+        # Gaps and reordering need no key: they still make the verdict "tampered", the key line follows them.
         if not any(f.problem in ("deleted", "reordered", "inserted") for f in walk.findings):
-            problem = "key_unreadable" if key_problem else "key_missing"
             return ChainReport(False, events, None, problem, reason, None, authenticated, legacy, None, (reason,))
+        walk.add(problem, reason)
     if walk.findings:
         first = walk.findings[0]
         return ChainReport(False, events, first.event_id, first.problem, first.reason, first.seq, authenticated, legacy,

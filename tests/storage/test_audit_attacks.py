@@ -389,3 +389,13 @@ def test_limit_database_key_and_checkpoint_file(db_url: str) -> None:
         resigned.append(f"{text} {hmac.new(key, b'selfheal-audit-checkpoint' + bytes(1) + text.encode(), 'sha256').hexdigest()}\n")
     audit_paths().checkpoint_file.write_text("".join(resigned))
     assert _verify(db_url).ok
+
+
+def test_gaps_are_tampering_even_without_the_key(db_url: str) -> None:
+    _append(db_url, N)
+    delete_a_middle_event(db_url)
+    delete_key_file(db_url)
+    report = _verify(db_url)
+    assert (report.exit_code, report.problem) == (2, "deleted")
+    assert report.findings == ("seq gap 8 (1 event deleted) before event 9 (seq 9)",
+                               f"key missing: {_path('key')} does not exist: cannot authenticate 19 events")
