@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from healing.tuning.canary import free_port
+from storage.migrate import head_revision
 from tests.conftest import subprocess_env
 
 
@@ -64,7 +65,7 @@ def test_launcher_starts_worker_and_dashboard_and_any_stop_signal_stops_both(tmp
         text = out_path.read_text()
         password = (home / "dashboard-password").read_text().strip()
         assert stat.S_IMODE((home / "dashboard-password").stat().st_mode) == 0o600
-        assert "database schema at revision 0002" in text
+        assert f"database schema at revision {head_revision()}" in text
         assert "demo: done;" in text
         assert f"  dashboard: http://127.0.0.1:{port}\n" in text
         assert f"password {password!r} (generated and kept in {home / 'dashboard-password'})" in text
