@@ -34,11 +34,11 @@ commits to the whole legacy chain), not before.
 The key: 32 random bytes, hex, in ``audit.key_file`` (YAML) / SELFHEAL_AUDIT_KEY_FILE, default
 $SELFHEAL_HOME/audit/key. Created 0600 (directory 0700), never through a symlink, never printed,
 never stored in the database — and only when nothing would have needed an older key: the first
-append to an empty chain with no checkpoint file, or `selfheal audit init-key` on a database of
-legacy events. A missing key with checkpoints present is an error (AuditKeyError, exit 3): a new key
-would "authenticate" whatever the database holds. Without key and checkpoints, a database of legacy
-events gets more legacy events (as before keys existed); a keyed chain gets none (AuditKeyError: the
-process was pointed at the wrong key).
+append with no checkpoint file to a chain that is empty or holds only legacy events (an upgraded
+database is anchored there and then), or `selfheal audit init-key`. A missing key with checkpoints
+present is an error (AuditKeyError, exit 3): a new key would "authenticate" whatever the database
+holds. A keyed chain seen without a key gets no events either (AuditKeyError: the process was
+pointed at the wrong key).
 
 The checkpoint file (``audit.checkpoint_file`` / SELFHEAL_AUDIT_CHECKPOINT_FILE, default
 $SELFHEAL_HOME/audit/checkpoints): one line per checkpoint, each authenticated with the key,
@@ -613,23 +613,27 @@ def _begin(session: Session, head: AuditHead, paths: AuditPaths, *, create_for_l
                     f"audit key missing: {paths.key_file} does not exist but {paths.checkpoint_file} holds checkpoints "
                     "written with a key; restore the key (a new one would not authenticate the existing events)")
             if head.seq and not create_for_legacy:
-                # A database of legacy events: keep appending legacy events until an operator runs
-                # `selfheal audit init-key` (creating a key here would silently bless whatever the table holds).
                 # A keyed chain seen without its key is a process pointed at the wrong key: refuse.
-                if _last_event_matches(session, head, None) is False:
+                legacy_head = _last_event_matches(session, head, None)
+                if legacy_head is False:
                     raise AuditKeyError(
                         f"audit key missing: {paths.key_file} does not exist but the chain's events are keyed; "
                         "point this process at the key the other processes use (SELFHEAL_HOME, audit.key_file)")
-                if db not in _warned_unkeyed:
-                    _warned_unkeyed.add(db)
-                    log.warning("audit events are not authenticated: no audit key at %s; run `selfheal audit init-key`",
-                                paths.key_file)
-                txn.release()
-                return txn
+                if legacy_head is None:  # the head's event is gone: leave the evidence to verify, bless nothing
+                    if db not in _warned_unkeyed:
+                        _warned_unkeyed.add(db)
+                        log.warning("audit events are not authenticated: no audit key at %s and the chain head's "
+                                    "event is missing; run `selfheal audit verify`", paths.key_file)
+                    txn.release()
+                    return txn
+                # A database written before keyed events (no key, no checkpoint, a plain sha256 head):
+                # anchor it now, as `selfheal audit init-key` would, so an upgrade is protected from its
+                # first append on. What the table held before is covered by the anchor from here on.
             key = _create_key(paths.key_file)
             if not create_for_legacy:  # `selfheal audit init-key` says so itself
-                log.warning("created audit key %s (key id %s); back it up: without it the audit chain cannot be verified",
-                            paths.key_file, key_id(key))
+                log.warning("created audit key %s (key id %s)%s; back it up: without it the audit chain cannot be "
+                            "verified", paths.key_file, key_id(key),
+                            f", anchoring {head.seq} legacy events" if head.seq else "")
         txn.key = key
         last = state.last_seq.get(db)
         if last is None:

@@ -291,38 +291,47 @@ def test_verify_while_processes_append_is_always_intact(db_url: str) -> None:
     assert seqs == sorted(set(seqs)) and seqs[-1] == 121  # pins strictly increase: appends never interleave
 
 
-def test_legacy_events_stay_verifiable_and_are_anchored(db_url: str) -> None:
-    from storage.audit import init_key
-
+def _legacy_events(db_url: str, count: int) -> None:
+    """A database written before the key existed: ``count`` plain sha256 events."""
     prev = GENESIS_HASH
     with get_engine(db_url).begin() as conn:
-        for seq in range(1, 6):  # a database written before the key existed: plain sha256 events
+        for seq in range(1, count + 1):
             digest = event_hash(seq, T0, "check", "/old", "worker", "{}", prev)
             conn.execute(EVENTS.insert().values(seq=seq, created_at=T0, kind="check", subject="/old", actor="worker",
                                                 payload="{}", prev_hash=prev, hash=digest))
             prev = digest
-        conn.exec_driver_sql(f"UPDATE audit_head SET seq = 5, last_event_id = 5, last_hash = '{prev}'")
+        conn.exec_driver_sql(f"UPDATE audit_head SET seq = {count}, last_event_id = {count}, last_hash = '{prev}'")
+
+
+def test_legacy_events_are_anchored_by_the_first_append_after_an_upgrade(db_url: str) -> None:
+    _legacy_events(db_url, 5)
     assert _verify(db_url).summary() == ("audit chain intact: 5 events (0 authenticated, 5 legacy), "
                                          "not anchored: run `selfheal audit init-key` to authenticate new events")
-    _append(db_url, 1)  # no key: a legacy event, and no key is created behind the operator's back
-    assert not audit_paths().key_file.exists()
-    with session_scope(db_url) as session:
-        result = init_key(session)
-    assert result == {"created": True, "key_file": str(audit_paths().key_file), "key_id": key_id(_key()), "anchored_seq": 6}
-    _append(db_url, 2)
-    report = _verify(db_url)
-    assert report.summary() == "audit chain intact: 8 events (2 authenticated, 6 legacy), checkpoint at seq 8"
-    with session_scope(db_url) as session:
-        assert init_key(session)["anchored_seq"] is None  # idempotent
+    _append(db_url, 1)  # no key and no checkpoint: the upgrade's first append creates the key and anchors seq 5
+    assert audit_paths().key_file.exists()
+    assert _verify(db_url).summary() == "audit chain intact: 6 events (1 authenticated, 5 legacy), checkpoint at seq 6"
 
     # The anchor pins the legacy head: rewriting the legacy prefix (plain sha256, relinked) is caught.
     _sql(db_url, "UPDATE audit_events SET subject = '/forged' WHERE seq = 2")
-    _rehash_plain(db_url, from_seq=2, to_seq=6)
+    _rehash_plain(db_url, from_seq=2, to_seq=5)
     report = _verify(db_url)
     assert report.exit_code == 2
-    assert report.findings[:2] == ("event 6 (seq 6) differs from checkpoint line 1: it was rewritten after being recorded",
-                                   "event 7 (seq 7): prev_hash does not match the hash of event 6 (seq 6): an event was "
+    assert report.findings[:2] == ("event 5 (seq 5) differs from checkpoint line 1: it was rewritten after being recorded",
+                                   "event 6 (seq 6): prev_hash does not match the hash of event 5 (seq 5): an event was "
                                    "rewritten, or events were deleted and renumbered")
+
+
+def test_init_key_anchors_legacy_events_on_demand(db_url: str) -> None:
+    from storage.audit import init_key
+
+    _legacy_events(db_url, 5)
+    with session_scope(db_url) as session:
+        result = init_key(session)
+    assert result == {"created": True, "key_file": str(audit_paths().key_file), "key_id": key_id(_key()), "anchored_seq": 5}
+    _append(db_url, 2)
+    assert _verify(db_url).summary() == "audit chain intact: 7 events (2 authenticated, 5 legacy), checkpoint at seq 7"
+    with session_scope(db_url) as session:
+        assert init_key(session)["anchored_seq"] is None  # idempotent
 
 
 def test_key_path_and_checkpoint_path_are_configurable(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
