@@ -36,6 +36,7 @@ from healing.errors import CorruptedError, InputError, SelfHealError
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ENTROPY_TILE = 16  # pixels per side of one entropy/cluster block (16·16·4 = 1024 bytes)
 CLUSTERS = 4
+DISPLAY_MAX = 1024  # longer side, in pixels, of the picture the edge and Fourier maps are drawn from
 
 
 class UploadRefused(Exception):
@@ -104,42 +105,51 @@ def block_entropy_map(pixels: np.ndarray, tile: int = ENTROPY_TILE) -> np.ndarra
     """Shannon entropy (bits per byte, 0..8) of the RGBA bytes of each ``tile``×``tile`` block.
 
     Along the Hilbert curve a square block of a PixelRTS grid is a contiguous run of the stream, so
-    this is also the entropy of the payload bytes stored there. Edge blocks are cropped.
+    this is also the entropy of the payload bytes stored there. Edge blocks are cropped. Counted by
+    the analysis engine one band of tiles at a time, so memory stays flat whatever the image's size.
     """
-    array = pixels if pixels.ndim == 3 else pixels[:, :, None]
-    height, width, channels = array.shape
+    from healing.analysis import tiled_entropy_map
+
+    height, width = pixels.shape[:2]
     rows, cols = height // tile, width // tile
     if rows == 0 or cols == 0:
         return np.zeros((max(rows, 1), max(cols, 1)))
-    blocks = (array[: rows * tile, : cols * tile]
-              .reshape(rows, tile, cols, tile, channels).transpose(0, 2, 1, 3, 4).reshape(rows * cols, -1))
-    count = blocks.shape[0]
-    offsets = (np.arange(count, dtype=np.int64) * 256)[:, None]
-    hist = np.bincount((blocks.astype(np.int64) + offsets).ravel(), minlength=count * 256).reshape(count, 256)
-    p = hist / float(blocks.shape[1])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = -np.where(p > 0, p * np.log2(p), 0.0).sum(axis=1)
-    return entropy.reshape(rows, cols)
+    return tiled_entropy_map(pixels[: rows * tile, : cols * tile], tile).blocks.reshape(rows, cols)
 
 
-def edge_magnitude(pixels: np.ndarray) -> np.ndarray:
-    """Sobel gradient magnitude of the image's luminance (float, same height and width)."""
+def _display_grey(pixels: np.ndarray, max_size: int) -> np.ndarray:
+    """float32 luminance (mean of R, G, B) of ``pixels`` area-reduced to ``max_size`` on its longer side."""
+    from healing.analysis.imaging import downscale
+
+    small, _ = downscale(pixels, max_size)
+    grey = small.astype(np.float32)
+    return grey[:, :, :3].mean(axis=2) if grey.ndim == 3 else grey
+
+
+def edge_magnitude(pixels: np.ndarray, max_size: int = DISPLAY_MAX) -> np.ndarray:
+    """Sobel gradient magnitude of the luminance, on the picture reduced to ``max_size`` (display only)."""
     import cv2
 
-    grey = pixels.astype(np.float32)
-    if grey.ndim == 3:
-        grey = grey[:, :, :3].mean(axis=2)
+    grey = _display_grey(pixels, max_size)
     gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
     return np.sqrt(gx * gx + gy * gy)
 
 
-def fourier_spectrum(pixels: np.ndarray) -> np.ndarray:
-    """log(1 + |FFT|) of the luminance, zero frequency centred."""
-    grey = pixels.astype(np.float64)
-    if grey.ndim == 3:
-        grey = grey[:, :, :3].mean(axis=2)
-    return np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(grey - grey.mean()))))
+def fourier_spectrum(pixels: np.ndarray, max_size: int = DISPLAY_MAX) -> np.ndarray:
+    """log(1 + |FFT|) of the luminance reduced to ``max_size``, zero frequency centred (display only)."""
+    grey = _display_grey(pixels, max_size)
+    return np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(grey - grey.mean())))).astype(np.float32)
+
+
+def block_means(pixels: np.ndarray, rows: int, cols: int, tile: int = ENTROPY_TILE) -> np.ndarray:
+    """Mean byte value of each of the first ``rows``×``cols`` tiles, one band of tiles at a time."""
+    array = pixels if pixels.ndim == 3 else pixels[:, :, None]
+    means = np.empty((rows, cols))
+    for row in range(rows):
+        band = array[row * tile : (row + 1) * tile, : cols * tile]
+        means[row] = band.reshape(tile, cols, tile, -1).mean(axis=(0, 2, 3))
+    return means
 
 
 def block_clusters(entropy: np.ndarray, pixels: np.ndarray, tile: int = ENTROPY_TILE, k: int = CLUSTERS) -> np.ndarray:
@@ -147,12 +157,18 @@ def block_clusters(entropy: np.ndarray, pixels: np.ndarray, tile: int = ENTROPY_
     from sklearn.cluster import KMeans
 
     rows, cols = entropy.shape
-    array = pixels if pixels.ndim == 3 else pixels[:, :, None]
-    means = array[: rows * tile, : cols * tile].reshape(rows, tile, cols, tile, -1).mean(axis=(1, 3, 4))
+    means = block_means(pixels, rows, cols, tile)
     features = np.column_stack([entropy.ravel() / 8.0, means.ravel() / 255.0])
     k = max(1, min(k, len(np.unique(features, axis=0))))
     labels = KMeans(n_clusters=k, n_init=3, random_state=0).fit_predict(features)
     return labels.reshape(rows, cols)
+
+
+def display_cell(pixels: np.ndarray | None, shown: np.ndarray) -> tuple[float, float]:
+    """(width, height) in image pixels of one value of a map drawn from a reduced picture."""
+    if pixels is None or not shown.size:
+        return 1.0, 1.0
+    return pixels.shape[1] / shown.shape[1], pixels.shape[0] / shown.shape[0]
 
 
 def summarise_maps(maps: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import streamlit as st
 
 from dashboard import charts, exports
 from dashboard.safe import md, rows, value
-from dashboard.upload import ENTROPY_TILE, UploadAnalysis, UploadRefused, analyze_upload
+from dashboard.upload import ENTROPY_TILE, UploadAnalysis, UploadRefused, analyze_upload, display_cell
 from dashboard.views.common import dash_settings, findings_rows, settings, status_label
 
 ENV = settings()
@@ -68,7 +68,9 @@ def draw(result: UploadAnalysis) -> None:
                             key="up-entropy")
         with tabs[2]:
             st.plotly_chart(charts.heatmap_figure(result.maps["edges"], title="Edge magnitude (Sobel)",
-                                                  colorbar_title="gradient", colorscale="Greys"), key="up-edges")
+                                                  colorbar_title="gradient", colorscale="Greys",
+                                                  cell=display_cell(result.pixels, result.maps["edges"])),
+                            key="up-edges")
         with tabs[3]:
             st.plotly_chart(charts.heatmap_figure(result.maps["fourier"], title="Fourier spectrum (log magnitude)",
                                                   colorbar_title="log |F|", colorscale="Magma"), key="up-fourier")

@@ -9,7 +9,7 @@ import streamlit as st
 
 from dashboard import actions, charts, data
 from dashboard.safe import md, rows, text, value
-from dashboard.upload import ENTROPY_TILE, block_entropy_map, edge_magnitude
+from dashboard.upload import ENTROPY_TILE, block_entropy_map, display_cell, edge_magnitude
 from dashboard.views.common import findings_rows, fmt_time, operator, settings, status_label
 
 ENV = settings()
@@ -48,7 +48,8 @@ def draw_overlays(path: str, findings: list[dict[str, Any]]) -> None:
                         key="img-entropy")
     with tabs[2]:
         st.plotly_chart(charts.heatmap_figure(maps["edges"], title="Edge magnitude (Sobel)", colorbar_title="gradient",
-                                              colorscale="Greys"), key="img-edges")
+                                              colorscale="Greys", cell=display_cell(maps["pixels"], maps["edges"])),
+                        key="img-edges")
 
 
 def draw_actions(image: dict[str, Any]) -> None:

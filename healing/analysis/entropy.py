@@ -198,20 +198,20 @@ def tiled_entropy_map(pixels: np.ndarray, tile: int) -> EntropyMap:
     """Entropy of the bytes of square ``tile``×``tile`` tiles of an image without a Hilbert curve.
 
     Used for plain PNGs that are not square powers of two. Edge tiles are cropped to the image. The
-    histograms are counted one band of tiles at a time, so the temporaries stay a few MiB whatever the
-    image's size (a whole-image key array took 8 bytes per byte of the image).
+    histograms are counted and turned into entropies one band of tiles at a time, so the temporaries
+    stay a few MiB whatever the image's size (a whole-image key array took 8 bytes per byte of the
+    image; a whole-image histogram 12 bytes per tile value).
     """
     array = pixels if pixels.ndim == 3 else pixels[:, :, None]
     height, width, channels = array.shape
     rows, cols = -(-height // tile), -(-width // tile)
-    count = rows * cols
-    hist = np.zeros((count, 256), dtype=np.int32)
+    blocks = np.empty(rows * cols, dtype=np.float64)
     column_keys = ((np.arange(width, dtype=np.int32) // tile) * 256)[None, :, None]
     for row in range(rows):
         band = array[row * tile : (row + 1) * tile]
         keys = band + column_keys  # int32: tile column · 256 + byte value
-        hist[row * cols : (row + 1) * cols] = np.bincount(keys.ravel(), minlength=cols * 256).reshape(cols, 256)
-    blocks = entropy_from_histograms(hist)
+        hist = np.bincount(keys.ravel(), minlength=cols * 256).reshape(cols, 256)
+        blocks[row * cols : (row + 1) * cols] = entropy_from_histograms(hist)  # per band: no whole-image histogram
     emap = EntropyMap(blocks=blocks, image=blocks.astype(np.float32).reshape(rows, cols),
                       block_size=tile * tile * channels, cell=tile, grid_size=None, tile=tile)
     emap.stats = _stats(blocks)

@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 
 from dashboard.upload import (
+    DISPLAY_MAX,
     UploadRefused,
     analyze_upload,
     block_entropy_map,
+    block_means,
+    display_cell,
+    edge_magnitude,
+    fourier_spectrum,
     safe_filename,
 )
 from healing.config import load_settings
@@ -132,6 +137,27 @@ def test_block_entropy_map_values() -> None:
     assert entropy.shape == (2, 2)
     assert entropy[0, 0] == 0.0 and entropy[1, 1] == 0.0
     assert entropy[0, 1] == pytest.approx(8.0)
+
+
+def test_display_maps_are_drawn_from_a_bounded_picture() -> None:
+    """A 4096² upload: edge and Fourier maps come from the 1024² area-reduced picture (the full-size
+    float maps took 1.3 GB), and the axes still read in image pixels."""
+    pixels = np.zeros((4096, 4096, 4), dtype=np.uint8)
+    pixels[:, 2048:, :3] = 255  # one vertical edge in the middle
+    edges = edge_magnitude(pixels)
+    assert edges.shape == (DISPLAY_MAX, DISPLAY_MAX) and edges.dtype == np.float32
+    assert np.flatnonzero(edges.max(axis=0)).tolist() == [511, 512]  # the edge, at x 2048 / 4
+    assert fourier_spectrum(pixels).shape == (DISPLAY_MAX, DISPLAY_MAX)
+    assert display_cell(pixels, edges) == (4.0, 4.0)
+    small = np.zeros((40, 24, 4), dtype=np.uint8)
+    assert edge_magnitude(small).shape == (40, 24) and display_cell(small, edge_magnitude(small)) == (1.0, 1.0)
+
+
+def test_block_means_match_a_whole_image_mean() -> None:
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (70, 50, 4), dtype=np.uint8)  # edge tiles cropped: 4 × 3 tiles of 16²
+    expected = pixels[:64, :48].reshape(4, 16, 3, 16, 4).mean(axis=(1, 3, 4))
+    assert np.allclose(block_means(pixels, 4, 3), expected)
 
 
 def test_safe_filename() -> None:
