@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from healing.errors import EXIT_OK, EXIT_UNKNOWN, SelfHealError
+from healing.procs import pid_alive
 
 PID_NAME = "worker.pid"
 LOG_NAME = "worker.log"
@@ -79,27 +80,12 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    """True for a live (non-zombie) process; a zombie has exited, whoever reaps it."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def _is_worker(pid: int) -> bool:
     """Guard against pid reuse: the process must be a selfheal worker (where /proc tells)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return _alive(pid)
+        return pid_alive(pid)
     return b"worker" in argv and any(b"healing" in a or b"selfheal" in a for a in argv)
 
 
@@ -124,7 +110,7 @@ def _running(beat: dict[str, Any] | None) -> bool:
         return False
     import socket
 
-    return beat["host"] != socket.gethostname() or _alive(int(beat["pid"]))
+    return beat["host"] != socket.gethostname() or pid_alive(int(beat["pid"]))
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -139,7 +125,7 @@ def _start(home: Path, timeout: float) -> int:
     home.mkdir(parents=True, exist_ok=True)
     pid_file, log_file = home / PID_NAME, home / LOG_NAME
     pid = _read_pid(pid_file)
-    if pid is not None and _alive(pid) and _is_worker(pid):
+    if pid is not None and pid_alive(pid) and _is_worker(pid):
         print(f"worker already running (pid {pid})")
         return EXIT_OK
     upgrade()
@@ -190,15 +176,15 @@ def _stop(home: Path, timeout: float) -> int:
         beat = _heartbeat()
         if _running(beat) and beat is not None and beat["host"] == socket.gethostname():
             pid = int(beat["pid"])
-    if pid is None or not _alive(pid) or not _is_worker(pid):
+    if pid is None or not pid_alive(pid) or not _is_worker(pid):
         pid_file.unlink(missing_ok=True)
         print("worker not running")
         return EXIT_OK
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    forced = _alive(pid)
+    forced = pid_alive(pid)
     if forced:
         os.kill(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from healing.errors import InputError
+from healing.procs import pid_alive
 from healing.safeio import WriteError, describe_oserror, fsync_directory, open_regular, read_regular
 
 _BUF = 1 << 20
@@ -121,16 +122,6 @@ def atomic_write_bytes(target: Path, data: bytes, *, mode: int) -> None:
     _atomic_write(target, [data], mode)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_stale_temp(entry: Path) -> bool:
     """True for one of our temporary files whose writer is gone (killed process, or none in flight here)."""
     if not entry.name.startswith(TMP_MARK):
@@ -142,7 +133,7 @@ def is_stale_temp(entry: Path) -> bool:
     if pid == os.getpid():
         with _live_lock:
             return str(entry) not in _live_temps
-    return not _pid_alive(pid)
+    return not pid_alive(pid)
 
 
 def remove_stale_temp_files(directory: Path) -> list[str]:

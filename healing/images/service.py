@@ -36,6 +36,7 @@ from healing.images.actions import HealingAction, action_name, run_action
 from healing.images.golden import GoldenStore, sha256_file
 from healing.images.integrity import HealthStatus, finding, iso_now
 from healing.images.registry import golden_ref, load_baseline, normalise_path
+from healing.procs import pid_alive
 from healing.safeio import describe_oserror, kind_of
 
 log = logging.getLogger("selfheal.images")
@@ -684,13 +685,7 @@ def _owner_gone(row: dict[str, Any]) -> bool:
         return not owner  # another host's heal may be in progress until it is stale
     if owner["pid"] == os.getpid():
         return True  # ours, and the caller holds the image lock: not in flight
-    try:
-        os.kill(owner["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not pid_alive(owner["pid"])
 
 
 def _first_description(data: dict[str, Any]) -> str:
