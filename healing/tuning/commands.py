@@ -1,9 +1,13 @@
-"""CLI commands of config tuning: ``tune observe`` and ``simulate vllm``.
+"""CLI commands of config tuning: ``tune observe``, ``tune replay`` and ``simulate vllm``.
 
 ``selfheal tune observe LOGFILE [--json] [--current PARAM=VALUE]...`` reads a vLLM log and prints one
 element per failure (DESIGN.md §4). Exit status: 0 whenever the log could be read — finding events is
 the normal result of this command, not an error (the events themselves carry ``escalate``); 3 when the
 file cannot be read; 64 on a usage error (e.g. a malformed ``--current``).
+
+``selfheal tune replay DIR [--json] [--baseline FILE] [--case GLOB]`` scores the Observer on labelled
+logs (healing/tuning/replay.py): exit 0 all pass, 1 a case fails (with ``--baseline``: a case regresses),
+3 bad input.
 
 ``selfheal simulate vllm [vLLM flags]`` runs the vLLM simulator (healing/tuning/simulator.py).
 """
@@ -35,6 +39,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="running value, e.g. vllm.gpu_memory_utilization=0.6 (repeatable; default: the log, then vLLM defaults)")
     p.add_argument("--gpu-total-gib", type=float, metavar="GIB", help="GPU size when the log does not print it")
     p.set_defaults(func=cmd_observe)
+    r = tsub.add_parser("replay", help="score the Observer on labelled logs (X.log + X.expected.json)",
+                        description="Run the Observer over every labelled log X.log + X.expected.json in DIR "
+                                    "(tests/tuning/replay/README.md) and print one row per case and the totals. "
+                                    "Default mode: exit 1 when any case fails. With --baseline: exit 1 only "
+                                    "when a case that passed in the baseline fails now (a regression). "
+                                    "Exit 0 otherwise, 3 on bad input (missing DIR or label, invalid label, "
+                                    "a symlink or FIFO in DIR), 64 usage error. The Observer runs with the "
+                                    "default tuning settings (the labels assume the default bounds).")
+    r.add_argument("dir", metavar="DIR")
+    r.add_argument("--json", action="store_true", help="print one JSON object (cases, totals, exit_code)")
+    r.add_argument("--baseline", metavar="FILE",
+                   help="a previous `tune replay --json` output: fail only on regressions against it, show both verdicts")
+    r.add_argument("--case", action="append", default=[], metavar="GLOB",
+                   help="run only the cases whose id matches GLOB (repeatable), e.g. 'mamba_*'")
+    r.set_defaults(func=cmd_replay)
     register_tune_actions(tsub)
 
     sim = sub.add_parser("simulate", help="run a simulated service (vLLM) for demos and canary tests")
@@ -82,6 +101,18 @@ def cmd_observe(args: argparse.Namespace) -> int:
         print(f"{e.line:>6}  {e.event_class:<36} {action:<44} {e.version or '-'}")
         print(f"        {e.reason}")
     return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from healing.tuning.replay import report_json, run_replay, table_lines
+
+    report = run_replay(args.dir, patterns=args.case, baseline=args.baseline)
+    if args.json:
+        json.dump(report_json(report), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        print("\n".join(table_lines(report)))
+    return report.exit_code
 
 
 def cmd_simulate_vllm(args: argparse.Namespace) -> int:
