@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("dir", metavar="DIR")
     r.add_argument("--json", action="store_true", help="print one JSON object (cases, totals, exit_code)")
     r.add_argument("--baseline", metavar="FILE",
-                   help="a previous `tune replay --json` output: fail only on regressions against it, show both verdicts")
+                   help="a previous `tune replay --json` output: exit 1 only for cases that passed there and fail now "
+                        "(a case the baseline lacks is never a regression); both verdicts are shown")
     r.add_argument("--case", action="append", default=[], metavar="GLOB",
                    help="run only the cases whose id matches GLOB (repeatable), e.g. 'mamba_*'")
     r.set_defaults(func=cmd_replay)

@@ -213,7 +213,10 @@ def load_cases(directory: str | os.PathLike[str], patterns: Sequence[str] = ()) 
     except OSError as exc:
         raise InputError(f"{folder}: cannot read ({exc.strerror or exc})") from None
     for entry in entries:
-        mode = entry.stat(follow_symlinks=False).st_mode
+        try:
+            mode = entry.stat(follow_symlinks=False).st_mode
+        except OSError as exc:  # removed or made unreadable while we list the folder
+            raise InputError(f"{Path(entry.path)}: cannot read ({exc.strerror or exc})") from None
         if stat.S_ISDIR(mode):
             continue
         if not stat.S_ISREG(mode):  # a symlink could point anywhere; a FIFO would block the read

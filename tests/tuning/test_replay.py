@@ -141,6 +141,7 @@ def test_baseline_fails_only_on_regressions(corpus: Path, tmp_path: Path, capsys
     ("invalid_json", "{dir}/a_pass.expected.json: not valid JSON (line 1 column 2: Expecting property name enclosed in double quotes)"),
     ("lacks_escalate", "{dir}/a_pass.expected.json: missing field expected[0].'escalate'"),
     ("lacks_vendor", "{dir}/a_pass.expected.json: missing field 'vendor'"),
+    ("escalate_not_bool", "{dir}/a_pass.expected.json: field expected[0].'escalate' has the wrong type (str)"),
     ("bad_range", "{dir}/a_pass.expected.json: field expected[0].'fix'['vllm.max_num_seqs'] must be [min, max] with min <= max"),
     ("fifo", "{dir}/x.log: is a FIFO, not a regular file (refused)"),
     ("symlink", "{dir}/link.log: is a symbolic link, not a regular file (refused)"),
@@ -157,6 +158,8 @@ def test_bad_input_exits_3(corpus: Path, capsys: pytest.CaptureFixture[str], dam
         doc = label([])
         del doc["vendor"]
         label_path.write_text(json.dumps(doc))
+    elif damage == "escalate_not_bool":
+        label_path.write_text(json.dumps(label([{**sampler(None), "escalate": "yes"}])))
     elif damage == "bad_range":
         label_path.write_text(json.dumps(label([sampler({SEQS: [16, 2]})])))
     elif damage == "fifo":
@@ -168,6 +171,17 @@ def test_bad_input_exits_3(corpus: Path, capsys: pytest.CaptureFixture[str], dam
     assert rc == 3
     assert err == f"selfheal: {expected}\n"
     assert json.loads(out) == {"error": expected, "exit_code": 3}
+
+
+def test_baseline_that_is_not_a_replay_output_exits_3(corpus: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"case": "a_pass"}]))
+    assert replay(capsys, str(corpus), "--baseline", str(bad)) == (
+        3, "", f"selfheal: {bad}: not a `selfheal tune replay --json` output (needs cases[].case and .verdict)\n")
+    bad.write_text(json.dumps({"cases": [{"case": "a_pass", "verdict": "ok"}]}))
+    assert replay(capsys, str(corpus), "--baseline", str(bad)) == (
+        3, "", f"selfheal: {bad}: a baseline verdict is neither 'pass' nor 'fail'\n")
 
 
 def test_folder_itself_missing_or_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
