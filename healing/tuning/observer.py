@@ -55,6 +55,7 @@ from healing.tuning.actuators import (
     to_decimal,
     vllm_defaults,
 )
+from healing.tuning.catalogue import Entry, catalogue, default_gmu, version_tuple
 
 SUBSYSTEM = "vllm"
 MAX_LINE_CHARS = 8192  # longer lines are cut: no vLLM message is longer, and garbage must stay cheap
@@ -72,8 +73,23 @@ TORCH_OOM = "cuda_oom_torch"
 GRAPH_OOM = "cuda_error_oom_graph_capture"
 PREEMPTION = "kv_cache_preemption"
 PROFILING_ERROR = "memory_profiling_error"
+# Issue 11's families, named in the same style (catalogue.yaml, INVENTORY.md §2/§4).
+EXTERNAL_WEIGHTS = "external_weights_exceed_budget"
+MAMBA_BLOCKS = "mamba_cache_blocks_below_max_num_seqs"
+BATCHED_BELOW_LEN = "batched_tokens_below_max_model_len"
+BATCHED_BELOW_SEQS = "batched_tokens_below_max_num_seqs"
+AUTO_FIT = "auto_fit_max_model_len_failed"
+WEIGHTS_OOM = "model_weights_oom"
+CPU_STARTUP_FREE_MEMORY = "cpu_startup_free_memory_below_request"
+CPU_KV_EXCEEDS = "cpu_kv_cache_exceeds_available"
+CPU_KV_NO_MEMORY = "cpu_kv_cache_no_memory"
+HIP_OOM = "hip_oom_torch"
+XPU_OOM = "xpu_oom_torch"
+NCCL_OOM = "nccl_oom"
 EVENT_CLASSES = (STARTUP_FREE_MEMORY, KV_NO_MEMORY, KV_MAX_LEN, KV_ONE_REQUEST, SAMPLER_OOM, TORCH_OOM,
-                 GRAPH_OOM, PREEMPTION, PROFILING_ERROR)
+                 GRAPH_OOM, PREEMPTION, PROFILING_ERROR, EXTERNAL_WEIGHTS, MAMBA_BLOCKS, BATCHED_BELOW_LEN,
+                 BATCHED_BELOW_SEQS, AUTO_FIT, WEIGHTS_OOM, CPU_STARTUP_FREE_MEMORY, CPU_KV_EXCEEDS, CPU_KV_NO_MEMORY,
+                 HIP_OOM, XPU_OOM, NCCL_OOM)
 
 
 # --------------------------------------------------------------------------- events
@@ -113,7 +129,8 @@ class ObserverEvent:
 
 # --------------------------------------------------------------------------- prefixes
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# colour codes as sent (ESC), as pasted without the ESC ("[0;36m") and as syslog/CloudWatch escape it ("#033[1;36m")
+_ANSI = re.compile(r"(?:\x1b|#033)\[[0-9;?]*[A-Za-z]|\[(?:\d{1,3};)*\d{1,3}m")
 _P_DOCKER = re.compile(r"^[A-Za-z0-9][\w.-]*[-_]\d+\s+\|\s?")
 _P_ISO = re.compile(r"^\[?(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2})(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?\]?\s+")
 _P_PROC = re.compile(r"^\((?P<name>[A-Za-z_][\w.-]*)(?P<attrs>(?:[ ,]+\w+=[^,)\s]*)+)\)\s?")
@@ -217,44 +234,15 @@ def iter_binary_lines(stream: BinaryIO, max_chars: int = MAX_LINE_CHARS) -> Iter
 _NUM = r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?"
 _INT_SEP = r"\d[\d,]*"
 
-_RE_A = re.compile(r"No available memory for the cache blocks\.(?P<cpu>\s*Try increasing `gpu_memory_utilization` when initializing the engine \(this flag)?")
-_RE_B = re.compile(
-    r"The model's max seq len \((?P<mml>\d+)\) is larger than the maximum number of tokens that can be stored "
-    r"in KV cache \((?P<tokens>\d+)\)")
-_RE_C = re.compile(
-    r"To serve at least one request with the model(?P<typo>s?)'s max seq len \((?P<mml>" + _INT_SEP + r")\),\s*"
-    r"\((?P<needed>" + _NUM + r") GiB KV cache is needed, which is larger than the available KV cache memory "
-    r"\((?P<avail>" + _NUM + r") GiB\)\.(?P<based>\s*Based on the available memory,)?"
-    r"(?:\s*the estimated maximum model length is (?P<est>" + _INT_SEP + r")\.)?")
-_RE_D = re.compile(
-    r"Free memory on device(?: (?P<device>[\w.:-]+))? \((?P<free>" + _NUM + r")/(?P<total>" + _NUM + r") GiB\) "
-    r"on startup is less than (?:desired GPU memory utilization|the engine's budget after excluding external "
-    r"process's weights(?P<external>)) \((?P<gmu>" + _NUM + r"), (?P<req>" + _NUM + r") GiB\)")
-_RE_E = re.compile(r"CUDA out of memory occurred when warming up (?P<what>sampler|pooler) with (?P<n>\d+) dummy requests")
-_RE_F = re.compile(
-    r"Sequence group (?P<id>\S+) is preempted by (?P<mode>\S+) mode because there is not enough KV cache space\."
-    r"(?:.*?total_num_cumulative_preemption=(?P<n>\d+))?")
-_RE_G = re.compile(
-    r"Error in memory profiling\.(?: Initial free memory (?P<init>" + _NUM + r")(?P<u1> GiB)?, "
-    r"current free memory (?P<cur>" + _NUM + r")(?P<u2> GiB)?\.)?(?P<cont> This happens when other processes)?")
+# Failure patterns live in the catalogue (vllm_catalogue/catalogue.yaml); the torch OOM's tail is parsed here.
 _UNIT = r"(?:[KMGT]iB|bytes?|B)"
-_RE_TORCH = re.compile(
-    r"CUDA out of memory\. Tried to allocate (?P<tried>" + _NUM + r") ?(?P<tu>" + _UNIT + r")[.;]?\s*"
-    r"(?:GPU (?P<gpu>\d+) has a total capac(?:i)?ty of (?P<total>" + _NUM + r") ?(?P<totu>" + _UNIT + r") of which "
-    r"(?P<free>" + _NUM + r") ?(?P<fu>" + _UNIT + r") is free\.(?P<rest>.*)"
-    r"|\(GPU (?P<gpu_old>\d+); (?P<total_old>" + _NUM + r") ?(?P<totu_old>" + _UNIT + r") total capacity;"
-    r"(?P<rest_old>.*))?")
 _RE_TORCH_THIS = re.compile(r"this process has (?P<p>" + _NUM + r") ?(?P<u>" + _UNIT + r") memory in use")
 _RE_TORCH_PROC = re.compile(r"Process (?P<pid>\d+) has (?P<p>" + _NUM + r") ?(?P<u>" + _UNIT + r") memory in use")
 _RE_TORCH_OLD_FREE = re.compile(r"(?P<f>" + _NUM + r") ?(?P<u>" + _UNIT + r") free")
-_RE_CUDA_ERROR_OOM = re.compile(r"CUDA error: out of memory")
-_RE_I = re.compile(r"GPU memory utilization must be less than 1\.0\. Got (?P<gmu>" + _NUM + r")")
-_RE_J = re.compile(
-    r"User-specified max_model_len \((?P<n>\d+)\) is greater than the derived max_model_len "
-    r"\((?P<key>\w+)=(?P<derived>" + _NUM + r")")
 
 # Informational (§2) and context lines.
-_RE_BLOCKS = re.compile(r"# GPU blocks: (?P<gpu>\d+), # CPU blocks: (?P<cpu>\d+)")
+# V0 prints the platform's device name: "# cuda blocks: N" (0.10.2 executor_base.py:114), older "# GPU blocks: N"
+_RE_BLOCKS = re.compile(r"# (?P<dev>\w+) blocks: (?P<gpu>\d+), # CPU blocks: (?P<cpu>\d+)")
 _RE_CONCURRENCY = re.compile(r"Maximum concurrency for (?P<len>" + _INT_SEP + r") tokens per request: (?P<x>" + _NUM + r")x")
 _RE_KV_SIZE = re.compile(r"(?P<pool>\w+) KV cache size: (?P<tokens>" + _INT_SEP + r") tokens")
 _RE_AVAILABLE = re.compile(r"Available KV cache memory: (?P<gib>" + _NUM + r") GiB")
@@ -268,9 +256,6 @@ _RE_PROFILE_PARTS = re.compile(
 _RE_MODEL_LOADING = re.compile(r"Model loading took (?P<gib>" + _NUM + r") GiB")
 _RE_GRAPH_DONE = re.compile(r"Graph capturing finished in (?P<s>" + _NUM + r") secs?, took (?P<gib>" + _NUM + r") GiB")
 _RE_GRAPH_START = re.compile(r"CUDA graphs can take additional|Capturing cudagraphs? for|Capturing CUDA graph", re.I)
-_RE_STATS = re.compile(
-    r"Running: (?P<run>\d+) reqs, (?:Swapped: \d+ reqs, )?(?:Pending|Waiting): (?P<wait>\d+) reqs, "
-    r"GPU KV cache usage: (?P<kv>" + _NUM + r")%")
 _RE_THROUGHPUT = re.compile(
     r"Avg prompt throughput: (?P<p>" + _NUM + r") tokens/s, Avg generation throughput: (?P<g>" + _NUM + r") tokens/s")
 _RE_NON_DEFAULT = re.compile(r"non-default args: \{(?P<body>.*)\}")
@@ -279,18 +264,14 @@ _RE_CONFIG_LEN = re.compile(r"(?:with config: .*?\bmax_seq_len=(?P<a>\d+)|Using 
 _RE_VERSION = re.compile(
     r"vLLM API server version (?P<a>v?\d+\.\d+[\w.+-]*)|LLM engine \(v(?P<b>\d+\.\d+[\w.+-]*)\)"
     r"|\bvLLM(?: version)? v?(?P<c>\d+\.\d+\.\d+[\w.+-]*)|\bversion (?P<d>\d+\.\d+\.\d+[\w.+-]*)")
-_RE_BANNER = re.compile(r"vLLM API server version|Initializing an? (?:V1 )?LLM engine|Starting vLLM API server|vLLM server version")
+# A run starts at the API server's version line, 0.17+'s logo row carrying "version X", or the plain
+# banner; the engine's "Initializing … LLM engine" starts one only after a failure (offline LLM() restarts).
+_RE_START = re.compile(r"vLLM API server version|vLLM server version|Starting vLLM API server|[█▄▀][█▄▀ ]*\s+version\s+v?\d")
+_RE_ENGINE_INIT = re.compile(r"Initializing an? (?:V\d )?LLM engine")
 _RE_TRACEBACK = re.compile(r"^Traceback \(most recent call last\)")
 _RE_FRAME = re.compile(r'^\s*File "(?P<file>[^"]*)", line \d+, in (?P<func>\S+)')
 _RE_SOURCE = re.compile(r"^\s*(?:raise\b|assert\b|f?[\"']|\w+\s*=\s*f?[\"'])")
 _GRAPH_WORDS = ("capture_model", "cudagraph", "cuda_graph", "graph_capture", "CUDAGraph", "torch.cuda.graph", "_capture")
-
-# keyword → patterns tried; keeps the per-line cost low on huge logs
-_FAILURE_KEYWORDS = (
-    "No available memory", "max seq len", "Free memory on device", "CUDA out of memory", "preempted by",
-    "Error in memory profiling", "CUDA error: out of memory", "GPU memory utilization must be", "User-specified max_model_len",
-)
-
 
 def _gib(value: str, unit: str | None) -> Decimal:
     v = Decimal(value)
@@ -334,6 +315,15 @@ class _Candidate:
 
 
 @dataclass
+class _Episode:
+    """Soft signals of one kind: the recent ones (for the rate) and whether an event already covers them."""
+
+    signals: deque[tuple[float | None, int]] = field(default_factory=deque)
+    reported: bool = False
+    last: tuple[float | None, int] | None = None
+
+
+@dataclass
 class _Run:
     emitted: set[str] = field(default_factory=set)
     pending: list[_Candidate] = field(default_factory=list)
@@ -341,17 +331,18 @@ class _Run:
     ctx_lines: dict[str, tuple[int, str]] = field(default_factory=dict)
     log_config: dict[str, Decimal] = field(default_factory=dict)
     graph_capture: bool = False
-    preemptions: deque[tuple[float | None, int]] = field(default_factory=deque)
-    pressure: deque[tuple[float | None, int]] = field(default_factory=deque)
+    episodes: dict[str, _Episode] = field(default_factory=dict)
     active: bool = False
 
 
 class Observer:
-    """Streaming log observer. ``feed(lines)`` returns the events decided so far, ``finish()`` the rest.
+    """Streaming log observer over the message catalogue. ``feed(lines)`` returns the events decided so
+    far, ``finish()`` the rest.
 
     ``current`` holds the running values (dotted or short names, e.g. from ``--current``); numbers the
     failing message prints itself win over it, log context (``non-default args``) and vLLM's defaults
-    fill the gaps. ``gpu_total_gib`` is used when the log never prints the card's size.
+    (version-aware, catalogue ``defaults``) fill the gaps. ``gpu_total_gib`` is used when the log never
+    prints the card's size.
     """
 
     def __init__(self, settings: TuningSettings | None = None, *, current: Mapping[str, float | int | str | Decimal] | None = None,
@@ -363,22 +354,32 @@ class Observer:
             self.current[canonical_param(name)] = to_decimal(value)
         self.gpu_total_gib = to_decimal(gpu_total_gib) if gpu_total_gib is not None else None
         self.version: str | None = None
+        self.min_version: str | None = None  # proved by a version hint when no banner was logged
         self.telemetry: dict[str, int | float] = {}
+        self.catalogue = catalogue()
+        self._entries = [e for e in self.catalogue.entries]
         self._run = _Run()
         self._buffer: deque[LogLine] = deque()
         self._line_no = 0
         self._frames: list[str] = []
         self._prev_frame = False
+        self._prev_text = ""
         self._out: list[ObserverEvent] = []
 
     # ----------------------------------------------------------------- streaming API
     def feed(self, lines: Iterable[str]) -> list[ObserverEvent]:
         for raw in lines:
             self._line_no += 1
-            text, ts, pid, had = strip_prefixes(clean_line(raw))
-            self._buffer.append(LogLine(self._line_no, text, ts, pid, had))
-            while len(self._buffer) > LOOKAHEAD:
-                self._process(self._buffer.popleft())
+            self._push(self._line_no, raw)
+        return self._drain()
+
+    def feed_numbered(self, lines: Iterable[tuple[int, str]]) -> list[ObserverEvent]:
+        """Lines with their 1-based numbers in the file; a jump in the numbers is a gap (prefiltered lines)."""
+        for number, raw in lines:
+            if number != self._line_no + 1:
+                self._gap()
+            self._line_no = number
+            self._push(number, raw)
         return self._drain()
 
     def finish(self) -> list[ObserverEvent]:
@@ -387,19 +388,42 @@ class Observer:
         self._flush_pending(force=True)
         return self._drain()
 
+    def _push(self, number: int, raw: str) -> None:
+        text, ts, pid, had = strip_prefixes(clean_line(raw))
+        self._buffer.append(LogLine(number, text, ts, pid, had))
+        while len(self._buffer) > LOOKAHEAD:
+            self._process(self._buffer.popleft())
+
+    def _gap(self) -> None:
+        # skipped lines separate what surrounds them: no message continues across a gap
+        while self._buffer:
+            self._process(self._buffer.popleft())
+        self._prev_text = ""
+        self._prev_frame = False
+
     def _drain(self) -> list[ObserverEvent]:
         out, self._out = self._out, []
         return out
 
     # ----------------------------------------------------------------- per line
-    def _window(self, line: LogLine) -> str:
-        parts = [line.text]
+    def _continuations(self) -> list[LogLine]:
+        out: list[LogLine] = []
         for nxt in list(self._buffer)[:LOOKAHEAD]:
             # only unprefixed, non-structural lines continue a message (hard-wrapped output)
             if nxt.prefixed or not nxt.text.strip() or _RE_FRAME.match(nxt.text) or _RE_TRACEBACK.match(nxt.text):
                 break
-            parts.append(nxt.text.strip())
-        return " ".join(parts)
+            out.append(nxt)
+        return out
+
+    def _windows(self, line: LogLine) -> tuple[str, ...]:
+        """The line with its hard-wrapped continuation: joined at a word break, and (a terminal that
+        wraps at its width cuts words too) joined without a space."""
+        cont = self._continuations()
+        if not cont:
+            return (line.text,)
+        spaced = " ".join([line.text.rstrip()] + [c.text.strip() for c in cont])
+        tight = line.text.rstrip() + "".join(c.text.strip() for c in cont)
+        return (spaced, tight)
 
     def _process(self, line: LogLine) -> None:
         text = line.text
@@ -415,17 +439,24 @@ class Observer:
         elif source and self._frames:
             self._frames.append(text)
 
-        if "LLM" in text or "engine (v" in text:  # start banners and version lines all name vLLM / the engine
-            if self._run.active and _RE_BANNER.search(text):
-                self._flush_pending(force=True)
-                self._run = _Run()
+        if "ersion" in text or "LLM engine" in text or "engine (v" in text:
+            if _RE_START.search(text) or (self._run.active and _RE_ENGINE_INIT.search(text)):
+                self._new_run()
             vm = _RE_VERSION.search(text)
-            if vm and ("vllm" in text.lower() or "engine (v" in text):
+            if vm and ("vllm" in text.lower() or "engine (v" in text or "version" in text):
                 self.version = next(g for g in vm.groups() if g).lstrip("v")
+        for hint, minimum in self.catalogue.version_hints:
+            if hint in text and (self.min_version is None or version_tuple(minimum) > version_tuple(self.min_version)):
+                self.min_version = minimum
 
         self._context(line)
-        if any(k in text for k in _FAILURE_KEYWORDS):
-            self._failures(line, self._window(line), strong=not source)
+        self._match_catalogue(line, strong=not source)
+        if text.strip():
+            self._prev_text = text
+
+    def _new_run(self) -> None:
+        self._flush_pending(force=True)
+        self._run = _Run()
 
     def _remember(self, key: str, value: Decimal, line: LogLine) -> None:
         self._run.ctx[key] = value
@@ -443,18 +474,12 @@ class Observer:
             if m := _RE_KV_SIZE.search(text):
                 tel["kv_cache_tokens"] = _int(m["tokens"])
                 self._remember("kv_tokens", Decimal(_int(m["tokens"])), line)
-            if "Running:" in text and (m := _RE_STATS.search(text)):
-                kv = Decimal(m["kv"])
-                tel.update(running_reqs=int(m["run"]), waiting_reqs=int(m["wait"]), kv_cache_usage_percent=_num(kv))
-                if tm := _RE_THROUGHPUT.search(text):
-                    tel.update(prompt_throughput=_num(Decimal(tm["p"])), generation_throughput=_num(Decimal(tm["g"])))
-                if int(m["wait"]) > 0 and kv >= self.obs.kv_pressure_percent:
-                    self._soft_signal(run.pressure, line, "stats",
-                                      {"kv_cache_usage_percent": kv, "waiting_reqs": Decimal(m["wait"])})
+            if "Avg prompt" in text and (tm := _RE_THROUGHPUT.search(text)):
+                tel.update(prompt_throughput=_num(Decimal(tm["p"])), generation_throughput=_num(Decimal(tm["g"])))
         if "Maximum concurrency" in text and (m := _RE_CONCURRENCY.search(text)):
             tel["max_concurrency"] = _num(Decimal(m["x"]))
             tel["max_concurrency_len"] = _int(m["len"])
-        if "GPU blocks" in text and (m := _RE_BLOCKS.search(text)):
+        if " blocks: " in text and (m := _RE_BLOCKS.search(text)):
             tel["gpu_blocks"] = int(m["gpu"])
             tel["cpu_blocks"] = int(m["cpu"])
             self._remember("gpu_blocks", Decimal(m["gpu"]), line)
@@ -479,64 +504,67 @@ class Observer:
             if m := _RE_GRAPH_DONE.search(text):
                 run.graph_capture = False
                 tel["graph_capture_gib"] = _num(Decimal(m["gib"]))
-        if "non-default args" in text and (m := _RE_NON_DEFAULT.search(text)):
-            for am in _RE_ARG.finditer(m["body"]):
-                run.log_config[canonical_param(am["k"])] = Decimal(am["v"])
+        if "non-default args" in text and (m := _RE_NON_DEFAULT.search(" ".join(self._windows(line)[:1]))):
+            if run.active:  # new arguments after a failure: the next start of the service
+                self._new_run()
+                run = self._run
+            # the dict may be hard-wrapped mid-key by a terminal ('max_mod' / 'l_len': 1024): read it joined tight too
+            for body in (m["body"], *(mm["body"] for w in self._windows(line)[1:] if (mm := _RE_NON_DEFAULT.search(w)))):
+                for am in _RE_ARG.finditer(body):
+                    run.log_config[canonical_param(am["k"])] = Decimal(am["v"])
         if ("max_seq_len=" in text or "Using max model len" in text) and (m := _RE_CONFIG_LEN.search(text)):
             run.log_config.setdefault(MAX_MODEL_LEN, Decimal(m["a"] or m["b"]))
 
-    # ----------------------------------------------------------------- failures
-    def _failures(self, line: LogLine, window: str, strong: bool) -> None:
-        cut = len(line.text)
+    # ----------------------------------------------------------------- the catalogue engine
+    def _match_catalogue(self, line: LogLine, strong: bool) -> None:
+        text = line.text
+        windows: tuple[str, ...] | None = None
+        cut = len(text)
+        matched: set[str] = set()
+        for entry in self._entries:
+            if not any(k in text for k in entry.keywords):
+                continue
+            if entry.strong_only and not strong:
+                continue
+            if entry.previous is not None and not entry.previous.search(self._prev_text):
+                continue
+            if windows is None:
+                windows = self._windows(line)
+            m = None
+            for w in windows:
+                m = entry.regex.search(w)
+                if m and m.start() < cut:
+                    break
+                m = None
+            if m is None:
+                continue
+            cls = self._classify(entry)
+            # one message of a family per line: the more specific entry (listed first) wins
+            if cls in matched or (entry.kind == "cause" and matched):
+                continue
+            matched.add(cls)
+            self._dispatch(entry, cls, line, m, strong)
 
-        def find(rx: re.Pattern[str]) -> re.Match[str] | None:
-            m = rx.search(window)
-            return m if m and m.start() < cut else None
+    def _classify(self, entry: Entry) -> str:
+        if entry.class_by == "graph_capture":
+            in_capture = self._run.graph_capture or any(w in f for f in self._frames for w in _GRAPH_WORDS)
+            return entry.event_class if in_capture else TORCH_OOM
+        return entry.event_class
 
+    def _dispatch(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str], strong: bool) -> None:
+        remedy = getattr(self, f"_remedy_{entry.remedy}")
         run = self._run
-        if m := find(_RE_D):
-            variant = "D''" if m["external"] is not None else ("D'" if m["device"] else "D")
-            self._add(_Candidate(STARTUP_FREE_MEMORY, variant, line.number, strong,
-                                 build=lambda m=m, v=variant: self._build_d(line, m, v)))
-        if m := find(_RE_I):
-            self._add(_Candidate(STARTUP_FREE_MEMORY, "I", line.number, strong, build=lambda m=m: self._build_i(line, m)))
-        if m := find(_RE_A):
-            self._add(_Candidate(KV_NO_MEMORY, "A'" if m["cpu"] else "A", line.number, strong,
-                                 build=self._builder_a(line, "A'" if m["cpu"] else "A")))
-        if m := find(_RE_B):
-            self._add(_Candidate(KV_MAX_LEN, "B", line.number, strong, build=lambda m=m: self._build_b(line, m)))
-        if m := find(_RE_J):
-            self._add(_Candidate(KV_MAX_LEN, "J", line.number, strong, build=lambda m=m: self._build_j(line, m)))
-        if m := find(_RE_C):
-            self._add(_Candidate(KV_ONE_REQUEST, self._c_variant(m), line.number, strong,
-                                 build=lambda m=m: self._build_c(line, m)))
-        e = find(_RE_E)
-        if e:
-            self._add(_Candidate(SAMPLER_OOM, "E" if e["what"] == "sampler" else "E-pooler", line.number, strong,
-                                 build=lambda m=e: self._build_e(line, m), absorbs=(TORCH_OOM, GRAPH_OOM)))
-        elif m := find(_RE_TORCH):
-            # may be the cause chained under E: wait, E absorbs it when it follows
+        if entry.kind == "soft":
+            remedy(entry, cls, line, m)
+            return
+        cand = _Candidate(cls, "", line.number, strong and entry.kind == "failure",
+                          build=lambda: remedy(entry, cls, line, m), absorbs=entry.absorbs)
+        if entry.kind == "cause":
+            # may be the cause chained under a vLLM message: wait, the message absorbs it when it follows
             run.active = True
-            run.pending.append(_Candidate(TORCH_OOM, "torch", line.number, False, build=lambda m=m: self._build_torch(line, m)))
-        if not e and (m := find(_RE_CUDA_ERROR_OOM)) and strong:
-            in_capture = run.graph_capture or any(w in f for f in self._frames for w in _GRAPH_WORDS)
-            cls = GRAPH_OOM if in_capture else TORCH_OOM
-            run.active = True
-            run.pending.append(_Candidate(cls, "cuda_error", line.number, False,
-                                          build=lambda c=cls: self._build_cuda_error(line, c)))
-        if m := find(_RE_G):
-            variant = "G''" if (m["u1"] or m["cont"]) else ("G'" if m["init"] else "G")
-            self._add(_Candidate(PROFILING_ERROR, variant, line.number, strong, build=lambda m=m: self._build_g(line, m, variant)))
-        if (m := find(_RE_F)) and strong:
-            values = {"total_num_cumulative_preemption": Decimal(m["n"])} if m["n"] else {}
-            self._soft_signal(run.preemptions, line, "F", values)
-
-    def _c_variant(self, m: re.Match[str]) -> str:
-        if not m["typo"]:
-            return "C''"
-        if m["est"]:
-            return "C'"
-        return "C"
+            run.pending.append(cand)
+        else:
+            self._add(cand)
 
     def _add(self, cand: _Candidate) -> None:
         run = self._run
@@ -582,18 +610,32 @@ class Observer:
                 keep.append(cand)
         run.pending = keep
 
-    def _soft_signal(self, bucket: deque[tuple[float | None, int]], line: LogLine, variant: str, values: dict[str, Decimal]) -> None:
-        bucket.append((line.timestamp, line.number))
+    def _soft_signal(self, kind: str, line: LogLine, build: Callable[[int, float | None], ObserverEvent]) -> None:
+        """Count a soft signal; one event when the rate is sustained, none more while the episode lasts.
+
+        An episode ends when no signal of its kind came for ``preemption_window_seconds`` (by the log's
+        timestamps; without timestamps a run is one episode).
+        """
+        ep = self._run.episodes.setdefault(kind, _Episode())
+        window = self.obs.preemption_window_seconds
+        if ep.last is not None and line.timestamp is not None and ep.last[0] is not None and line.timestamp - ep.last[0] > window:
+            ep.signals.clear()
+            ep.reported = False
+        ep.last = (line.timestamp, line.number)
+        if ep.reported:
+            return
+        ep.signals.append((line.timestamp, line.number))
         if line.timestamp is not None:
-            while bucket and bucket[0][0] is not None and line.timestamp - bucket[0][0] > self.obs.preemption_window_seconds:
-                bucket.popleft()
-        if len(bucket) >= self.obs.preemption_count:
-            count = len(bucket)
-            first = bucket[0]
+            while ep.signals and ep.signals[0][0] is not None and line.timestamp - ep.signals[0][0] > window:
+                ep.signals.popleft()
+        if len(ep.signals) >= self.obs.preemption_count:
+            first = ep.signals[0]
             span = (line.timestamp - first[0]) if (line.timestamp is not None and first[0] is not None) else None
-            bucket.clear()
+            count = len(ep.signals)
+            ep.signals.clear()
+            ep.reported = True
             self._run.active = True
-            self._out.append(self._build_preemption(line, variant, count, span, values))
+            self._out.append(build(count, span))
 
     # ----------------------------------------------------------------- values and fixes
     def _value(self, param: str, from_message: Decimal | None = None) -> tuple[Decimal | None, str]:
@@ -603,6 +645,9 @@ class Observer:
             return self.current[param], "current"
         if param in self._run.log_config:
             return self._run.log_config[param], "log"
+        if param == GMU:  # version-aware: 0.9 up to 0.17, 0.92 from 0.20 (catalogue defaults)
+            version = self.version or self.min_version
+            return default_gmu(version), f"vLLM {version} default" if version else "vLLM default"
         return vllm_defaults(self.version)[param], "vLLM default"
 
     def _total(self) -> Decimal | None:
@@ -655,57 +700,128 @@ class Observer:
             return None
         return max(min(act.step_up(current), act.upper), act.lower)
 
-    # -- D, D', D'', I
-    def _build_d(self, line: LogLine, m: re.Match[str], variant: str) -> ObserverEvent:
+    # ================================================================= remedies (catalogue `remedy.function`)
+    # Each `_remedy_<name>(entry, cls, line, match)` turns the numbers of one message into an event.
+
+    # -- startup: free memory
+    def _remedy_lower_gmu_to_free(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
         free, total, gmu, req = (Decimal(m[k]) for k in ("free", "total", "gmu", "req"))
+        variant = entry.variant if entry.variant != "D" else ("D'" if m["device"] else "D")
         margin = self.obs.free_memory_margin
-        values = {"free_gib": free, "total_gib": total, "gpu_memory_utilization": gmu, "requested_gib": req}
+        values: dict[str, Decimal | int] = {"free_gib": free, "total_gib": total, "gpu_memory_utilization": gmu, "requested_gib": req}
+        if "node" in m.groupdict():
+            values["numa_node"] = int(m["node"])
         if total <= 0:
-            return self._event(STARTUP_FREE_MEMORY, variant, line, values, escalate=True, fix=None,
-                               reason=f"the GPU reports a total of {_fmt(total)} GiB; nothing to tune")
+            return self._event(cls, variant, line, values, escalate=True, fix=None,
+                               reason=f"the device reports a total of {_fmt(total)} GiB; nothing to tune")
         ratio = free / total
         target = ratio - margin
-        values["target_gpu_memory_utilization"] = target.quantize(Decimal("0.0001"))
-        where = f" on {m['device']}" if m["device"] else ""
+        where = f" on {m['device']}" if m.groupdict().get("device") else ""
         head = (f"only {_fmt(free)} of {_fmt(total)} GiB are free{where} at startup but gpu_memory_utilization {_fmt(gmu)} "
                 f"asks for {_fmt(req)} GiB; free/total − margin = {_fmt(ratio, 4)} − {_fmt(margin)} = {_fmt(target, 4)}")
+        return self._lower_gmu_to(cls, variant, line, values, gmu, target, head, total - free)
+
+    def _remedy_lower_gmu_external(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        free, total, gmu, engine = (Decimal(m[k]) for k in ("free", "total", "gmu", "req"))
+        values: dict[str, Decimal | int] = {"free_gib": free, "total_gib": total, "gpu_memory_utilization": gmu, "requested_gib": engine}
+        if total <= 0:
+            return self._event(cls, entry.variant, line, values, escalate=True, fix=None,
+                               reason=f"the GPU reports a total of {_fmt(total)} GiB; nothing to tune")
+        # vLLM checks free ≥ total·gmu − external, and external = total·gmu − engine: every step of gmu
+        # moves the budget by total·step while the external weights stay counted
+        margin = self.obs.free_memory_margin
+        external = total * gmu - engine
+        values["external_gib"] = external.quantize(Decimal("0.01"))
+        target = gmu + (free - engine) / total - margin
+        head = (f"only {_fmt(free)} of {_fmt(total)} GiB are free at startup but the engine's budget after the "
+                f"{_fmt(external, 2)} GiB of externally held weights is {_fmt(engine)} GiB; gmu + (free − budget)/total − margin = "
+                f"{_fmt(gmu)} + ({_fmt(free)} − {_fmt(engine)})/{_fmt(total)} − {_fmt(margin)} = {_fmt(target, 4)}")
+        return self._lower_gmu_to(cls, entry.variant, line, values, gmu, target, head, total - free - external)
+
+    def _lower_gmu_to(self, cls: str, variant: str, line: LogLine, values: dict[str, Decimal | int], gmu: Decimal,
+                      target: Decimal, head: str, others: Decimal | None) -> ObserverEvent:
+        values["target_gpu_memory_utilization"] = target.quantize(Decimal("0.0001"))
         new, why = self._computed(GMU, gmu, target, "lower")
         if new is None:
-            others = total - free
-            return self._event(STARTUP_FREE_MEMORY, variant, line, values, escalate=True, fix=None,
-                               reason=f"{head}; {why}: other processes hold about {_fmt(others, 2)} GiB of the GPU — free it or move vLLM")
-        return self._event(STARTUP_FREE_MEMORY, variant, line, values, escalate=False, fix={GMU: new},
-                           reason=f"{head}; lower gpu_memory_utilization to {self._act(GMU).format(new)} (floored to the 0.05 grid)")
+            held = f": other processes hold about {_fmt(others, 2)} GiB — free it or move vLLM" if others is not None and others > 0 else ""
+            return self._event(cls, variant, line, values, escalate=True, fix=None, reason=f"{head}; {why}{held}")
+        return self._event(cls, variant, line, values, escalate=False, fix={GMU: new},
+                           reason=f"{head}; lower gpu_memory_utilization to {self._act(GMU).format(new)} (floored to the "
+                                  f"{self._act(GMU).format(self._act(GMU).step)} grid)")
 
-    def _build_i(self, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+    def _remedy_lower_gmu_by_deficit(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        alloc, deficit = Decimal(m["alloc"]), Decimal(m["deficit"])
+        gmu, source = self._value(GMU)
+        assert gmu is not None
+        values: dict[str, Decimal | int] = {"allocation_mb": alloc, "deficit_mb": deficit, "gpu_memory_utilization": gmu}
+        if alloc <= 0:
+            return self._event(cls, entry.variant, line, values, escalate=True, fix=None, reason="the allocation is not positive")
+        target = gmu * (alloc - deficit) / alloc
+        head = (f"vLLM's allocation of {_fmt(alloc)} MB is {_fmt(deficit)} MB short at gpu_memory_utilization {_fmt(gmu)} ({source}); "
+                f"{_fmt(gmu)} × ({_fmt(alloc)} − {_fmt(deficit)})/{_fmt(alloc)} = {_fmt(target, 4)}")
+        return self._lower_gmu_to(cls, entry.variant, line, values, gmu, target, head, None)
+
+    def _remedy_gmu_into_bounds(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
         gmu = Decimal(m["gmu"])
         act = self._act(GMU)
         values = {"gpu_memory_utilization": gmu}
+        if gmu <= 0:
+            return self._event(cls, entry.variant, line, values, escalate=False, fix={GMU: act.lower},
+                               reason=f"gpu_memory_utilization {_fmt(gmu)} is rejected by vLLM (must be > 0); set it to the "
+                                      f"lower bound {act.format(act.lower)}")
         new, why = self._computed(GMU, gmu, act.upper, "lower")
         if new is None:
-            return self._event(STARTUP_FREE_MEMORY, "I", line, values, escalate=True, fix=None,
-                               reason=f"gpu_memory_utilization {_fmt(gmu)} is rejected by vLLM (must be < 1.0); {why}")
-        return self._event(STARTUP_FREE_MEMORY, "I", line, values, escalate=False, fix={GMU: new},
+            return self._event(cls, entry.variant, line, values, escalate=True, fix=None,
+                               reason=f"gpu_memory_utilization {_fmt(gmu)} is rejected by vLLM (must be ≤ 1); {why}")
+        return self._event(cls, entry.variant, line, values, escalate=False, fix={GMU: new},
                            reason=f"gpu_memory_utilization {_fmt(gmu)} is rejected by vLLM (must be < 1.0); set it to the "
                                   f"upper bound {act.format(new)}")
 
-    # -- A, A', # GPU blocks: 0
-    def _builder_a(self, line: LogLine, variant: str) -> Callable[[], ObserverEvent]:
-        return lambda: self._build_a(line, variant)
+    def _remedy_raise_gmu_above_external(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        external, total, gmu, req = (Decimal(m[k]) for k in ("external", "total", "gmu", "req"))
+        act = self._act(GMU)
+        values: dict[str, Decimal | int] = {"external_gib": external, "total_gib": total, "gpu_memory_utilization": gmu, "requested_gib": req}
+        if total <= 0:
+            return self._event(cls, entry.variant, line, values, escalate=True, fix=None, reason="the GPU reports no memory")
+        # the budget must exceed the external share by at least one step, or the engine keeps nothing
+        target = external / total + act.step
+        values["target_gpu_memory_utilization"] = target.quantize(Decimal("0.0001"))
+        head = (f"{_fmt(external)} of {_fmt(total)} GiB are held by another process, more than gpu_memory_utilization "
+                f"{_fmt(gmu)} grants ({_fmt(req)} GiB); external/total + one step = {_fmt(target, 4)}")
+        new, why = self._computed(GMU, gmu, target, "raise")
+        if new is None:
+            return self._event(cls, entry.variant, line, values, escalate=True, fix=None,
+                               reason=f"{head}; {why}: the other process leaves nothing for vLLM — no setting of ours frees it")
+        return self._event(cls, entry.variant, line, values, escalate=False, fix={GMU: new},
+                           reason=f"{head}; raise gpu_memory_utilization to {act.format(new)} (ceiled to the grid)")
 
-    def _build_a(self, line: LogLine, variant: str) -> ObserverEvent:
+    # -- KV cache budget
+    def _builder_a(self, line: LogLine, variant: str) -> Callable[[], ObserverEvent]:
+        return lambda: self._raise_gmu_for_kv(KV_NO_MEMORY, variant, line, None)
+
+    def _remedy_raise_gmu_kv_deficit(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        variant = entry.variant if entry.variant != "A" else ("A'" if m["cpu"] else "A")
+        return self._raise_gmu_for_kv(cls, variant, line, None)
+
+    def _remedy_raise_gmu_by_shortfall(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        reserved, avail = Decimal(m["reserved"]), Decimal(m["avail"])
+        return self._raise_gmu_for_kv(cls, entry.variant, line, reserved - avail,
+                                      {"reserved_gib": reserved, "available_gib": avail})
+
+    def _raise_gmu_for_kv(self, cls: str, variant: str, line: LogLine, shortfall: Decimal | None,
+                          extra: dict[str, Decimal] | None = None) -> ObserverEvent:
         ctx = self._run.ctx
         gmu, source = self._value(GMU, ctx.get("profile_gmu"))
         assert gmu is not None
         total = self._total()
-        deficit = None
+        deficit = shortfall
         # vLLM prints the budget rounded to 0.01 GiB: the true deficit may be up to half a unit larger, and
         # a budget of exactly 0 still fails ("<= 0"), so the printed deficit plus 0.005 GiB is the minimum.
-        if ctx.get("available_kv_gib") is not None and ctx["available_kv_gib"] <= 0:
+        if deficit is None and ctx.get("available_kv_gib") is not None and ctx["available_kv_gib"] <= 0:
             deficit = -ctx["available_kv_gib"]
-        elif ctx.get("kv_reserved_gib") is not None and ctx["kv_reserved_gib"] <= 0:
+        elif deficit is None and ctx.get("kv_reserved_gib") is not None and ctx["kv_reserved_gib"] <= 0:
             deficit = -ctx["kv_reserved_gib"]
-        values: dict[str, Decimal | int] = {"gpu_memory_utilization": gmu}
+        values: dict[str, Decimal | int] = dict(extra or {}, gpu_memory_utilization=gmu)
         if deficit is not None:
             values["deficit_gib"] = deficit
         if total is not None:
@@ -716,7 +832,7 @@ class Observer:
         head = f"no memory is left for the KV cache at gpu_memory_utilization {_fmt(gmu)} ({source})"
         act = self._act(GMU)
         if gmu >= act.upper:
-            return self._event(KV_NO_MEMORY, variant, line, values, escalate=True, fix=None, context_keys=keys,
+            return self._event(cls, variant, line, values, escalate=True, fix=None, context_keys=keys,
                                reason=f"{head}; it is already at the bound {act.format(act.upper)}: weights, activations "
                                       f"and graphs use the whole budget — a smaller model or a bigger GPU is needed")
         if deficit is not None and total is not None and total > 0:
@@ -726,18 +842,18 @@ class Observer:
             calc = (f"the KV cache is {_fmt(deficit)} GiB short: {_fmt(gmu)} + ({_fmt(deficit)} + {_fmt(PRINT_SLACK_GIB)})/{_fmt(total)} "
                     f"= {_fmt(target, 4)}")
             if new is None:
-                return self._event(KV_NO_MEMORY, variant, line, values, escalate=True, fix=None, context_keys=keys,
+                return self._event(cls, variant, line, values, escalate=True, fix=None, context_keys=keys,
                                    reason=f"{head}; {calc}; {why}")
-            return self._event(KV_NO_MEMORY, variant, line, values, escalate=False, fix={GMU: new}, context_keys=keys,
+            return self._event(cls, variant, line, values, escalate=False, fix={GMU: new}, context_keys=keys,
                                reason=f"{head}; {calc}; raise gpu_memory_utilization to {act.format(new)} (ceiled to the grid)")
         new = self._stepped(GMU, gmu, "raise")
         assert new is not None
-        return self._event(KV_NO_MEMORY, variant, line, values, escalate=False, fix={GMU: new}, context_keys=keys,
+        return self._event(cls, variant, line, values, escalate=False, fix={GMU: new}, context_keys=keys,
                            reason=f"{head}; the log gives no deficit, so raise gpu_memory_utilization one step to {act.format(new)}")
 
-    # -- B, J, C
+    # -- max_model_len
     def _max_len_fix(self, cls: str, variant: str, line: LogLine, values: dict[str, Decimal | int], current: Decimal,
-                     target: Decimal, head: str, alternatives: list[dict[str, Decimal]] = (), keys: Iterable[str] = ()) -> ObserverEvent:
+                     target: Decimal, head: str, alternatives: Iterable[dict[str, Decimal]] = (), keys: Iterable[str] = ()) -> ObserverEvent:
         act = self._act(MAX_MODEL_LEN)
         if current > act.upper:
             return self._event(cls, variant, line, values, escalate=True, fix=None, context_keys=keys,
@@ -749,69 +865,195 @@ class Observer:
         return self._event(cls, variant, line, values, escalate=False, fix={MAX_MODEL_LEN: new}, alternatives=alternatives,
                            context_keys=keys, reason=f"{head}; lower max_model_len to {act.format(new)} (floored to the 512 grid)")
 
-    def _build_b(self, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+    def _remedy_lower_max_len_to_tokens(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
         mml, tokens = Decimal(m["mml"]), Decimal(m["tokens"])
         values = {"max_model_len": mml, "kv_cache_tokens": tokens}
         head = f"max_model_len {mml} is larger than the {tokens} tokens the KV cache can hold"
-        return self._max_len_fix(KV_MAX_LEN, "B", line, values, mml, tokens, head)
+        return self._max_len_fix(cls, entry.variant, line, values, mml, tokens, head)
 
-    def _build_j(self, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+    def _remedy_lower_max_len_to_derived(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
         n, derived = Decimal(m["n"]), Decimal(m["derived"])
         values = {"max_model_len": n, "derived_max_model_len": derived}
         head = f"max_model_len {n} exceeds the model's own limit ({m['key']}={_fmt(derived)} in config.json)"
-        return self._max_len_fix(KV_MAX_LEN, "J", line, values, n, derived, head)
+        return self._max_len_fix(cls, entry.variant, line, values, n, derived, head)
 
-    def _build_c(self, line: LogLine, m: re.Match[str]) -> ObserverEvent:
-        mml, needed, avail = Decimal(_int(m["mml"])), Decimal(m["needed"]), Decimal(m["avail"])
-        variant = self._c_variant(m)
-        values: dict[str, Decimal | int] = {"max_model_len": mml, "needed_gib": needed, "available_gib": avail}
+    def _remedy_lower_max_len_to_batched(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        mbt, mml = Decimal(m["mbt"]), Decimal(m["mml"])
+        values = {"max_num_batched_tokens": mbt, "max_model_len": mml}
+        head = f"max_num_batched_tokens {mbt} is smaller than max_model_len {mml} (chunked prefill is off)"
+        return self._max_len_fix(cls, entry.variant, line, values, mml, mbt, head)
+
+    def _remedy_lower_max_len_to_capacity(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        ctx = self._run.ctx
+        values: dict[str, Decimal | int] = {}
+        if "prompt" in m.groupdict():
+            values["prompt_tokens"] = Decimal(m["prompt"])
+        # V0 block size is 16 tokens unless set: "# cuda blocks: N" gives the capacity
+        tokens = ctx.get("kv_tokens") if "kv_tokens" in ctx else (ctx["gpu_blocks"] * 16 if "gpu_blocks" in ctx else None)
+        head = "a request does not fit in the KV cache (V0 scheduler)"
+        if tokens is None:
+            return self._event(cls, entry.variant, line, values, escalate=True, fix=None,
+                               reason=f"{head}; the log does not say how many tokens the KV cache holds, so no length can be computed")
+        values["kv_cache_tokens"] = tokens
+        mml, _src = self._value(MAX_MODEL_LEN)
+        current = mml if mml is not None else self._act(MAX_MODEL_LEN).upper
+        return self._max_len_fix(cls, entry.variant, line, values, current, tokens,
+                                 f"{head}; the KV cache holds {_fmt(tokens)} tokens", keys=("kv_tokens", "gpu_blocks"))
+
+    def _remedy_one_request(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        mml = Decimal(_int(m["mml"]))
+        variant = "C''" if not m["typo"] else ("C'" if m["est"] else "C")
+        values: dict[str, Decimal | int] = {"max_model_len": mml}
+        act_len = self._act(MAX_MODEL_LEN)
+        if m["needed"] is None:  # the message was cut after the length (a truncated paste)
+            head = f"one request of max_model_len {mml} does not fit in the KV cache (the rest of the message is cut)"
+            if mml > act_len.upper:
+                return self._max_len_fix(cls, variant, line, values, mml, mml, head)
+            new = self._stepped(MAX_MODEL_LEN, mml, "lower")
+            return self._event(cls, variant, line, values, escalate=new is None, fix={MAX_MODEL_LEN: new} if new else None,
+                               reason=f"{head}; no numbers to compute from, lower max_model_len one step" if new else f"{head}; at the floor")
+        needed, avail = Decimal(m["needed"]), Decimal(m["avail"])
+        values.update(needed_gib=needed, available_gib=avail)
         head = f"one request of max_model_len {mml} needs {_fmt(needed)} GiB of KV cache but only {_fmt(avail)} GiB are available"
-        if avail <= 0 or needed <= 0:
-            return self._event(KV_ONE_REQUEST, variant, line, values, escalate=True, fix=None, reason=f"{head}; no length fits")
-        if m["est"]:
-            target = Decimal(_int(m["est"]))
-            values["estimated_max_model_len"] = target
-            head += f"; vLLM estimates a maximum length of {target}"
-        else:
-            target = (mml * avail / needed).to_integral_value(rounding="ROUND_FLOOR")
-            values["computed_max_model_len"] = target
-            head += f"; {mml} × {_fmt(avail)}/{_fmt(needed)} = {target} tokens fit"
-        alternatives: list[dict[str, Decimal]] = []
+        gmu, gsrc = self._value(GMU)
         total = self._total()
-        gmu, _ = self._value(GMU)
+        gmu_fix: Decimal | None = None
+        gmu_why = "the GPU's total memory is not in the log"
         if total and gmu is not None:
-            alt, _why = self._computed(GMU, gmu, gmu + (needed - avail) / total, "raise")
-            if alt is not None:
-                alternatives.append({GMU: alt})
-        return self._max_len_fix(KV_ONE_REQUEST, variant, line, values, mml, target, head, alternatives, ("total_gib",))
+            target = gmu + (needed - avail + PRINT_SLACK_GIB) / total
+            values["target_gpu_memory_utilization"] = target.quantize(Decimal("0.0001"))
+            gmu_fix, gmu_why = self._computed(GMU, gmu, target, "raise")
+        est = Decimal(_int(m["est"])) if m["est"] else None
+        if avail <= 0 or needed <= 0 or (est is not None and est <= 0):
+            # no length fits: vLLM's other advice — raise gmu — is the fix when there is room
+            if gmu_fix is not None:
+                return self._event(cls, variant, line, values, escalate=False, fix={GMU: gmu_fix}, context_keys=("total_gib",),
+                                   reason=f"{head}; no length fits, raise gpu_memory_utilization from {_fmt(gmu or 0)} ({gsrc}) to "
+                                          f"{self._act(GMU).format(gmu_fix)}: ({_fmt(needed)} − {_fmt(avail)} + {_fmt(PRINT_SLACK_GIB)})/{_fmt(total or 0)} more")
+            return self._event(cls, variant, line, values, escalate=True, fix=None, reason=f"{head}; no length fits and {gmu_why}")
+        if est is not None:
+            target_len = est
+            values["estimated_max_model_len"] = est
+            head += f"; vLLM estimates a maximum length of {est}"
+        else:
+            target_len = (mml * avail / needed).to_integral_value(rounding="ROUND_FLOOR")
+            values["computed_max_model_len"] = target_len
+            head += f"; {mml} × {_fmt(avail)}/{_fmt(needed)} = {target_len} tokens fit"
+        alternatives = [{GMU: gmu_fix}] if gmu_fix is not None else []
+        return self._max_len_fix(cls, variant, line, values, mml, target_len, head, alternatives, ("total_gib",))
 
-    # -- E
-    def _build_e(self, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+    # -- max_num_seqs
+    def _seqs_to(self, cls: str, variant: str, line: LogLine, values: dict[str, Decimal | int], limit: Decimal, head: str,
+                 alternatives: Iterable[dict[str, Decimal]] = ()) -> ObserverEvent:
+        act = self._act(MAX_NUM_SEQS)
+        new = act.floor_to_step(limit)
+        if new < act.lower:
+            return self._event(cls, variant, line, values, escalate=True, fix=None,
+                               reason=f"{head}; max_num_seqs would have to drop to {act.format(new)}, below the bound {act.format(act.lower)}")
+        new = min(new, act.upper)
+        return self._event(cls, variant, line, values, escalate=False, fix={MAX_NUM_SEQS: new}, alternatives=alternatives,
+                           reason=f"{head}; lower max_num_seqs to {act.format(new)} (at most {_fmt(limit)}, within the bounds)")
+
+    def _remedy_lower_seqs_to_blocks(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        seqs, blocks = Decimal(m["seqs"]), Decimal(m["blocks"])
+        values = {"max_num_seqs": seqs, "mamba_cache_blocks": blocks}
+        gmu, _ = self._value(GMU)
+        alt = self._stepped(GMU, gmu, "raise") if gmu is not None else None  # vLLM names it: more memory, more blocks
+        head = f"max_num_seqs {seqs} exceeds the {blocks} Mamba cache blocks (one per decode sequence)"
+        return self._seqs_to(cls, entry.variant, line, values, blocks, head, [{GMU: alt}] if alt is not None else [])
+
+    def _remedy_lower_seqs_to_batched(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        mbt, seqs = Decimal(m["mbt"]), Decimal(m["seqs"])
+        values = {"max_num_batched_tokens": mbt, "max_num_seqs": seqs}
+        return self._seqs_to(cls, entry.variant, line, values, mbt, f"max_num_batched_tokens {mbt} is below max_num_seqs {seqs}")
+
+    def _remedy_halve_seqs(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
         n = Decimal(m["n"])
         variant = "E" if m["what"] == "sampler" else "E-pooler"
         act = self._act(MAX_NUM_SEQS)
-        values = {"num_dummy_requests": n}
-        head = f"CUDA ran out of memory warming up the {m['what']} with {n} dummy requests (= max_num_seqs)"
+        values: dict[str, Decimal | int] = {"num_dummy_requests": n}
+        task = f" (task={m['task']})" if m["task"] else ""
+        head = f"CUDA ran out of memory warming up the {m['what']}{task} with {n} dummy requests (= max_num_seqs)"
         if n <= act.lower:
             gmu, _ = self._value(GMU)
             alt = self._stepped(GMU, gmu, "lower") if gmu is not None else None
             if alt is not None:
-                return self._event(SAMPLER_OOM, variant, line, values, escalate=False, fix={GMU: alt},
+                return self._event(cls, variant, line, values, escalate=False, fix={GMU: alt},
                                    reason=f"{head}; max_num_seqs is at its floor {act.format(act.lower)}, lower "
                                           f"gpu_memory_utilization one step to {self._act(GMU).format(alt)}")
-            return self._event(SAMPLER_OOM, variant, line, values, escalate=True, fix=None,
+            return self._event(cls, variant, line, values, escalate=True, fix=None,
                                reason=f"{head}; max_num_seqs is already at its floor {act.format(act.lower)}")
         new = min(max(act.floor_to_step(n / 2), act.lower), act.upper)
         note = f" (the bound {act.format(act.upper)}; halving gives {_fmt(n / 2)})" if act.floor_to_step(n / 2) > act.upper else ""
-        return self._event(SAMPLER_OOM, variant, line, values, escalate=False, fix={MAX_NUM_SEQS: new},
+        return self._event(cls, variant, line, values, escalate=False, fix={MAX_NUM_SEQS: new},
                            reason=f"{head}; halve max_num_seqs to {act.format(new)}{note}")
 
-    # -- PyTorch OOM and CUDA error OOM
-    def _build_torch(self, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+    # -- CPU backend
+    def _remedy_lower_gmu_cpu_kv(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        free, total, kv, req = (Decimal(m[k]) for k in ("free", "total", "kv", "req"))
+        values: dict[str, Decimal | int] = {"numa_node": int(m["node"]), "free_gib": free, "total_gib": total,
+                                            "kv_cache_gib": kv, "requested_gib": req}
+        if total <= 0:
+            return self._event(cls, entry.variant, line, values, escalate=True, fix=None, reason="the node reports no memory")
+        gmu = (req / total).quantize(Decimal("0.01"))  # requested = total·gmu on the CPU backend
+        values["gpu_memory_utilization"] = gmu
+        margin = self.obs.free_memory_margin
+        target = gmu - (kv - free + margin * total) / total
+        head = (f"the KV cache wants {_fmt(kv)} GiB but only {_fmt(free)} of {_fmt(total)} GiB are available on NUMA node {m['node']} "
+                f"(gmu {_fmt(gmu)} = {_fmt(req)}/{_fmt(total)}); gmu − (kv − free + margin·total)/total = {_fmt(target, 4)}")
+        return self._lower_gmu_to(cls, entry.variant, line, values, gmu, target, head, None)
+
+    def _remedy_raise_gmu_to_printed(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        consumed, req, minimum = Decimal(m["consumed"]), Decimal(m["req"]), Decimal(m["min_gmu"])
+        values: dict[str, Decimal | int] = {"consumed_gib": consumed, "requested_gib": req, "numa_node": int(m["node"]),
+                                            "minimum_gpu_memory_utilization": minimum}
+        act = self._act(GMU)
+        new = act.ceil_to_step(minimum)
+        if new <= minimum:  # "more than" the printed value
+            new += act.step
+        head = f"the worker uses {_fmt(consumed)} GiB, more than the {_fmt(req)} GiB reserved; vLLM asks for more than {_fmt(minimum)}"
+        if new > act.upper:
+            return self._event(cls, entry.variant, line, values, escalate=True, fix=None,
+                               reason=f"{head}; {act.format(new)} is above the bound {act.format(act.upper)}")
+        return self._event(cls, entry.variant, line, values, escalate=False, fix={GMU: max(new, act.lower)},
+                           reason=f"{head}; raise gpu_memory_utilization to {act.format(max(new, act.lower))}")
+
+    # -- escalations without arithmetic
+    def _remedy_escalate_no_actuator(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        values: dict[str, Decimal | int] = {"numa_node": int(m["node"]), "free_gib": Decimal(m["free"]),
+                                            "total_gib": Decimal(m["total"]), "kv_cache_gib": Decimal(m["kv"])}
+        return self._event(cls, entry.variant, line, values, escalate=True, fix=None,
+                           reason=f"the KV cache size was set explicitly to {m['kv']} GiB but only {m['free']} GiB are available; "
+                                  f"--kv-cache-memory-bytes / VLLM_CPU_KVCACHE_SPACE are no setting of ours")
+
+    def _remedy_escalate_weights(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        return self._event(cls, entry.variant, line, {}, escalate=True, fix=None,
+                           reason="the model weights do not fit on the GPU while loading; more tensor parallelism or "
+                                  "quantization is needed — no setting of ours makes them fit")
+
+    def _remedy_escalate_profiling(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        variant = "G''" if (m["u1"] or m["cont"]) else ("G'" if m["init"] else "G")
+        values: dict[str, Decimal | int] = {}
+        if m["init"]:
+            init, cur = Decimal(m["init"]), Decimal(m["cur"])
+            if not m["u1"]:  # bytes (0.6.3.post1, V0, XPU)
+                init, cur = init / GIB, cur / GIB
+            kind = m["kind"]
+            values = {f"initial_{kind}_gib": init.quantize(Decimal("0.01")), f"current_{kind}_gib": cur.quantize(Decimal("0.01"))}
+            head = (f"memory profiling failed: {kind} GPU memory went from {_fmt(values[f'initial_{kind}_gib'])} to "
+                    f"{_fmt(values[f'current_{kind}_gib'])} GiB while vLLM was profiling")
+        else:
+            head = "memory profiling failed: GPU memory was not cleaned up before vLLM started"
+        return self._event(cls, variant, line, values, escalate=True, fix=None,
+                           reason=f"{head}; another process changed its GPU memory — an environment problem no setting fixes")
+
+    # -- OOMs below vLLM
+    def _remedy_torch_oom(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
         values: dict[str, Decimal | int] = {"tried_gib": _gib(m["tried"], m["tu"])}
         total = free = this = None
         others = None
-        if m["total"]:
+        g = m.groupdict()
+        if g.get("total"):
             total, free = _gib(m["total"], m["totu"]), _gib(m["free"], m["fu"])
             values.update(gpu=int(m["gpu"]), total_gib=total, free_gib=free)
             rest = m["rest"] or ""
@@ -822,30 +1064,37 @@ class Observer:
                 procs = [(int(p["pid"]), _gib(p["p"], p["u"])) for p in _RE_TORCH_PROC.finditer(rest)]
                 if procs:
                     # which one is vLLM: the pid of the log prefix if listed, else the biggest
-                    own = [g for pid, g in procs if pid == line.pid]
-                    this = own[0] if own else max(g for _, g in procs)
-                    others = sum(g for _, g in procs) - this
+                    own = [gb for pid, gb in procs if pid == line.pid]
+                    this = own[0] if own else max(gb for _, gb in procs)
+                    others = sum(gb for _, gb in procs) - this
             if this is not None:
                 values["process_gib"] = this
             if others is not None:
                 values["other_processes_gib"] = max(others, Decimal(0))
-        elif m["total_old"]:
+        elif g.get("total_old"):
             total = _gib(m["total_old"], m["totu_old"])
             values.update(gpu=int(m["gpu_old"]), total_gib=total)
             if fm := _RE_TORCH_OLD_FREE.search(m["rest_old"] or ""):
                 values["free_gib"] = _gib(fm["f"], fm["u"])
-        head = f"PyTorch ran out of GPU memory trying to allocate {_fmt(values['tried_gib'], 2)} GiB"
+        device = {HIP_OOM: "ROCm GPU", XPU_OOM: "XPU"}.get(cls, "GPU")
+        head = f"PyTorch ran out of {device} memory trying to allocate {_fmt(values['tried_gib'], 2)} GiB"
         if total is not None and free is not None:
             head += f" ({_fmt(free, 2)} of {_fmt(total, 2)} GiB free)"
+        if total is not None and values["tried_gib"] > total:  # type: ignore[operator]
+            return self._event(cls, entry.variant, line, values, escalate=True, fix=None,
+                               reason=f"{head}; one allocation is larger than the whole {_fmt(total, 2)} GiB card — no "
+                                      f"setting of ours can make it fit (a smaller batch, input or model is needed)")
         if others is not None and total and others > total * self.obs.foreign_memory_fraction:
-            return self._event(TORCH_OOM, "torch", line, values, escalate=True, fix=None,
+            return self._event(cls, entry.variant, line, values, escalate=True, fix=None,
                                reason=f"{head}; other processes hold {_fmt(others, 2)} GiB, more than "
                                       f"{_fmt(self.obs.foreign_memory_fraction * 100, 0)} % of the GPU — no setting of ours frees it")
-        return self._one_step_down(TORCH_OOM, "torch", line, values, head)
+        return self._one_step_down(cls, entry.variant, line, values, head)
 
-    def _build_cuda_error(self, line: LogLine, cls: str) -> ObserverEvent:
-        head = "CUDA error: out of memory" + (" during CUDA graph capture" if cls == GRAPH_OOM else "")
-        return self._one_step_down(cls, "cuda_error", line, {}, head)
+    def _remedy_one_step_down(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> ObserverEvent:
+        heads = {"cuda_error": "CUDA error: out of memory", "cumem": "CUDA out of memory in vLLM's cumem allocator (sleep mode)",
+                 "nccl": "NCCL could not allocate its buffers: Cuda failure 'out of memory'"}
+        head = heads.get(entry.variant, entry.variant) + (" during CUDA graph capture" if cls == GRAPH_OOM else "")
+        return self._one_step_down(cls, entry.variant, line, {}, head)
 
     def _one_step_down(self, cls: str, variant: str, line: LogLine, values: dict[str, Decimal | int], head: str) -> ObserverEvent:
         gmu, gsrc = self._value(GMU)
@@ -867,35 +1116,40 @@ class Observer:
         return self._event(cls, variant, line, values, escalate=True, fix=None,
                            reason=f"{head}; gpu_memory_utilization ({_fmt(gmu)}) and max_num_seqs ({_fmt(seqs)}) are at their floors")
 
-    # -- G
-    def _build_g(self, line: LogLine, m: re.Match[str], variant: str) -> ObserverEvent:
-        values: dict[str, Decimal | int] = {}
-        if m["init"]:
-            init, cur = Decimal(m["init"]), Decimal(m["cur"])
-            if not m["u1"]:  # bytes in 0.6.3.post1
-                init, cur = init / GIB, cur / GIB
-            values = {"initial_free_gib": init.quantize(Decimal("0.01")), "current_free_gib": cur.quantize(Decimal("0.01"))}
-            head = (f"memory profiling failed: free GPU memory went from {_fmt(values['initial_free_gib'])} to "
-                    f"{_fmt(values['current_free_gib'])} GiB while vLLM was profiling")
+    # -- soft signals: V0 preemption warnings and stats lines
+    def _remedy_preemption(self, entry: Entry, cls: str, line: LogLine, m: re.Match[str]) -> None:
+        g = m.groupdict()
+        extra: dict[str, Decimal] = {}
+        if entry.variant == "F":
+            if g.get("n"):
+                extra["total_num_cumulative_preemption"] = Decimal(m["n"])
         else:
-            head = "memory profiling failed: GPU memory was not cleaned up before vLLM started"
-        return self._event(PROFILING_ERROR, variant, line, values, escalate=True, fix=None,
-                           reason=f"{head}; another process changed its GPU memory — an environment problem no setting fixes")
+            kv, wait = Decimal(m["kv"]), int(m["wait"])
+            preempt = int(g["preempt"] or 0)
+            swapped = int(g["swapped"] or 0)
+            self.telemetry.update(running_reqs=int(m["run"]), waiting_reqs=wait, kv_cache_usage_percent=_num(kv))
+            if not (preempt > 0 or swapped > 0 or (wait > 0 and kv >= self.obs.kv_pressure_percent)):
+                return
+            extra = {"kv_cache_usage_percent": kv, "waiting_reqs": Decimal(wait)}
+            if preempt:
+                extra["preemptions"] = Decimal(preempt)
+            if swapped:
+                extra["swapped_reqs"] = Decimal(swapped)
+        self._soft_signal(entry.id, line, lambda count, span: self._build_preemption(cls, line, entry.variant, count, span, extra))
 
-    # -- F and stats pressure
-    def _build_preemption(self, line: LogLine, variant: str, count: int, span: float | None,
+    def _build_preemption(self, cls: str, line: LogLine, variant: str, count: int, span: float | None,
                           extra: dict[str, Decimal]) -> ObserverEvent:
         values: dict[str, Decimal | int] = dict(extra, signals=count)
         if span is not None:
             values["window_seconds"] = int(span)
-        what = "preemption warnings" if variant == "F" else "stats lines with a full KV cache and waiting requests"
+        what = "preemption warnings" if variant == "F" else "stats lines with KV-cache pressure (preemptions, or a full cache with waiting requests)"
         head = f"{count} {what}" + (f" within {int(span)} s" if span is not None else "")
         gmu, gsrc = self._value(GMU)
         assert gmu is not None
         values["gpu_memory_utilization"] = gmu
         new = self._stepped(GMU, gmu, "raise")
         if new is not None:
-            return self._event(PREEMPTION, variant, line, values, escalate=False, fix={GMU: new},
+            return self._event(cls, variant, line, values, escalate=False, fix={GMU: new},
                                reason=f"{head}: the KV cache is too small; raise gpu_memory_utilization one step from "
                                       f"{_fmt(gmu)} ({gsrc}) to {self._act(GMU).format(new)}")
         seqs, ssrc = self._value(MAX_NUM_SEQS)
@@ -903,10 +1157,10 @@ class Observer:
         values["max_num_seqs"] = seqs
         new_s = self._stepped(MAX_NUM_SEQS, seqs, "lower")
         if new_s is not None:
-            return self._event(PREEMPTION, variant, line, values, escalate=False, fix={MAX_NUM_SEQS: new_s},
+            return self._event(cls, variant, line, values, escalate=False, fix={MAX_NUM_SEQS: new_s},
                                reason=f"{head}: gpu_memory_utilization is at its bound {_fmt(gmu)}, so lower max_num_seqs from "
                                       f"{_fmt(seqs)} ({ssrc}) to {self._act(MAX_NUM_SEQS).format(new_s)}")
-        return self._event(PREEMPTION, variant, line, values, escalate=True, fix=None,
+        return self._event(cls, variant, line, values, escalate=True, fix=None,
                            reason=f"{head}: gpu_memory_utilization and max_num_seqs are both at their bounds")
 
 
