@@ -38,6 +38,7 @@ class Entry:
     variant: str
     keywords: tuple[str, ...]
     regex: re.Pattern[str]
+    loose: re.Pattern[str]  # the same with optional blanks: for lines joined after a terminal's hard wrap
     remedy: str
     versions: tuple[str, ...]
     previous: re.Pattern[str] | None = None
@@ -79,6 +80,12 @@ def expand(pattern: str) -> str:
     return pattern
 
 
+def loosen(pattern: str) -> str:
+    """Make every literal blank optional: joining hard-wrapped lines loses the blank at a word break
+    (the terminal cut there) but never splits a number."""
+    return pattern.replace(r"\s+", r"\s*").replace(" ", " ?")
+
+
 def version_tuple(version: str) -> tuple[int, ...]:
     parts: list[int] = []
     for piece in version.lstrip("v").split(".")[:3]:
@@ -104,7 +111,7 @@ def _entry(raw: dict[str, Any]) -> Entry:
     prev = raw.get("previous")
     return Entry(
         id=raw["id"], kind=raw["kind"], event_class=raw["class"], variant=str(raw.get("variant", "")), keywords=tuple(raw["keywords"]),
-        regex=re.compile(expand(raw["pattern"])), remedy=raw["remedy"]["function"], versions=tuple(raw["versions"]),
+        regex=re.compile(expand(raw["pattern"])), loose=re.compile(loosen(expand(raw["pattern"]))), remedy=raw["remedy"]["function"], versions=tuple(raw["versions"]),
         previous=re.compile(expand(prev)) if prev else None, strong_only=bool(raw.get("strong_only")),
         class_by=raw.get("class_by"), absorbs=tuple(raw.get("absorbs") or ()), samples=tuple(raw["samples"]), raw=raw)
 
@@ -142,20 +149,36 @@ def percent_at_least(threshold: Decimal) -> str:
     return "(?:" + "|".join(str(n) for n in range(100, low - 1, -1)) + r")\."
 
 
+def stems() -> list[str]:
+    """The keywords cut in two halves: a terminal's hard wrap cuts a keyword at most once, so one half
+    always stays whole on one line (short keywords are kept whole)."""
+    out: dict[str, None] = {}
+    for k in catalogue().keywords:
+        if k == "KV cache usage":
+            continue
+        if len(k) < 16:
+            out[k] = None
+        else:
+            half = len(k) // 2
+            out[k[:half]] = None
+            out[k[half:]] = None
+    return list(out)
+
+
 def prefilter_pattern(kv_pressure_percent: Decimal) -> re.Pattern[bytes]:
-    """One alternation of every keyword; stats lines count only when they can carry pressure.
+    """One alternation of every keyword (as :func:`stems`); stats lines only when they can carry pressure.
 
     A stats line ("KV cache usage") is the bulk of a long healthy log: it is kept only with a usage at
     or above the pressure threshold, or a non-zero Preemptions/Swapped count.
     """
-    words = [re.escape(k) for k in catalogue().keywords if k != "KV cache usage"]
+    words = [re.escape(k) for k in stems()]
     words += [r"KV cache usage: " + percent_at_least(kv_pressure_percent), r"Preemptions: [1-9]", r"Swapped: [1-9]"]
     return re.compile("|".join(words).encode())
 
 
 def prefilter_words(kv_pressure_percent: Decimal) -> list[str]:
     """The same alternatives as :func:`prefilter_pattern`, for ``grep -E`` (POSIX ERE)."""
-    words = [re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", k) for k in catalogue().keywords if k != "KV cache usage"]
+    words = [re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", k) for k in stems()]
     low = max(0, min(100, int(kv_pressure_percent)))
     words += ["KV cache usage: (" + "|".join(str(n) for n in range(100, low - 1, -1)) + r")\.", "Preemptions: [1-9]", "Swapped: [1-9]"]
     return words

@@ -59,7 +59,7 @@ from healing.tuning.catalogue import Entry, catalogue, default_gmu, version_tupl
 
 SUBSYSTEM = "vllm"
 MAX_LINE_CHARS = 8192  # longer lines are cut: no vLLM message is longer, and garbage must stay cheap
-LOOKAHEAD = 3  # lines joined after a line so that a hard-wrapped message still matches
+LOOKAHEAD = 6  # lines joined after a line so that a hard-wrapped message (80 columns: up to ~500 chars) still matches
 GIB = Decimal(1024**3)
 PRINT_SLACK_GIB = Decimal("0.005")  # half of the 0.01 GiB resolution of vLLM's printed sizes
 
@@ -140,6 +140,10 @@ _P_LEVEL = re.compile(
     r"(?:\[[^\]\s]+:\d+\]|[\w./-]+:\d+\])\s?"
 )
 _P_UVICORN = re.compile(r"^(?:INFO|WARNING|ERROR|DEBUG):\s+")
+# journald / syslog: "Mar 03 10:00:00 host vllm[123]: " (any language's month abbreviation)
+_P_JOURNALD = re.compile(r"^[^\W\d]{3,5}\.? {1,2}\d{1,2} \d{2}:\d{2}:\d{2} \S+ [^\s:\[]+(?:\[\d+\])?: ")
+# kubectl logs --prefix: "[pod/vllm-7d9f6-x2k4q/vllm] "
+_P_K8S = re.compile(r"^\[pod/[^\]\s]+\] ")
 _PID = re.compile(r"\bpid=(\d+)")
 
 
@@ -171,7 +175,8 @@ def strip_prefixes(raw: str) -> tuple[str, float | None, int | None, bool]:
                 pm = _PID.search(m.group("attrs"))
                 pid = int(pm.group(1)) if pm else pid
             else:
-                m = _P_RANK.match(text) or _P_DOCKER.match(text) or _P_UVICORN.match(text)
+                m = (_P_RANK.match(text) or _P_DOCKER.match(text) or _P_UVICORN.match(text) or _P_K8S.match(text)
+                     or _P_JOURNALD.match(text))
                 if not m:
                     m = _P_ISO.match(text)
                     if m:
@@ -259,7 +264,7 @@ _RE_GRAPH_START = re.compile(r"CUDA graphs can take additional|Capturing cudagra
 _RE_THROUGHPUT = re.compile(
     r"Avg prompt throughput: (?P<p>" + _NUM + r") tokens/s, Avg generation throughput: (?P<g>" + _NUM + r") tokens/s")
 _RE_NON_DEFAULT = re.compile(r"non-default args: \{(?P<body>.*)\}")
-_RE_ARG = re.compile(r"'(?P<k>gpu_memory_utilization|max_num_seqs|max_model_len)': (?P<v>" + _NUM + r")")
+_RE_ARG = re.compile(r"'(?P<k>gpu_memory_utilization|max_num_seqs|max_model_len)': ?(?P<v>" + _NUM + r")")
 _RE_CONFIG_LEN = re.compile(r"(?:with config: .*?\bmax_seq_len=(?P<a>\d+)|Using max model len (?P<b>\d+))")
 _RE_VERSION = re.compile(
     r"vLLM API server version (?P<a>v?\d+\.\d+[\w.+-]*)|LLM engine \(v(?P<b>\d+\.\d+[\w.+-]*)\)"
@@ -363,7 +368,9 @@ class Observer:
         self._line_no = 0
         self._frames: list[str] = []
         self._prev_frame = False
-        self._prev_text = ""
+        self._prev_text = ""  # the previous non-empty line
+        self._prev_joined = ""  # the previous message with its hard-wrapped continuation lines
+        self._cont_until = 0  # the last line number that continues the current message
         self._out: list[ObserverEvent] = []
 
     # ----------------------------------------------------------------- streaming API
@@ -398,7 +405,7 @@ class Observer:
         # skipped lines separate what surrounds them: no message continues across a gap
         while self._buffer:
             self._process(self._buffer.popleft())
-        self._prev_text = ""
+        self._prev_text = self._prev_joined = ""
         self._prev_frame = False
 
     def _drain(self) -> list[ObserverEvent]:
@@ -415,15 +422,13 @@ class Observer:
             out.append(nxt)
         return out
 
-    def _windows(self, line: LogLine) -> tuple[str, ...]:
-        """The line with its hard-wrapped continuation: joined at a word break, and (a terminal that
-        wraps at its width cuts words too) joined without a space."""
+    def _joined(self, line: LogLine) -> str | None:
+        """The line with its hard-wrapped continuation lines, joined without blanks (a terminal cuts at its
+        width, also inside words and numbers; the catalogue's loose patterns accept the lost blanks)."""
         cont = self._continuations()
         if not cont:
-            return (line.text,)
-        spaced = " ".join([line.text.rstrip()] + [c.text.strip() for c in cont])
-        tight = line.text.rstrip() + "".join(c.text.strip() for c in cont)
-        return (spaced, tight)
+            return None
+        return line.text.rstrip() + "".join(c.text.strip() for c in cont)
 
     def _process(self, line: LogLine) -> None:
         text = line.text
@@ -450,9 +455,12 @@ class Observer:
                 self.min_version = minimum
 
         self._context(line)
-        self._match_catalogue(line, strong=not source)
+        joined = self._match_catalogue(line, strong=not source)
         if text.strip():
             self._prev_text = text
+            if line.number > self._cont_until:
+                self._prev_joined = joined if joined is not None else text
+                self._cont_until = line.number + len(self._continuations())
 
     def _new_run(self) -> None:
         self._flush_pending(force=True)
@@ -504,39 +512,43 @@ class Observer:
             if m := _RE_GRAPH_DONE.search(text):
                 run.graph_capture = False
                 tel["graph_capture_gib"] = _num(Decimal(m["gib"]))
-        if "non-default args" in text and (m := _RE_NON_DEFAULT.search(" ".join(self._windows(line)[:1]))):
-            if run.active:  # new arguments after a failure: the next start of the service
-                self._new_run()
-                run = self._run
-            # the dict may be hard-wrapped mid-key by a terminal ('max_mod' / 'l_len': 1024): read it joined tight too
-            for body in (m["body"], *(mm["body"] for w in self._windows(line)[1:] if (mm := _RE_NON_DEFAULT.search(w)))):
-                for am in _RE_ARG.finditer(body):
+        if "non-default args" in text:
+            # the dict may be hard-wrapped mid-key by a terminal ('max_mod' / 'l_len': 1024): read it joined
+            joined = self._joined(line)
+            if m := _RE_NON_DEFAULT.search(joined if joined is not None else text):
+                if run.active:  # new arguments after a failure: the next start of the service
+                    self._new_run()
+                    run = self._run
+                for am in _RE_ARG.finditer(m["body"]):
                     run.log_config[canonical_param(am["k"])] = Decimal(am["v"])
         if ("max_seq_len=" in text or "Using max model len" in text) and (m := _RE_CONFIG_LEN.search(text)):
             run.log_config.setdefault(MAX_MODEL_LEN, Decimal(m["a"] or m["b"]))
 
     # ----------------------------------------------------------------- the catalogue engine
-    def _match_catalogue(self, line: LogLine, strong: bool) -> None:
+    def _match_catalogue(self, line: LogLine, strong: bool) -> str | None:
+        """Match the line against every entry; returns the line joined with its continuation (or None)."""
         text = line.text
-        windows: tuple[str, ...] | None = None
-        cut = len(text)
+        joined = self._joined(line)
+        # a terminal may cut a keyword itself ("Free memory on dev" / "ice"): look for it in the joined text too
+        squeezed = joined.replace(" ", "") if joined is not None else None
+        cut = len(text.rstrip())
         matched: set[str] = set()
         for entry in self._entries:
             if not any(k in text for k in entry.keywords):
-                continue
+                if squeezed is None or not any(k.replace(" ", "") in squeezed for k in entry.keywords):
+                    continue
             if entry.strong_only and not strong:
                 continue
-            if entry.previous is not None and not entry.previous.search(self._prev_text):
+            if entry.previous is not None and not (entry.previous.search(self._prev_text)
+                                                   or entry.previous.search(self._prev_joined)):
                 continue
-            if windows is None:
-                windows = self._windows(line)
-            m = None
-            for w in windows:
-                m = entry.regex.search(w)
-                if m and m.start() < cut:
-                    break
-                m = None
-            if m is None:
+            m = entry.regex.search(text)
+            if joined is not None:
+                # the joined text yields the numbers a wrap moved to the next line
+                mj = entry.loose.search(joined)
+                if mj and mj.start() < cut and (m is None or (_filled(mj), mj.end() - mj.start()) > (_filled(m), m.end() - m.start())):
+                    m = mj
+            if m is None or m.start() >= cut:
                 continue
             cls = self._classify(entry)
             # one message of a family per line: the more specific entry (listed first) wins
@@ -544,6 +556,7 @@ class Observer:
                 continue
             matched.add(cls)
             self._dispatch(entry, cls, line, m, strong)
+        return joined
 
     def _classify(self, entry: Entry) -> str:
         if entry.class_by == "graph_capture":
@@ -1162,6 +1175,10 @@ class Observer:
                                       f"{_fmt(seqs)} ({ssrc}) to {self._act(MAX_NUM_SEQS).format(new_s)}")
         return self._event(cls, variant, line, values, escalate=True, fix=None,
                            reason=f"{head}: gpu_memory_utilization and max_num_seqs are both at their bounds")
+
+
+def _filled(m: re.Match[str]) -> int:
+    return sum(g is not None for g in m.groups())
 
 
 def _replace(event: ObserverEvent, **changes: Any) -> ObserverEvent:
