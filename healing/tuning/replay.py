@@ -7,7 +7,9 @@ proposed, ``fix: {}`` = fix not scored). ``expected: []`` means no event at all.
 every expectation is met and no other event was emitted.
 
 The Observer runs with the default tuning settings, not the configuration file: the labels were
-computed against the default actuator bounds, so the score must not depend on a local config.
+computed against the default actuator bounds, so the score must not depend on a local config. A label
+may state running values the log does not print (``current``: PARAM → value); they are passed to the
+Observer as ``tune observe --current`` would.
 
 Everything the harness reads is a regular file opened through ``healing.safeio``; a symlink, FIFO,
 device or socket in the folder, a label that is not valid JSON or lacks a field, a ``.log`` without
@@ -57,6 +59,7 @@ class Case:
     vendor: str
     wrapper: str
     expected: tuple[Expectation, ...]
+    current: dict[str, float] = field(default_factory=dict)  # running values the log does not print
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,24 @@ def _parse_fix(raw: Any, path: Path, where: str) -> dict[str, tuple[float, float
     return fix
 
 
+def _parse_current(raw: Any, path: Path) -> dict[str, float]:
+    """The optional ``current`` object: actuator name → running value, names made canonical."""
+    from healing.tuning.actuators import canonical_param
+
+    if not isinstance(raw, dict):
+        raise _label_error(path, "field 'current' must be an object of PARAM: value")
+    current: dict[str, float] = {}
+    for name, value in raw.items():
+        try:
+            param = canonical_param(name)
+        except KeyError:
+            raise _label_error(path, f"field 'current' names an unknown parameter {name!r}") from None
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise _label_error(path, f"field 'current'[{name!r}] must be a number")
+        current[param] = value
+    return current
+
+
 def parse_label(data: bytes, path: Path, log: Path) -> Case:
     """A Case from the bytes of ``X.expected.json``; InputError naming the file when it is malformed."""
     try:
@@ -189,6 +210,7 @@ def parse_label(data: bytes, path: Path, log: Path) -> Case:
         vendor=_require(doc, "vendor", str, path),
         wrapper=_require(doc, "wrapper", str, path),
         expected=tuple(expected),
+        current=_parse_current(doc["current"], path) if "current" in doc else {},
     )
 
 
@@ -306,7 +328,7 @@ def run_replay(directory: str | os.PathLike[str], *, patterns: Sequence[str] = (
     cases = load_cases(directory, patterns)
     report = ReplayReport(directory=str(directory), results=[], baseline_path=None if baseline is None else str(baseline))
     for case in cases:
-        events = tuple(e.to_json() for e in observe_file(case.log))
+        events = tuple(e.to_json() for e in observe_file(case.log, current=case.current))
         passed, why, pairs = judge(case, events)
         report.results.append(CaseResult(case, events, passed, why, None if previous is None else previous.get(case.case_id)))
         for exp, event in pairs:
@@ -414,6 +436,7 @@ def report_json(report: ReplayReport) -> dict[str, Any]:
             "version": r.case.vllm_version,
             "wrapper": r.case.wrapper,
             "source": r.case.source,
+            "current": dict(r.case.current),
             "expected": [{"class": e.event_class, "escalate": e.escalate,
                           "fix": None if e.fix is None else {k: list(b) for k, b in e.fix.items()}} for e in r.case.expected],
             "got": [{"class": e.get("class"), "line": e.get("line"), "escalate": e.get("escalate"),

@@ -20,7 +20,10 @@ SAMPLER = ("ERROR 05-06 10:00:00 [core.py:396] RuntimeError: CUDA out of memory 
            "256 dummy requests. Please try lowering `max_num_seqs` or `gpu_memory_utilization` when initializing the engine.")
 HEALTHY = ("INFO 05-06 10:00:10 [loggers.py:116] Engine 000: Avg prompt throughput: 0.0 tokens/s, Avg generation "
            "throughput: 12.3 tokens/s, Running: 1 reqs, Waiting: 0 reqs, GPU KV cache usage: 1.2%, Prefix cache hit rate: 0.0%")
+NO_KV = ("ERROR 05-06 10:00:00 [core.py:396] ValueError: No available memory for the cache blocks. Try increasing "
+         "`gpu_memory_utilization` when initializing the engine.")
 SEQS = "vllm.max_num_seqs"
+GMU = "vllm.gpu_memory_utilization"
 
 
 @pytest.fixture(autouse=True)
@@ -136,12 +139,28 @@ def test_baseline_fails_only_on_regressions(corpus: Path, tmp_path: Path, capsys
     assert f"regressions against {rosy}: 1: d_fix_out_of_range; fixed since: 0" in out.splitlines()
 
 
+def test_label_current_reaches_the_observer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A label may state the running gmu the log does not print; without it the default 0.9 escalates."""
+    want = [sampler({GMU: [0.75, 0.9]}, "kv_cache_no_memory")]
+    add_case(tmp_path, "with_current", NO_KV, label(want, current={"gpu_memory_utilization": 0.7}))
+    add_case(tmp_path, "without_current", NO_KV, label(want))
+    rc, out, _ = replay(capsys, str(tmp_path), "--json")
+    doc = json.loads(out)
+    assert rc == 1
+    assert [(c["case"], c["current"], c["got_text"], c["verdict"], c["why"]) for c in doc["cases"]] == [
+        ("with_current", {GMU: 0.7}, "kv_cache_no_memory/gmu=0.75", "pass", ""),
+        ("without_current", {}, "kv_cache_no_memory/escalate", "fail",
+         "escalate=true, expected false; no gmu fix, expected 0.75..0.9"),
+    ]
+
+
 @pytest.mark.parametrize(("damage", "message"), [
     ("missing_label", "{dir}/a_pass.expected.json: missing (every case is X.log plus X.expected.json)"),
     ("invalid_json", "{dir}/a_pass.expected.json: not valid JSON (line 1 column 2: Expecting property name enclosed in double quotes)"),
     ("lacks_escalate", "{dir}/a_pass.expected.json: missing field expected[0].'escalate'"),
     ("lacks_vendor", "{dir}/a_pass.expected.json: missing field 'vendor'"),
     ("escalate_not_bool", "{dir}/a_pass.expected.json: field expected[0].'escalate' has the wrong type (str)"),
+    ("current_unknown", "{dir}/a_pass.expected.json: field 'current' names an unknown parameter 'tensor_parallel_size'"),
     ("bad_range", "{dir}/a_pass.expected.json: field expected[0].'fix'['vllm.max_num_seqs'] must be [min, max] with min <= max"),
     ("fifo", "{dir}/x.log: is a FIFO, not a regular file (refused)"),
     ("symlink", "{dir}/link.log: is a symbolic link, not a regular file (refused)"),
@@ -160,6 +179,8 @@ def test_bad_input_exits_3(corpus: Path, capsys: pytest.CaptureFixture[str], dam
         label_path.write_text(json.dumps(doc))
     elif damage == "escalate_not_bool":
         label_path.write_text(json.dumps(label([{**sampler(None), "escalate": "yes"}])))
+    elif damage == "current_unknown":
+        label_path.write_text(json.dumps(label([], current={"tensor_parallel_size": 2})))
     elif damage == "bad_range":
         label_path.write_text(json.dumps(label([sampler({SEQS: [16, 2]})])))
     elif damage == "fifo":
@@ -204,5 +225,5 @@ def test_subprocess_on_shipped_corpus_matches_in_process_score() -> None:
     assert doc["totals"] == expected["totals"]
     assert doc["cases"] == expected["cases"]
     assert doc["totals"]["cases"] == len(list(CORPUS.glob("*.expected.json")))
-    assert set(doc["cases"][0]) == {"case", "vendor", "version", "wrapper", "source", "expected", "got", "expected_text",
+    assert set(doc["cases"][0]) == {"case", "vendor", "version", "wrapper", "source", "current", "expected", "got", "expected_text",
                                     "got_text", "verdict", "why", "baseline", "regression"}
