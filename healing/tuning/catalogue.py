@@ -1,9 +1,8 @@
 """The vLLM message catalogue (vllm_catalogue/catalogue.yaml) loaded and compiled for the Observer.
 
 One :class:`Entry` per vLLM message: its keywords, compiled pattern, class, remedy function name and
-samples. :func:`catalogue` loads the data file once per process. :func:`prefilter_pattern` builds the
-one alternation of every keyword (bytes) that lets the Observer skip the lines of a big log no rule
-can match.
+samples. :func:`catalogue` loads the data file once per process; its ``prefilter`` section drives
+healing/tuning/prefilter.py.
 """
 
 from __future__ import annotations
@@ -52,19 +51,9 @@ class Entry:
 @dataclass(frozen=True)
 class Catalogue:
     entries: tuple[Entry, ...]
-    context_keywords: tuple[str, ...]
     default_gmu: tuple[tuple[tuple[int, ...], Decimal], ...]  # (from version, value), ascending
     version_hints: tuple[tuple[str, str], ...]  # (text, minimum version)
-
-    @property
-    def keywords(self) -> tuple[str, ...]:
-        """Every literal the prefilter must find: the entries' keywords and the context lines'."""
-        seen: dict[str, None] = {}
-        for e in self.entries:
-            seen.update(dict.fromkeys(e.keywords))
-        seen.update(dict.fromkeys(self.context_keywords))
-        seen.update(dict.fromkeys(t for t, _ in self.version_hints))
-        return tuple(seen)
+    prefilter: dict[str, Any] = field(default_factory=dict)  # anchors, patterns, banner, context sizes
 
     @property
     def event_classes(self) -> tuple[str, ...]:
@@ -121,7 +110,7 @@ def load(path: Path = CATALOGUE_PATH) -> Catalogue:
     defaults = data.get("defaults") or {}
     gmu = tuple(sorted((version_tuple(d["from"]), Decimal(d["value"])) for d in defaults.get("gpu_memory_utilization") or ()))
     hints = tuple((h["text"], h["min"]) for h in defaults.get("version_hints") or ())
-    return Catalogue(tuple(_entry(e) for e in data["entries"]), tuple(data.get("context_keywords") or ()), gmu, hints)
+    return Catalogue(tuple(_entry(e) for e in data["entries"]), gmu, hints, dict(data.get("prefilter") or {}))
 
 
 @lru_cache(maxsize=1)
@@ -147,38 +136,3 @@ def percent_at_least(threshold: Decimal) -> str:
     """Regex for a printed percentage ``NN.N`` whose integer part is ≥ floor(threshold) (a superset)."""
     low = max(0, min(100, int(threshold)))
     return "(?:" + "|".join(str(n) for n in range(100, low - 1, -1)) + r")\."
-
-
-def stems() -> list[str]:
-    """The keywords cut in two halves: a terminal's hard wrap cuts a keyword at most once, so one half
-    always stays whole on one line (short keywords are kept whole)."""
-    out: dict[str, None] = {}
-    for k in catalogue().keywords:
-        if k == "KV cache usage":
-            continue
-        if len(k) < 16:
-            out[k] = None
-        else:
-            half = len(k) // 2
-            out[k[:half]] = None
-            out[k[half:]] = None
-    return list(out)
-
-
-def prefilter_pattern(kv_pressure_percent: Decimal) -> re.Pattern[bytes]:
-    """One alternation of every keyword (as :func:`stems`); stats lines only when they can carry pressure.
-
-    A stats line ("KV cache usage") is the bulk of a long healthy log: it is kept only with a usage at
-    or above the pressure threshold, or a non-zero Preemptions/Swapped count.
-    """
-    words = [re.escape(k) for k in stems()]
-    words += [r"KV cache usage: " + percent_at_least(kv_pressure_percent), r"Preemptions: [1-9]", r"Swapped: [1-9]"]
-    return re.compile("|".join(words).encode())
-
-
-def prefilter_words(kv_pressure_percent: Decimal) -> list[str]:
-    """The same alternatives as :func:`prefilter_pattern`, for ``grep -E`` (POSIX ERE)."""
-    words = [re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", k) for k in stems()]
-    low = max(0, min(100, int(kv_pressure_percent)))
-    words += ["KV cache usage: (" + "|".join(str(n) for n in range(100, low - 1, -1)) + r")\.", "Preemptions: [1-9]", "Swapped: [1-9]"]
-    return words

@@ -1206,14 +1206,20 @@ def observe_file(path: str | Path, **kwargs: Any) -> list[ObserverEvent]:
     """All events of a log file; garbage and binary content never crash. Unreadable → InputError.
 
     Only a regular file is read: a FIFO, device or socket is refused at once (it could block or never end).
+    The file is read in large chunks through the prefilter (healing/tuning/prefilter.py): only the
+    lines around what a failure or a start of the service prints reach the per-line machinery.
     """
     from healing.safeio import open_regular
+    from healing.tuning.prefilter import build, scan
 
     p = Path(path)
     if not os.path.exists(p):  # also a name that cannot exist (too long)
         raise InputError(f"log file not found: {p}")
+    obs = Observer(kwargs.get("settings"), current=kwargs.get("current"), gpu_total_gib=kwargs.get("gpu_total_gib"))
+    pf = build(obs.obs.kv_pressure_percent, MAX_LINE_CHARS * 4)
     with open_regular(p, what="a log file") as fh:
-        return observe_lines(iter_binary_lines(fh), **kwargs)
+        events = obs.feed_numbered((n, raw.decode("utf-8", errors="replace")) for n, raw in scan(fh, pf))
+    return events + obs.finish()
 
 
 def parse_current(pairs: Iterable[str]) -> dict[str, Decimal]:

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from healing.tuning.actuators import GMU, MAX_MODEL_LEN, MAX_NUM_SEQS
-from healing.tuning.catalogue import CATALOGUE_PATH, catalogue, default_gmu, load, prefilter_pattern
-from healing.tuning.observer import EVENT_CLASSES, Observer, observe_lines
+from healing.tuning.catalogue import CATALOGUE_PATH, catalogue, default_gmu, load
+from healing.tuning.observer import EVENT_CLASSES, Observer, observe_file, observe_lines
+from healing.tuning.prefilter import build, scan
 
 CURRENT = {GMU: 0.7, MAX_NUM_SEQS: 8, MAX_MODEL_LEN: 4096}
 
@@ -167,18 +168,41 @@ def test_one_sustained_kv_pressure_episode_is_one_event() -> None:
     assert len(observe_lines(lines + later, current={GMU: 0.7})) == 2
 
 
-def test_the_prefilter_finds_every_sample_and_skips_healthy_stats() -> None:
-    rx = catalogue_prefilter()
-    for e in catalogue().entries:
-        for s in e.samples:
-            assert rx.search(s["text"].encode()), (e.id, s["text"][:60])
-    idle = (b"Engine 000: Avg prompt throughput: 0.0 tokens/s, Avg generation throughput: 0.0 tokens/s, Running: 0 reqs, "
-            b"Waiting: 0 reqs, GPU KV cache usage: 12.5%, Prefix cache hit rate: 0.0%")
-    assert rx.search(idle) is None
+STEADY = ("(APIServer pid=1) INFO 05-19 10:00:00 [loggers.py:271] Engine 000: Avg prompt throughput: 0.0 tokens/s, Avg "
+          "generation throughput: 1.0 tokens/s, Running: 4 reqs, Waiting: 0 reqs, GPU KV cache usage: 50.0%, Prefix cache hit rate: 0.0%")
+BANNER = ["(APIServer pid=1) INFO 05-19 10:00:00 [api_server.py:1] vLLM API server version 0.10.2",
+          "(APIServer pid=1) INFO 05-19 10:00:00 [utils.py:328] non-default args: {'model': 'Qwen/Qwen3-8B'}"]
 
 
-def catalogue_prefilter() -> re.Pattern[bytes]:
-    return prefilter_pattern(Decimal(95))
+def _anchored(text: str) -> bool:
+    pf = build(Decimal(95), 32768)
+    raw = text.encode()
+    return any(a in raw for a in pf.anchors) or any(p.search(raw) for p in pf.patterns)
+
+
+@pytest.mark.parametrize("entry_id, index, sample", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_the_prefiltered_file_gives_the_events_of_the_full_read(entry_id: str, index: int, sample: dict[str, Any],
+                                                                tmp_path: Path) -> None:
+    """Deep in a long log, after a restart banner — and, for runtime messages (an anchor), without one."""
+    body, _span = render(sample, "(EngineCore_DP0 pid=2) ERROR 05-19 10:00:01 [core.py:1] ", "plain")
+    layouts = [[STEADY] * 800 + BANNER + [STEADY] * 20 + body + [STEADY] * 700]
+    if _anchored(body[-1]):
+        layouts.append([STEADY] * 800 + body + [STEADY] * 700)
+    for lines in layouts:
+        log = tmp_path / "vllm.log"
+        log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        kwargs = {"current": dict(sample.get("current") or CURRENT), "gpu_total_gib": sample.get("gpu_total_gib")}
+        full = [e.to_json() for e in observe_lines(lines, **kwargs)]
+        assert [e.to_json() for e in observe_file(log, **kwargs)] == full
+        assert len(full) == 1
+
+
+def test_the_prefilter_skips_healthy_steady_state(tmp_path: Path) -> None:
+    log = tmp_path / "vllm.log"
+    log.write_text("\n".join(BANNER + [STEADY] * 5000) + "\n", encoding="utf-8")
+    with log.open("rb") as fh:
+        read = [n for n, _ in scan(fh, build(Decimal(95), 32768))]
+    assert read == list(range(1, 603))  # the start of the service only: 600 lines after the arguments
 
 
 def test_load_rejects_an_entry_without_samples(tmp_path: Path) -> None:
@@ -187,3 +211,21 @@ def test_load_rejects_an_entry_without_samples(tmp_path: Path) -> None:
                    "versions: ['0.33.0'], samples: []}\n", encoding="utf-8")
     with pytest.raises(ValueError, match="at least one sample"):
         load(bad)
+
+
+def test_chunk_boundaries_and_overlong_lines_change_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small chunks put every hit, context window and banner across chunk edges; the events stay the same."""
+    import healing.tuning.prefilter as prefilter
+
+    lines: list[str] = []
+    for i, (_eid, _k, sample) in enumerate(CASES):
+        if sample.get("current") or sample.get("gpu_total_gib") or sample.get("context"):
+            continue
+        lines += [STEADY] * (300 + 37 * i) + BANNER + ["x" * 70_000]
+        lines += render(sample, "(EngineCore_DP0 pid=2) ERROR 05-19 10:00:01 [core.py:1] ", "plain")[0]
+    log = tmp_path / "vllm.log"
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setattr(prefilter, "CHUNK_BYTES", 5000)
+    full = [e.to_json() for e in observe_lines(lines, current=CURRENT)]
+    assert [e.to_json() for e in observe_file(log, current=CURRENT)] == full
+    assert len(full) >= 5
