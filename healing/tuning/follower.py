@@ -137,6 +137,22 @@ class LogFollower:
         data = self._fh.read(cap) if cap else self._fh.read()
         if not data:
             return []
+        last_nl = data.rfind(b"\n")
+        if last_nl != -1:
+            # the common case at C speed (a log written at 100 MB/s stays followed): whole lines, none
+            # overlong — a line of at most max_line_bytes/4 characters cannot exceed max_line_bytes bytes
+            block = data[: last_nl + 1]
+            text = block.decode("utf-8", errors="replace")
+            lines = text.split("\n")[:-1]
+            if max(map(len, lines)) * 4 <= self.max_line_bytes or max(len(x.encode()) for x in lines) <= self.max_line_bytes:
+                if "\r" in text:
+                    lines = [line.rstrip("\r") for line in lines]
+                self._offset += len(block)
+                return lines + self._split(data[last_nl + 1:], final)
+        return self._split(data, final)
+
+    def _split(self, data: bytes, final: bool) -> list[str]:
+        """Lines of ``data`` with overlong ones cut into pieces; an incomplete last line waits unless ``final``."""
         out: list[str] = []
         pos = 0
         while pos < len(data):

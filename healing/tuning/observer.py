@@ -59,6 +59,7 @@ from healing.tuning.catalogue import Entry, catalogue, default_gmu, version_tupl
 
 SUBSYSTEM = "vllm"
 MAX_LINE_CHARS = 8192  # longer lines are cut: no vLLM message is longer, and garbage must stay cheap
+PREFILTER_MIN_CHARS = 1 << 20  # observe_lines: batches from this size on go through the prefilter
 LOOKAHEAD = 6  # lines joined after a line so that a hard-wrapped message (80 columns: up to ~500 chars) still matches
 GIB = Decimal(1024**3)
 PRINT_SLACK_GIB = Decimal("0.005")  # half of the 0.01 GiB resolution of vLLM's printed sizes
@@ -362,7 +363,10 @@ class Observer:
         self.min_version: str | None = None  # proved by a version hint when no banner was logged
         self.telemetry: dict[str, int | float] = {}
         self.catalogue = catalogue()
-        self._entries = [e for e in self.catalogue.entries]
+        self._entries = list(self.catalogue.entries)
+        # every keyword once, blanks removed: one cheap test rejects the lines no entry can match
+        self._squeezed_keywords = tuple({k.replace(" ", "") for e in self._entries for k in e.keywords})
+        self._keywords = tuple({k for e in self._entries for k in e.keywords})
         self._run = _Run()
         self._buffer: deque[LogLine] = deque()
         self._line_no = 0
@@ -531,6 +535,9 @@ class Observer:
         joined = self._joined(line)
         # a terminal may cut a keyword itself ("Free memory on dev" / "ice"): look for it in the joined text too
         squeezed = joined.replace(" ", "") if joined is not None else None
+        if not any(k in text for k in self._keywords) and (
+                squeezed is None or not any(k in squeezed for k in self._squeezed_keywords)):
+            return joined
         cut = len(text.rstrip())
         matched: set[str] = set()
         for entry in self._entries:
@@ -1192,9 +1199,22 @@ def _replace(event: ObserverEvent, **changes: Any) -> ObserverEvent:
 def observe_lines(lines: Iterable[str], *, settings: TuningSettings | None = None,
                   current: Mapping[str, float | int | str | Decimal] | None = None,
                   gpu_total_gib: float | Decimal | None = None) -> list[ObserverEvent]:
-    """All events of a complete log given as lines."""
+    """All events of a complete log given as lines.
+
+    A big batch (a follower's read of a fast-growing log) goes through the prefilter like a file does;
+    a small one is read line by line in full.
+    """
     obs = Observer(settings, current=current, gpu_total_gib=gpu_total_gib)
-    return obs.feed(lines) + obs.finish()
+    if not isinstance(lines, list) or sum(map(len, lines)) < PREFILTER_MIN_CHARS:
+        return obs.feed(lines) + obs.finish()
+    import io
+
+    from healing.tuning.prefilter import build, scan
+
+    data = io.BytesIO("\n".join(lines).encode("utf-8", errors="replace"))
+    pf = build(obs.obs.kv_pressure_percent, MAX_LINE_CHARS * 4)
+    events = obs.feed_numbered((n, raw.decode("utf-8", errors="replace")) for n, raw in scan(data, pf))
+    return events + obs.finish()
 
 
 def observe_text(text: str, **kwargs: Any) -> list[ObserverEvent]:
