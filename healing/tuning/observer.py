@@ -1,9 +1,14 @@
 """The Observer: read vLLM logs, recognise quantifiable configuration failures, compute minimal fixes.
 
-Input is the raw log of a vLLM server (any version listed in VLLM_MESSAGES.md, with docker/Ray/
-rank/timestamp prefixes, tracebacks repeated per worker rank). Output is one
+Input is the raw log of a vLLM server (0.4 → 0.33, with docker/Ray/rank/timestamp/journald/kubectl
+prefixes, pasted ANSI codes, CRLF, terminal hard-wraps, tracebacks repeated per worker rank). Output is one
 :class:`ObserverEvent` per *failure* — not per matching line — with the numbers read from the log,
 whether to escalate, a sentence citing the numbers, and a seed fix in the safe direction.
+
+The rules are data: vllm_catalogue/catalogue.yaml holds one entry per vLLM message (keywords,
+pattern, class, the name of the remedy method ``_remedy_<name>`` that does the arithmetic, samples);
+this module is the engine over it. Big files and big follower batches go through the prefilter
+(healing/tuning/prefilter.py) first.
 
 How one failure becomes one event:
 
@@ -12,8 +17,12 @@ How one failure becomes one event:
 * A line of traceback *source* (``raise ValueError("No available memory …"``) is a weak match: it only
   becomes an event when no real message line of the same class follows within
   ``pending_horizon_lines``. The final ``ValueError: …`` line is the decisive one.
-* Within one *run* (the log between two vLLM start banners) each class is reported once: worker ranks
-  and the re-raise in the API server all describe the same failure.
+* Within one *run* (the log between two vLLM start banners — the API server's version line or the
+  0.17+ logo row —, or new ``non-default args`` after a failure) each class is reported once: worker
+  ranks, the re-raise in the API server and ``Worker failed with error '…'`` all describe the same
+  failure. Each run keeps its own ``non-default args``.
+* A hard-wrapped message is read joined with its unprefixed continuation lines, without blanks (a
+  terminal cuts at its width, also inside words); the catalogue's patterns accept the lost blanks.
 * A PyTorch OOM chained under "CUDA out of memory occurred when warming up sampler" is absorbed by the
   more specific sampler event (its numbers are kept).
 
@@ -25,8 +34,12 @@ the cache blocks" gives the deficit) and are exposed as :attr:`Observer.telemetr
 Soft signals (V0 preemption warnings, stats lines with a full KV cache and waiting requests) produce a
 ``kv_cache_preemption`` event only at a sustained rate: ``preemption_count`` signals within
 ``preemption_window_seconds`` (measured from the log timestamps; without timestamps the count alone
-decides). A single preemption warning yields no event: an event without fix and without escalation
-would read as "search for a fix", which one warning does not justify.
+decides), and one event per sustained episode: no further one until the signals stop for a window.
+A single preemption warning yields no event: an event without fix and without escalation would read
+as "search for a fix", which one warning does not justify.
+
+vLLM's default gpu_memory_utilization is version-aware (0.9 up to 0.17, 0.92 from 0.20: catalogue
+``defaults``), read from the version banner or from a text that proves a minimum version.
 """
 
 from __future__ import annotations
