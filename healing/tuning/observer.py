@@ -951,18 +951,22 @@ class Observer:
         gmu, gsrc = self._value(GMU)
         total = self._total()
         gmu_fix: Decimal | None = None
-        gmu_why = "the GPU's total memory is not in the log"
+        gmu_why = f"gpu_memory_utilization {_fmt(gmu or 0)} ({gsrc}) is already at the bound"
         if total and gmu is not None:
             target = gmu + (needed - avail + PRINT_SLACK_GIB) / total
             values["target_gpu_memory_utilization"] = target.quantize(Decimal("0.0001"))
             gmu_fix, gmu_why = self._computed(GMU, gmu, target, "raise")
+        elif gmu is not None:  # no total to compute from: one step, as for kv_cache_no_memory
+            gmu_fix = self._stepped(GMU, gmu, "raise")
         est = Decimal(_int(m["est"])) if m["est"] else None
         if avail <= 0 or needed <= 0 or (est is not None and est <= 0):
             # no length fits: vLLM's other advice — raise gmu — is the fix when there is room
             if gmu_fix is not None:
+                how = (f"({_fmt(needed)} − {_fmt(avail)} + {_fmt(PRINT_SLACK_GIB)})/{_fmt(total)} more" if total
+                       else "one step, the log gives no total to compute from")
                 return self._event(cls, variant, line, values, escalate=False, fix={GMU: gmu_fix}, context_keys=("total_gib",),
                                    reason=f"{head}; no length fits, raise gpu_memory_utilization from {_fmt(gmu or 0)} ({gsrc}) to "
-                                          f"{self._act(GMU).format(gmu_fix)}: ({_fmt(needed)} − {_fmt(avail)} + {_fmt(PRINT_SLACK_GIB)})/{_fmt(total or 0)} more")
+                                          f"{self._act(GMU).format(gmu_fix)}: {how}")
             return self._event(cls, variant, line, values, escalate=True, fix=None, reason=f"{head}; no length fits and {gmu_why}")
         if est is not None:
             target_len = est
