@@ -2,20 +2,23 @@
 
 Logs of 100 MB and 1 GB (decimal) are generated in a temporary folder: a vLLM 0.10 start-up, then
 healthy serving lines (stats, spec-decode metrics, uvicorn access lines, as in the replay corpus) with
-advancing timestamps, and three failures (sampler warm-up OOM, start-up free memory, PyTorch OOM) near
-the start, the middle and the end. The lines are formatted once into a few blocks of ~4 MB which are
+advancing timestamps, and three failures near the start, the middle and the end: a sampler warm-up
+OOM, a restart whose start-up fails on free memory (a failure of that kind follows a banner, as in
+real logs), and a PyTorch OOM. The lines are formatted once into a few blocks of ~4 MB which are
 then written repeatedly, so generating 1 GB takes seconds.
 
 The three commands are timed alternately in one run (min of N repeats, the file in the page cache):
 `LC_ALL=C grep -c memory FILE` (one keyword of the Observer's vocabulary), `LC_ALL=C wc -l FILE` and
 the real CLI process of `tune observe`. Rows: MB/s of each, observe/grep and observe/wc time ratios,
-and the Observer's peak RSS. Target: observe/grep ≤ 5 on 1 GB (issue 11).
+and the Observer's peak RSS. Target: observe/grep ≤ 5 on 1 GB (issue 11). A last line says whether
+`tune observe` found the three failures (a prefilter that skips them would be fast for nothing).
 
 SELFHEAL_BENCH_QUICK=1 skips the 1 GB log (and its target row).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,7 +63,8 @@ SERVING = [  # one cycle of steady-state lines; {ts} advances by one second per 
 FAILURES = [
     "(EngineCore_0 pid=1399537) ERROR {ts} [core.py:708] RuntimeError: CUDA out of memory occurred when warming up sampler "
     "with 256 dummy requests. Please try lowering `max_num_seqs` or `gpu_memory_utilization` when initializing the engine.",
-    "(EngineCore_0 pid=1399537) ERROR {ts} [core.py:708] ValueError: Free memory on device (67.24/79.25 GiB) on startup is "
+    STARTUP.split("(EngineCore_0", 1)[0]  # the restart's banner and arguments, then the failure
+    + "(EngineCore_0 pid=1399537) ERROR {ts} [core.py:708] ValueError: Free memory on device (67.24/79.25 GiB) on startup is "
     "less than desired GPU memory utilization (0.9, 71.33 GiB). Decrease GPU memory utilization or reduce GPU memory used "
     "by other processes.",
     "(Worker_TP0 pid=160) ERROR {ts} [multiproc_executor.py:962] torch.OutOfMemoryError: CUDA out of memory. Tried to "
@@ -68,6 +72,9 @@ FAILURES = [
     "memory, this process has 22.82 GiB memory in use. Of the allocated memory 21.98 GiB is allocated by PyTorch, and "
     "391.42 MiB is reserved by PyTorch but unallocated.",
 ]
+
+
+EXPECTED_EVENTS = ["sampler_warmup_oom", "startup_free_memory_below_request", "cuda_oom_torch"]
 
 
 def _stamp(second: int) -> str:
@@ -106,8 +113,8 @@ def generate_log(path: Path, size: int) -> None:
         out.write((FAILURES[2].format(ts=_stamp(60 + k % BLOCKS * BLOCK_LINES)) + "\n").encode())
 
 
-def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Wall time of one process run to completion and its peak RSS in KiB (from wait4, this child only)."""
+def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, int, bytes]:
+    """Wall time of one process run to completion, its peak RSS in KiB (wait4: this child only), its stdout."""
     # stdout is a pipe, not /dev/null: GNU grep stops at the first match when its output is /dev/null.
     # stderr goes to a file, so a chatty child cannot block on a pipe nobody reads yet.
     with tempfile.TemporaryFile() as err:
@@ -115,14 +122,14 @@ def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=env)
         assert proc.stdout is not None
         with proc.stdout:
-            proc.stdout.read()
+            out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
             raise RuntimeError(f"{argv[:3]} exited {proc.returncode}: {err.read().decode(errors='replace').strip()[:300]}")
-    return elapsed, usage.ru_maxrss
+    return elapsed, usage.ru_maxrss, out
 
 
 def _bench_size(folder: Path, size: int, repeats: int) -> list[tuple[str, float, float | None]]:
@@ -142,16 +149,21 @@ def _bench_size(folder: Path, size: int, repeats: int) -> list[tuple[str, float,
     _timed(commands["wc"], env)  # the file into the page cache for all three
     best = {name: float("inf") for name in commands}
     peak_kib = 0
+    events: list[str] = []
     for _ in range(repeats):  # alternate, so all three see the same machine load
         for name, argv in commands.items():
-            elapsed, rss = _timed(argv, env)
+            elapsed, rss, out = _timed(argv, env)
             best[name] = min(best[name], elapsed)
             if name == "observe":
                 peak_kib = max(peak_kib, rss)
+                events = [e["class"] for e in json.loads(out)]
     for name in commands:
         print(f"{name:<8} {best[name]:8.3f} s  {actual / MB / best[name]:9.1f} MB/s")
     ratio_grep, ratio_wc = best["observe"] / best["grep"], best["observe"] / best["wc"]
     print(f"observe/grep {ratio_grep:.1f}×, observe/wc {ratio_wc:.1f}×, observe peak RSS {peak_kib / 1024:.0f} MiB")
+    # a speed-up that drops failures is no speed-up: say so next to the figures
+    verdict = "all found" if events == EXPECTED_EVENTS else f"EXPECTED {', '.join(EXPECTED_EVENTS)}"
+    print(f"observe events: {', '.join(events) or 'none'} ({verdict})")
     path.unlink()
     return [
         (f"observer {label} observe MB/s", actual / MB / best["observe"], None),
