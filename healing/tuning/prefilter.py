@@ -14,21 +14,43 @@ is read in large chunks and only these lines reach the Observer, with their true
 Why anchors and not one alternation of every catalogue keyword: CPython's ``re`` scans an alternation of
 the ~50 keywords at ~60 MB/s, GNU ``grep -E`` at ~450 MB/s, while one ``bytes.find`` runs at ~3 GB/s
 (measured on a 1 GB log). Memory stays flat: one chunk and a few lines of context are held at a time.
+
+The matcher: all anchors and patterns are compiled into one Hyperscan database (Intel's SIMD
+multi-pattern matcher; the ``hyperscan`` wheel bundles the library) and each chunk is scanned once.
+Measured on the same 1 GB log (read into a 4 MiB buffer; min of 3): read only 0.12 s, Hyperscan 0.35 s,
+one ``bytes.find`` per anchor + ``re`` for the pattern (the fallback) ~1.9 s, ahocorasick-rs 1.65 s,
+google-re2 1.48 s, pyahocorasick 4.3 s. Without ``hyperscan`` (no wheel for the platform) the same
+anchors and patterns are found with ``bytes.find`` and ``re`` — :func:`_hit_finder` decides, once per
+build. Line numbers: newlines are counted with numpy's SIMD compare (0.12 s/GB instead of 0.30 s/GB
+for ``bytes.count``), in 1 MiB slices so the temporary array stays small.
 """
 
 from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import BinaryIO
+from functools import lru_cache
+from typing import Any, BinaryIO
 
 from healing.tuning.catalogue import catalogue, percent_at_least
 
+try:
+    import hyperscan as _hyperscan
+except ImportError:  # no wheel for this platform: the pure-Python matcher
+    _hyperscan = None
+try:
+    import numpy as _np
+except ImportError:
+    _np = None
+
 CHUNK_BYTES = 4 << 20
 _NL = b"\n"
+_COUNT_SLICE = 1 << 20  # numpy compares this much at a time (a small temporary)
+
+HitFinder = Callable[[bytearray, int], list[int]]  # (buffer, size) → sorted start offsets of the hits
 
 
 @dataclass(frozen=True)
@@ -40,14 +62,71 @@ class Prefilter:
     before: int
     after: int
     max_line_bytes: int
+    find_hits: HitFinder = field(compare=False)
+    engine: str = "python"  # "hyperscan" or "python": which matcher find_hits uses
 
 
 def build(kv_pressure_percent: Decimal, max_line_bytes: int) -> Prefilter:
     cfg = catalogue().prefilter
     pct = percent_at_least(kv_pressure_percent).encode()
     patterns = tuple(re.compile(p.encode().replace(b"{PRESSURE}", pct)) for p in cfg["patterns"])
-    return Prefilter(tuple(a.encode() for a in cfg["anchors"]), patterns, re.compile(cfg["banner"].encode()),
-                     int(cfg["startup_lines"]), int(cfg["before"]), int(cfg["after"]), max_line_bytes)
+    anchors = tuple(a.encode() for a in cfg["anchors"])
+    engine, find_hits = _hit_finder(anchors, tuple(p.pattern for p in patterns))
+    return Prefilter(anchors, patterns, re.compile(cfg["banner"].encode()), int(cfg["startup_lines"]),
+                     int(cfg["before"]), int(cfg["after"]), max_line_bytes, find_hits, engine)
+
+
+def _hit_finder(anchors: tuple[bytes, ...], patterns: tuple[bytes, ...]) -> tuple[str, HitFinder]:
+    """The one place that decides the matcher: Hyperscan when it imports (and compiles), else Python."""
+    if _hyperscan is not None:
+        try:
+            return "hyperscan", _hyperscan_finder(anchors, patterns)
+        except _hyperscan.error:  # a pattern Hyperscan cannot compile: the same search in Python
+            pass
+    return "python", _python_finder(anchors, tuple(re.compile(p) for p in patterns))
+
+
+def _python_finder(anchors: tuple[bytes, ...], patterns: tuple[re.Pattern[bytes], ...]) -> HitFinder:
+    def find_hits(buf: bytearray, size: int) -> list[int]:
+        return sorted({i for a in anchors for i in _find_all(buf, a, size)} |
+                      {m.start() for p in patterns for m in p.finditer(buf, 0, size)})
+    return find_hits
+
+
+@lru_cache(maxsize=8)
+def _hyperscan_db(anchors: tuple[bytes, ...], patterns: tuple[bytes, ...]) -> Any:
+    assert _hyperscan is not None
+    exprs = [re.escape(a) for a in anchors] + list(patterns)
+    db = _hyperscan.Database(mode=_hyperscan.HS_MODE_BLOCK)
+    # leftmost start of every match, as re.finditer / bytes.find give it
+    db.compile(expressions=exprs, ids=list(range(len(exprs))), elements=len(exprs),
+               flags=[_hyperscan.HS_FLAG_SOM_LEFTMOST] * len(exprs))
+    return db
+
+
+def _hyperscan_finder(anchors: tuple[bytes, ...], patterns: tuple[bytes, ...]) -> HitFinder:
+    assert _hyperscan is not None
+    db = _hyperscan_db(anchors, patterns)
+    hs = _hyperscan
+
+    def find_hits(buf: bytearray, size: int) -> list[int]:
+        starts: set[int] = set()
+
+        def on_match(_id: int, start: int, _end: int, _flags: int, _ctx: object) -> None:
+            starts.add(start)
+
+        # a scratch per call: a database may be scanned by several threads at once, a scratch may not
+        db.scan(memoryview(buf)[:size], match_event_handler=on_match, scratch=hs.Scratch(db))
+        return sorted(starts)
+    return find_hits
+
+
+def _count_newlines(buf: bytearray, start: int, end: int) -> int:
+    """Newlines in ``buf[start:end]``: numpy's SIMD compare for big ranges, ``bytes.count`` otherwise."""
+    if _np is None or end - start < _COUNT_SLICE:
+        return buf.count(_NL, start, end)
+    arr = _np.frombuffer(buf, _np.uint8, end - start, start)
+    return sum(int(_np.count_nonzero(arr[i:i + _COUNT_SLICE] == 0x0A)) for i in range(0, end - start, _COUNT_SLICE))
 
 
 def _chunks(fh: BinaryIO, limit: int) -> Iterator[tuple[bytearray, int]]:
@@ -78,15 +157,14 @@ def scan(fh: BinaryIO, pf: Prefilter) -> Iterator[tuple[int, bytes]]:
     last = 0  # the last line number yielded
     tail: deque[tuple[int, bytes]] = deque(maxlen=pf.before)  # the previous chunk's last lines
     for buf, size in _chunks(fh, pf.max_line_bytes):
-        hits = sorted({i for a in pf.anchors for i in _find_all(buf, a, size)} |
-                      {m.start() for p in pf.patterns for m in p.finditer(buf, 0, size)})
+        hits = pf.find_hits(buf, size)
         # (first line number, its offset, last line number) of each stretch to read
         stretches: list[tuple[int, int, int]] = []
         if emit_until >= first:
             stretches.append((first, 0, emit_until))
         line, off = first, 0
         for pos in hits:
-            line += buf.count(_NL, off, pos)
+            line += _count_newlines(buf, off, pos)
             off = pos
             start = buf.rfind(_NL, 0, pos) + 1
             end = buf.find(_NL, pos, size)
@@ -105,7 +183,7 @@ def scan(fh: BinaryIO, pf: Prefilter) -> Iterator[tuple[int, bytes]]:
             last = n
             yield n, text[: pf.max_line_bytes]
         emit_until = max([emit_until] + [s[2] for s in stretches])
-        count = line - first + buf.count(_NL, off, size) + (0 if buf[size - 1] == 0x0A else 1)
+        count = line - first + _count_newlines(buf, off, size) + (0 if buf[size - 1] == 0x0A else 1)
         tail.clear()
         tail.extend(_last_lines(buf, size, first + count - 1, pf.before))
         first += count
