@@ -6,7 +6,9 @@ Each ``tuning.log_sources`` file is followed across rotation by a
 last one stopped instead of re-reading old failures. A file lock serialises readers (threads and
 processes), so two callers never consume the same lines.
 
-The new lines of one read go through a fresh Observer (a vLLM failure is written at once, so a
+Each cycle drains a source: reads of at most ``READ_BYTES`` are repeated until nothing new is left or
+``DRAIN_SECONDS`` have passed (the rest waits for the next cycle). The new lines of one read go through a
+fresh Observer (a vLLM failure is written at once, so a
 read holds the whole traceback) and each event is then:
 
 * suppressed when its (subsystem, class) fired within ``tuning.observer.cooldown_seconds``: the
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
 
 STATE_FILE = "log_sources.json"
 ALERT_KIND = "tuning_escalation"
+READ_BYTES = 8 << 20  # one read of the follower (one Observer batch)
+DRAIN_SECONDS = 5.0  # per source and cycle: read again until nothing new or this much time has passed
+_clock = time.monotonic
 
 _cooldowns: dict[tuple[str, float], Cooldown] = {}
 _cooldowns_lock = threading.Lock()
@@ -147,21 +152,27 @@ def observe_log_sources(settings: Settings, runner: RunnerSettings, tuning: Tuni
         for src in runner.log_sources:
             key = str(src.path)
             saved = state.get(key)
-            follower = LogFollower(src.path, start_at_end=src.start_at_end,
+            follower = LogFollower(src.path, start_at_end=src.start_at_end, max_bytes=READ_BYTES,
                                    state=FollowerState.from_dict(saved) if isinstance(saved, dict) else None)
+            deadline = _clock() + DRAIN_SECONDS
             try:
-                lines = follower.read_new_lines()
+                # drain: read (READ_BYTES at a time) until nothing new, so a log written at 100 MB/s is kept
+                # up with; bounded by DRAIN_SECONDS per source, so one cycle cannot starve the worker
+                while True:
+                    lines = follower.read_new_lines()
+                    state[key] = follower.state.to_dict()
+                    # persist before acting: a crash below loses at most these events, never re-reads old lines
+                    _save_state(state_path, state)
+                    if not lines:
+                        break
+                    events = observe_lines(lines, settings=tuning, current=current or None, gpu_total_gib=gpu_total)
+                    for event in events:
+                        record = record_event(settings, event, source=key, subsystem=src.subsystem,
+                                              cooldown_s=tuning.observer.cooldown_seconds, now=now)
+                        record["source"] = key
+                        out.append(record)
+                    if _clock() >= deadline:
+                        break  # the rest on the next cycle (the state says where)
             finally:
                 follower.close()
-            state[key] = follower.state.to_dict()
-            # persist before acting: a crash below loses at most these events, never re-reads old lines
-            _save_state(state_path, state)
-            if not lines:
-                continue
-            events = observe_lines(lines, settings=tuning, current=current or None, gpu_total_gib=gpu_total)
-            for event in events:
-                record = record_event(settings, event, source=key, subsystem=src.subsystem,
-                                      cooldown_s=tuning.observer.cooldown_seconds, now=now)
-                record["source"] = key
-                out.append(record)
     return out
