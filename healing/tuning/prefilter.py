@@ -28,6 +28,7 @@ for ``bytes.count``), in 1 MiB slices so the temporary array stays small.
 from __future__ import annotations
 
 import re
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,10 +42,7 @@ try:
     import hyperscan as _hyperscan
 except ImportError:  # no wheel for this platform: the pure-Python matcher
     _hyperscan = None
-try:
-    import numpy as _np
-except ImportError:
-    _np = None
+_np: Any = False  # numpy once imported (on the first big count: small logs do not pay for it); None: absent
 
 CHUNK_BYTES = 4 << 20
 _NL = b"\n"
@@ -108,6 +106,7 @@ def _hyperscan_finder(anchors: tuple[bytes, ...], patterns: tuple[bytes, ...]) -
     assert _hyperscan is not None
     db = _hyperscan_db(anchors, patterns)
     hs = _hyperscan
+    local = threading.local()  # a database may be scanned by several threads at once, a scratch may not
 
     def find_hits(buf: bytearray, size: int) -> list[int]:
         starts: set[int] = set()
@@ -115,18 +114,31 @@ def _hyperscan_finder(anchors: tuple[bytes, ...], patterns: tuple[bytes, ...]) -
         def on_match(_id: int, start: int, _end: int, _flags: int, _ctx: object) -> None:
             starts.add(start)
 
-        # a scratch per call: a database may be scanned by several threads at once, a scratch may not
-        db.scan(memoryview(buf)[:size], match_event_handler=on_match, scratch=hs.Scratch(db))
+        scratch = getattr(local, "scratch", None)
+        if scratch is None:
+            scratch = local.scratch = hs.Scratch(db)
+        db.scan(memoryview(buf)[:size], match_event_handler=on_match, scratch=scratch)
         return sorted(starts)
     return find_hits
 
 
+def _numpy() -> Any:
+    global _np
+    if _np is False:
+        try:
+            import numpy
+        except ImportError:
+            numpy = None
+        _np = numpy
+    return _np
+
+
 def _count_newlines(buf: bytearray, start: int, end: int) -> int:
     """Newlines in ``buf[start:end]``: numpy's SIMD compare for big ranges, ``bytes.count`` otherwise."""
-    if _np is None or end - start < _COUNT_SLICE:
+    if end - start < _COUNT_SLICE or (np := _numpy()) is None:
         return buf.count(_NL, start, end)
-    arr = _np.frombuffer(buf, _np.uint8, end - start, start)
-    return sum(int(_np.count_nonzero(arr[i:i + _COUNT_SLICE] == 0x0A)) for i in range(0, end - start, _COUNT_SLICE))
+    arr = np.frombuffer(buf, np.uint8, end - start, start)
+    return sum(int(np.count_nonzero(arr[i:i + _COUNT_SLICE] == 0x0A)) for i in range(0, end - start, _COUNT_SLICE))
 
 
 def _chunks(fh: BinaryIO, limit: int) -> Iterator[tuple[bytearray, int]]:

@@ -130,3 +130,12 @@ def test_newline_count_is_exact_with_and_without_numpy(size: int, monkeypatch: p
         assert prefilter._count_newlines(buf, start, end) == expected
         monkeypatch.undo()
     assert prefilter._count_newlines(buf, 0, size) == want
+
+
+@needs_hyperscan
+def test_a_pattern_hyperscan_cannot_compile_falls_back_to_python() -> None:
+    engine, find_hits = prefilter._hit_finder((b"out of memory",), (rb"(x)\1 twice",))  # a back-reference
+    data = bytearray(b"ok\nxx twice\nCUDA out of memory\n")
+    assert engine == "python"
+    assert find_hits(data, len(data)) == [3, 17]
+    assert prefilter._hit_finder((b"out of memory",), (rb"KV cache usage: (?:100|99)\.",))[0] == "hyperscan"
