@@ -21,12 +21,15 @@ Measured on the same 1 GB log (read into a 4 MiB buffer; min of 3): read only 0.
 one ``bytes.find`` per anchor + ``re`` for the pattern (the fallback) ~1.9 s, ahocorasick-rs 1.65 s,
 google-re2 1.48 s, pyahocorasick 4.3 s. Without ``hyperscan`` (no wheel for the platform) the same
 anchors and patterns are found with ``bytes.find`` and ``re`` — :func:`_hit_finder` decides, once per
-build. Line numbers: newlines are counted with numpy's SIMD compare (0.12 s/GB instead of 0.30 s/GB
-for ``bytes.count``), in 1 MiB slices so the temporary array stays small.
+build. Line numbers: in a file of ``NUMPY_FROM_BYTES`` or more, newlines are counted with numpy's SIMD
+compare (0.12 s/GB instead of 0.30 s/GB for ``bytes.count``; its import costs ~70 ms, so smaller logs
+use ``bytes.count``), in 1 MiB slices so the temporary array stays small.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import threading
 from collections import deque
@@ -42,7 +45,8 @@ try:
     import hyperscan as _hyperscan
 except ImportError:  # no wheel for this platform: the pure-Python matcher
     _hyperscan = None
-_np: Any = False  # numpy once imported (on the first big count: small logs do not pay for it); None: absent
+_np: Any = False  # numpy once imported (only for a big file: small logs do not pay for it); None: absent
+NUMPY_FROM_BYTES = 384 << 20  # numpy's import (~70 ms, ~19 MB RSS) pays off from about this size on
 
 CHUNK_BYTES = 4 << 20
 _NL = b"\n"
@@ -133,12 +137,26 @@ def _numpy() -> Any:
     return _np
 
 
-def _count_newlines(buf: bytearray, start: int, end: int) -> int:
-    """Newlines in ``buf[start:end]``: numpy's SIMD compare for big ranges, ``bytes.count`` otherwise."""
-    if end - start < _COUNT_SLICE or (np := _numpy()) is None:
+def _count_bytes(buf: bytearray, start: int, end: int) -> int:
+    return buf.count(_NL, start, end)
+
+
+def _count_numpy(buf: bytearray, start: int, end: int) -> int:
+    """Newlines in ``buf[start:end]`` with numpy's SIMD compare, 1 MiB at a time (a small temporary)."""
+    if end - start < 4096:
         return buf.count(_NL, start, end)
+    np = _np
     arr = np.frombuffer(buf, np.uint8, end - start, start)
     return sum(int(np.count_nonzero(arr[i:i + _COUNT_SLICE] == 0x0A)) for i in range(0, end - start, _COUNT_SLICE))
+
+
+def _newline_counter(fh: BinaryIO) -> Callable[[bytearray, int, int], int]:
+    """numpy for a file of ``NUMPY_FROM_BYTES`` or more still to read (when numpy imports), else ``bytes.count``."""
+    try:
+        left = os.fstat(fh.fileno()).st_size - fh.tell()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # not a file (BytesIO: a follower batch)
+        left = 0
+    return _count_numpy if left >= NUMPY_FROM_BYTES and _numpy() is not None else _count_bytes
 
 
 def _chunks(fh: BinaryIO, limit: int) -> Iterator[tuple[bytearray, int]]:
@@ -168,6 +186,7 @@ def scan(fh: BinaryIO, pf: Prefilter) -> Iterator[tuple[int, bytes]]:
     emit_until = pf.startup_lines  # lines up to this number are read in full (the file's start)
     last = 0  # the last line number yielded
     tail: deque[tuple[int, bytes]] = deque(maxlen=pf.before)  # the previous chunk's last lines
+    count_newlines = _newline_counter(fh)
     for buf, size in _chunks(fh, pf.max_line_bytes):
         hits = pf.find_hits(buf, size)
         # (first line number, its offset, last line number) of each stretch to read
@@ -176,7 +195,7 @@ def scan(fh: BinaryIO, pf: Prefilter) -> Iterator[tuple[int, bytes]]:
             stretches.append((first, 0, emit_until))
         line, off = first, 0
         for pos in hits:
-            line += _count_newlines(buf, off, pos)
+            line += count_newlines(buf, off, pos)
             off = pos
             start = buf.rfind(_NL, 0, pos) + 1
             end = buf.find(_NL, pos, size)
@@ -195,7 +214,7 @@ def scan(fh: BinaryIO, pf: Prefilter) -> Iterator[tuple[int, bytes]]:
             last = n
             yield n, text[: pf.max_line_bytes]
         emit_until = max([emit_until] + [s[2] for s in stretches])
-        count = line - first + _count_newlines(buf, off, size) + (0 if buf[size - 1] == 0x0A else 1)
+        count = line - first + count_newlines(buf, off, size) + (0 if buf[size - 1] == 0x0A else 1)
         tail.clear()
         tail.extend(_last_lines(buf, size, first + count - 1, pf.before))
         first += count

@@ -7,6 +7,7 @@ give the same hit offsets, the same (line number, text) stream and the same Obse
 
 from __future__ import annotations
 
+import io
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -73,9 +74,11 @@ def test_both_matchers_give_the_same_sorted_unique_hit_offsets(monkeypatch: pyte
 
 @pytest.mark.parametrize("chunk", [prefilter.CHUNK_BYTES, 7000, 777])
 def test_scan_stream_is_the_same_for_both_matchers(chunk: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native side also counts newlines with numpy (forced for this small file), the fallback with bytes.count."""
     log = tmp_path / "vllm.log"
     log.write_text("\n".join(_log_lines()) + "\n", encoding="utf-8")
     monkeypatch.setattr(prefilter, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(prefilter, "NUMPY_FROM_BYTES", 0)
     streams = []
     for hide in (False, True):
         if hide:
@@ -119,17 +122,28 @@ def test_the_replay_corpus_gives_the_same_events_with_both_matchers(monkeypatch:
     assert run() == native
 
 
-@pytest.mark.parametrize("size", [0, 1, 100, (1 << 20) - 1, 1 << 20, (3 << 20) + 12345])
-def test_newline_count_is_exact_with_and_without_numpy(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("size", [0, 1, 100, 5000, (1 << 20) - 1, 1 << 20, (3 << 20) + 12345])
+def test_newline_count_is_exact_with_numpy_and_bytes_count(size: int) -> None:
+    if prefilter._numpy() is None:
+        pytest.skip("numpy not installed")
     buf = bytearray((b"ab\ncd\n\n" * (size // 7 + 1))[:size])
-    want = bytes(buf).count(b"\n")
     for start, end in [(0, size), (size // 3, size), (min(1, size), max(min(1, size), size - 1))]:
         expected = bytes(buf[start:end]).count(b"\n")
-        assert prefilter._count_newlines(buf, start, end) == expected
-        monkeypatch.setattr(prefilter, "_np", None)
-        assert prefilter._count_newlines(buf, start, end) == expected
-        monkeypatch.undo()
-    assert prefilter._count_newlines(buf, 0, size) == want
+        assert prefilter._count_numpy(buf, start, end) == prefilter._count_bytes(buf, start, end) == expected
+
+
+def test_numpy_counts_only_in_a_big_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    big = tmp_path / "big.log"
+    with big.open("wb") as fh:
+        fh.truncate(prefilter.NUMPY_FROM_BYTES)  # sparse: only its size matters
+    with big.open("rb") as fh:
+        assert prefilter._newline_counter(fh) is (prefilter._count_numpy if prefilter._numpy() else prefilter._count_bytes)
+        fh.seek(1)  # less than NUMPY_FROM_BYTES left to read
+        assert prefilter._newline_counter(fh) is prefilter._count_bytes
+    assert prefilter._newline_counter(io.BytesIO(b"a\n" * 10)) is prefilter._count_bytes
+    monkeypatch.setattr(prefilter, "_np", None)  # numpy absent
+    with big.open("rb") as fh:
+        assert prefilter._newline_counter(fh) is prefilter._count_bytes
 
 
 @needs_hyperscan
