@@ -180,21 +180,13 @@ def canonical_param(name: str) -> str:
 def vllm_defaults(version: str | None = None) -> dict[str, Decimal | None]:
     """vLLM's own defaults for the running values when nothing else is known.
 
-    gmu is 0.9 up to 0.10.x and 0.92 from 0.33.0; max_num_seqs 256 (V0; V1 may pick 1024 on big
-    GPUs, 256 is the conservative reading); max_model_len comes from the model, so it is unknown.
+    gmu per version from the message catalogue (0.9 up to 0.17, 0.92 from 0.20 — read from vLLM's
+    source); max_num_seqs 256 (V0; V1 may pick 1024 on big GPUs, 256 is the conservative reading);
+    max_model_len comes from the model, so it is unknown.
     """
-    gmu = Decimal("0.92") if version and _version_tuple(version) >= (0, 33) else Decimal("0.9")
-    return {GMU: gmu, MAX_NUM_SEQS: Decimal(256), MAX_MODEL_LEN: None}
+    from healing.tuning.catalogue import default_gmu
 
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts: list[int] = []
-    for piece in version.lstrip("v").split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+    return {GMU: default_gmu(version), MAX_NUM_SEQS: Decimal(256), MAX_MODEL_LEN: None}
 
 
 def validate_fix(fix: Mapping[str, Any], settings: TuningSettings | None = None) -> dict[str, int | float]:

@@ -82,6 +82,8 @@ def test_vllm_defaults_depend_on_version() -> None:
     assert vllm_defaults(None) == {GMU: Decimal("0.9"), MAX_NUM_SEQS: Decimal(256), MAX_MODEL_LEN: None}
     assert vllm_defaults("0.10.2")[GMU] == Decimal("0.9")
     assert vllm_defaults("0.6.3.post1")[GMU] == Decimal("0.9")
+    assert vllm_defaults("0.17.1")[GMU] == Decimal("0.9")
+    assert vllm_defaults("0.20.0")[GMU] == Decimal("0.92")  # vllm/config/cache.py of 0.20.0 (catalogue)
     assert vllm_defaults("0.33.0")[GMU] == Decimal("0.92")
     assert vllm_defaults("v0.34.1rc1")[GMU] == Decimal("0.92")
 
