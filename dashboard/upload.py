@@ -236,7 +236,8 @@ def analyze_upload(filename: str, data: bytes, settings: Settings, *, model: str
     name = safe_filename(filename)
     digest = hashlib.sha256(data).hexdigest()
     try:
-        image = read_image(name, data=data, max_pixels=limits.max_upload_pixels, use_sidecar=False)
+        image = read_image(name, data=data, max_pixels=limits.max_upload_pixels, use_sidecar=False,
+                           max_metadata_bytes=settings.pixelrts.max_metadata_bytes)
     except InputError as exc:
         if "exceed the limit" in str(exc):
             raise UploadRefused(f"{exc} — the dashboard analyses images up to {limits.max_upload_pixels} pixels") from None

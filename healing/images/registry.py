@@ -96,7 +96,8 @@ def register_image(
     if not file.exists():
         raise InputError(f"{text}: no such file")
     sha = sha256_file(file)
-    image = read_image(file, max_pixels=settings.pixelrts.max_pixels)
+    image = read_image(file, max_pixels=settings.pixelrts.max_pixels,
+                       max_metadata_bytes=settings.pixelrts.max_metadata_bytes)
     report = verify_image(image)
     problems = [p.message for p in report.problems]
     if image.is_pixelrts and not report.ok and not accept_current:
