@@ -15,6 +15,7 @@ Tables
   promotions          a winning candidate's change, reviewed/applied/rejected/expired
   tuning_rate_limits  one row per subsystem, the lock anchor of claim_run_slot
   login_attempts      dashboard login failures counted per operator name and per client (throttling)
+  api_tokens          REST API bearer tokens: name, role, sha256 of the token (never the token itself)
 
 Every timestamp is a timezone-aware UTC datetime (`UTCDateTime`); naive datetimes handed in are taken
 as UTC. JSON columns hold plain dicts/lists. The vocabularies below are enforced by CHECK
@@ -51,6 +52,7 @@ INTENT_OUTCOMES = ("CONFIG_TUNED", "RATE_LIMITED", "CONFIG_TUNING_FAILED", "HEAL
 RUN_STATUSES = ("running", "succeeded", "failed")
 LOGIN_SCOPES = ("operator", "client")
 PROMOTION_STATUSES = ("pending_review", "approved", "applied", "rejected", "expired", "failed")
+API_ROLES = ("viewer", "operator")
 
 
 def utcnow() -> datetime:
@@ -379,3 +381,21 @@ class LoginAttempt(SQLModel, table=True):
     last_failure_at: datetime | None = _ts(nullable=True)
     locked_until: datetime | None = _ts(nullable=True)
     updated_at: datetime = _ts()
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token of the REST API (healing.api.tokens). Only the sha256 of the token is stored: the
+    token is shown once at creation. A revoked token keeps its row (and name) for the audit trail."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (_in("role", API_ROLES, "role"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_type=sa.String(64), unique=True)
+    role: str = Field(sa_type=sa.String(16))
+    token_sha256: str = Field(sa_type=sa.String(64), unique=True)
+    created_at: datetime = _ts()
+    created_by: str = Field(sa_type=sa.String(255))
+    last_used_at: datetime | None = _ts(nullable=True)
+    revoked_at: datetime | None = _ts(nullable=True)
+    revoked_by: str | None = Field(default=None, sa_type=sa.String(255))
