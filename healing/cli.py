@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "healing.tuning.commands",
     "healing.tuning.orchestration_commands",
     "dashboard.commands",
+    "healing.api.commands",
     "healing.demo_commands",
 ]
 
