@@ -132,16 +132,69 @@ def heatmap_figure(values: np.ndarray, *, title: str, colorbar_title: str, color
     return fig
 
 
+# judge classification of a metric → bar colour
+JUDGE_COLORS = {"pass": "#2e7d32", "high": "#c62828", "low": "#c62828", "nodata": "#9e9e9e"}
+# bars of metrics far outside their allowed range stop here (× the limit)
+LIMIT_SHARE_CAP = 2.0
+# numbers stored next to the components of a pre-judge breakdown that are settings, not results
+_NOT_COMPONENTS = {"pass_threshold", "marginal_threshold", "score"}
+
+
+def _limit_share(entry: Mapping[str, Any]) -> float:
+    """A judged metric's value against its allowed limit: 1 is at the limit, above 1 outside it (capped)."""
+    value, lo, hi = entry.get("value"), entry.get("min"), entry.get("max")
+    if value is None:
+        return 0.0
+    shares = []
+    if hi is not None:
+        shares.append(value / hi if hi > 0 else (0.0 if value <= hi else LIMIT_SHARE_CAP))
+    if lo is not None:
+        shares.append(lo / value if value > 0 else (0.0 if value >= lo else LIMIT_SHARE_CAP))
+    return round(min(max(shares, default=0.0), LIMIT_SHARE_CAP), 4)
+
+
 def score_breakdown_figure(breakdown: Mapping[str, Any] | None, *, title: str = "Score breakdown") -> go.Figure:
-    """Horizontal bars of a candidate's score components (numeric entries only, in the given order)."""
+    """The judge's result per metric: one bar each, its value as a share of the allowed limit (1 = at the
+    limit, a dashed line), green when it passed, red high/low, grey without data; verdict and score in
+    the title. A breakdown from before the judge (weighted components) shows its numeric components."""
+    breakdown = breakdown or {}
+    per_metric = breakdown.get("per_metric")
+    if isinstance(per_metric, Mapping):
+        return _judge_figure(breakdown, per_metric, title)
+    components = breakdown.get("components")
+    source = components if isinstance(components, Mapping) else {k: v for k, v in breakdown.items() if k not in _NOT_COMPONENTS}
     # Component names come from the database; Plotly renders some HTML tags (<a href>) in labels.
-    items = [(plot_text(k), float(v)) for k, v in (breakdown or {}).items()
+    items = [(plot_text(k), float(v)) for k, v in source.items()
              if isinstance(v, int | float) and not isinstance(v, bool)]
     fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
                            text=[f"{v:.3g}" for _, v in items], textposition="auto",
                            marker_color=["#2e7d32" if v >= 0 else "#c62828" for _, v in items]))
     fig.update_layout(title=title, xaxis_title="contribution", yaxis_title="component",
                       margin={"l": 120, "r": 10, "t": 40, "b": 40}, height=max(200, 60 + 30 * len(items)))
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def _judge_figure(breakdown: Mapping[str, Any], per_metric: Mapping[str, Any], title: str) -> go.Figure:
+    names, shares, colors, labels, hovers = [], [], [], [], []
+    for name, entry in per_metric.items():
+        if not isinstance(entry, Mapping):
+            continue
+        kind = str(entry.get("classification", "nodata"))
+        names.append(plot_text(name) + (" (critical)" if entry.get("critical") else ""))
+        shares.append(_limit_share(entry))
+        colors.append(JUDGE_COLORS.get(kind, JUDGE_COLORS["nodata"]))
+        labels.append(plot_text(kind if kind != "nodata" else "no data"))
+        hovers.append(plot_text(entry.get("why", "")))
+    fig = go.Figure(go.Bar(x=shares, y=names, orientation="h", text=labels, textposition="auto",
+                           hovertext=hovers, marker_color=colors))
+    fig.add_vline(x=1.0, line_dash="dash", line_color="#424242")
+    score = breakdown.get("score")
+    verdict = plot_text(breakdown.get("verdict", "?"))
+    head = f"{plot_text(title)}: {verdict}" + (f", score {score:.2f}" if isinstance(score, int | float) else "")
+    fig.update_layout(title=head, xaxis_title="value / allowed limit (1 = at the limit)", yaxis_title="metric",
+                      xaxis_range=[0, LIMIT_SHARE_CAP * 1.05],
+                      margin={"l": 160, "r": 10, "t": 40, "b": 40}, height=max(200, 60 + 30 * len(names)))
     fig.update_yaxes(autorange="reversed")
     return fig
 

@@ -30,6 +30,8 @@ def draw_pending(promotion: dict[str, Any]) -> None:
         st.dataframe(rows(changes.to_dict("records")), hide_index=True, width="stretch")
         if promotion["score_breakdown"]:
             st.plotly_chart(charts.score_breakdown_figure(promotion["score_breakdown"]), key=f"promo-score-{pid}")
+            if promotion["score_breakdown"].get("why"):
+                st.caption(md(promotion["score_breakdown"]["why"]))
         note = st.text_input("Note for the audit trail (optional)", key=f"note-{pid}")
         pending = st.session_state.get(CONFIRM_KEY)
         if pending and pending[0] == pid:

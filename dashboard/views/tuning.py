@@ -78,12 +78,15 @@ def draw_runs() -> None:
                 "pre-flight reason": c["preflight_reason"] or "—", "canary gates": _json_cell(c["canary_gates"]),
                 "score": c["score"],
             } for c in candidates), hide_index=True, width="stretch")
-            scored = [c for c in candidates if c["score_breakdown"]]
-            if scored:
-                best = scored[0]
+            # every candidate has a breakdown (its origin); only those the canary judged have a verdict
+            judged = [c for c in candidates if (c["score_breakdown"] or {}).get("verdict")]
+            if judged:
+                best = max(judged, key=lambda c: c["score"] if c["score"] is not None else -1.0)
                 st.plotly_chart(charts.score_breakdown_figure(best["score_breakdown"],
                                                               title=f"Score breakdown of candidate #{best['id']}"),
                                 key=f"score-{run['id']}")
+                if best["score_breakdown"].get("why"):
+                    st.caption(md(best["score_breakdown"]["why"]))
             for c in candidates:
                 if c["log_excerpt"]:
                     with st.popover(f"Canary log of candidate #{c['id']}"):

@@ -25,18 +25,24 @@ module reads the rest (defaults in brackets)::
         health_url: "http://{host}:{port}/health"   # readiness; or ready_log_regex
         ready_log_regex: null          # or: a regex (multi-line mode) a log line matches when ready
         host: 127.0.0.1
-        start_timeout_s: 120
+        start_timeout_s: 600           # vLLM's own engine-ready timeout (VLLM_ENGINE_READY_TIMEOUT_S)
         stop_grace_s: 5
         baseline: true                 # also run the current config for comparison when it can start
         env: {}                        # extra environment for the canary process
+        metrics_url: null              # Prometheus text; null: /metrics at the health URL's base
+        metrics_interval_s: 0.25       # /metrics scraped this often while the probe runs
         probe: {requests: 8, concurrency: 2, max_tokens: 16, prompt: "…", model: null,
-                timeout_s: 30, max_error_rate: 0.0}
-      scoring:
-        weights: {latency: 0.35, throughput: 0.35, errors: 0.2, kv_headroom: 0.1}
+                timeout_s: 30, max_error_rate: 0.0,
+                api: auto}             # auto | chat | completions (auto: chat unless no chat template)
+      scoring:                         # Kayenta-style judge: score = share of judged metrics that pass
         pass_threshold: 0.8            # score ≥ this: pass
         marginal_threshold: 0.6        # between the two: inconclusive, a human decides
-        latency_target_ms: 2000        # p95 reference when no baseline could run
-        throughput_target_tps: 20      # throughput reference when no baseline could run
+        latency_target_ms: 2000        # latency_p95's limit when no baseline could run
+        throughput_target_tps: 20      # throughput's limit when no baseline could run
+        metrics:                       # per metric (defaults in METRIC_RULES); false drops one
+          latency_p95: {direction: increase_is_bad, tolerance: 0.25, margin: 0, critical: false}
+          errors: {direction: increase_is_bad, tolerance: 0, critical: true}   # target: probe.max_error_rate
+        weights: {…}                   # deprecated: a weight 0 drops that metric, > 0 judges it
 
 Every problem raises one :class:`~healing.errors.ConfigError` line naming the key.
 """
@@ -78,6 +84,7 @@ class ProbeSettings:
     model: str | None = None
     timeout_s: float = 30.0
     max_error_rate: float = 0.0
+    api: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -86,15 +93,59 @@ class CanarySettings:
     health_url: str | None = "http://{host}:{port}/health"
     ready_log_regex: str | None = None
     host: str = "127.0.0.1"
-    start_timeout_s: float = 120.0
+    # vLLM 0.33 waits VLLM_ENGINE_READY_TIMEOUT_S (envs.py: 600) for its engine core before giving up
+    start_timeout_s: float = 600.0
     stop_grace_s: float = 5.0
     baseline: bool = True
     env: dict[str, str] = field(default_factory=dict)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
+    metrics_url: str | None = None
+    metrics_interval_s: float = 0.25
 
     def placeholders(self) -> set[str]:
         """Every ``{name}`` the command template uses."""
         return {m.group(1) for arg in (self.command or ()) for m in PLACEHOLDER.finditer(arg)}
+
+
+DIRECTIONS = ("increase_is_bad", "decrease_is_bad", "either_is_bad")
+
+
+@dataclass(frozen=True)
+class MetricRule:
+    """How the judge classifies one canary metric (``tuning.scoring.metrics.NAME``)."""
+
+    key: str                        # the canary metric it reads (CanaryResult.metrics)
+    direction: str = "increase_is_bad"
+    tolerance: float = 0.25         # allowed deviation from the baseline, relative to it
+    margin: float = 0.0             # allowed deviation on top, absolute (for baselines at 0)
+    critical: bool = False          # failing it fails the run whatever the score
+    target: float | None = None     # the limit when no baseline value exists (None: not judged then)
+
+
+# name: (canary metric, direction, tolerance, margin, critical, target, judged by default). A None target of
+# latency_p95 / throughput / errors is filled from latency_target_ms / throughput_target_tps / max_error_rate.
+METRIC_RULES: dict[str, tuple[str, str, float, float, bool, float | None, bool]] = {
+    "latency_p95": ("latency_p95_ms", "increase_is_bad", 0.25, 0.0, False, None, True),
+    "throughput": ("throughput_tps", "decrease_is_bad", 0.2, 0.0, False, None, True),
+    "errors": ("error_rate", "increase_is_bad", 0.0, 0.0, True, None, True),
+    "kv_cache_usage": ("kv_cache_usage_max", "increase_is_bad", 0.5, 0.05, False, 0.9, True),
+    "preemptions": ("preemptions", "increase_is_bad", 0.0, 0.0, False, 0.0, True),
+    "requests_waiting": ("requests_waiting_max", "increase_is_bad", 0.5, 1.0, False, 1.0, True),
+    "latency_p50": ("latency_p50_ms", "increase_is_bad", 0.25, 0.0, False, None, False),
+    "ttft_p95": ("ttft_p95_ms", "increase_is_bad", 0.25, 0.0, False, None, False),
+    "kv_headroom": ("kv_headroom", "decrease_is_bad", 0.25, 0.0, False, 0.25, False),
+}
+# the deprecated tuning.scoring.weights components → the metric each one stands for
+WEIGHT_METRICS = {"latency": "latency_p95", "throughput": "throughput", "errors": "errors", "kv_headroom": "kv_headroom"}
+
+
+def metric_rules(latency_target_ms: float = 2000.0, throughput_target_tps: float = 20.0, max_error_rate: float = 0.0,
+                 names: set[str] | None = None) -> dict[str, MetricRule]:
+    """The default rules (or those ``names``) with the targets filled in."""
+    fill = {"latency_p95": latency_target_ms, "throughput": throughput_target_tps, "errors": max_error_rate}
+    return {name: MetricRule(key, direction, tolerance, margin, critical, fill.get(name, target))
+            for name, (key, direction, tolerance, margin, critical, target, default) in METRIC_RULES.items()
+            if (default if names is None else name in names)}
 
 
 @dataclass(frozen=True)
@@ -104,6 +155,7 @@ class ScoringSettings:
     marginal_threshold: float = 0.6
     latency_target_ms: float = 2000.0
     throughput_target_tps: float = 20.0
+    metrics: dict[str, MetricRule] = field(default_factory=metric_rules)
 
 
 @dataclass(frozen=True)
@@ -229,7 +281,7 @@ def parse_gpu_profile(value: Any) -> GpuProfileSettings | None:
 def _parse_canary(raw: Any) -> CanarySettings:
     data = _map("tuning.canary", raw)
     _unknown("tuning.canary", data, {"command", "health_url", "ready_log_regex", "host", "start_timeout_s", "stop_grace_s",
-                                     "baseline", "env", "probe"})
+                                     "baseline", "env", "probe", "metrics_url", "metrics_interval_s"})
     d = CanarySettings()
     command = argv_list("tuning.canary.command", data.get("command"))
     if command:
@@ -253,8 +305,15 @@ def _parse_canary(raw: Any) -> CanarySettings:
         raise ConfigError("config: tuning.canary needs health_url or ready_log_regex to tell when the canary is ready")
     env = _map("tuning.canary.env", data.get("env"))
     probe_raw = _map("tuning.canary.probe", data.get("probe"))
-    _unknown("tuning.canary.probe", probe_raw, {"requests", "concurrency", "max_tokens", "prompt", "model", "timeout_s", "max_error_rate"})
+    _unknown("tuning.canary.probe", probe_raw, {"requests", "concurrency", "max_tokens", "prompt", "model", "timeout_s", "max_error_rate",
+                                                "api"})
     p = ProbeSettings()
+    api = probe_raw.get("api", p.api)
+    if api not in ("auto", "chat", "completions"):
+        raise ConfigError(f"config: tuning.canary.probe.api must be auto, chat or completions, got {api!r}")
+    metrics_url = _str("tuning.canary.metrics_url", data.get("metrics_url"))
+    if metrics_url is not None and not metrics_url.startswith(("http://", "https://")):
+        raise ConfigError(f"config: tuning.canary.metrics_url must be an http:// or https:// URL template, got {metrics_url[:80]!r}")
     probe = ProbeSettings(
         requests=_num("tuning.canary.probe.requests", probe_raw.get("requests", p.requests), int, 1, 10000),
         concurrency=_num("tuning.canary.probe.concurrency", probe_raw.get("concurrency", p.concurrency), int, 1, 256),
@@ -263,6 +322,7 @@ def _parse_canary(raw: Any) -> CanarySettings:
         model=_str("tuning.canary.probe.model", probe_raw.get("model")),
         timeout_s=_num("tuning.canary.probe.timeout_s", probe_raw.get("timeout_s", p.timeout_s), float, 0.1, 3600),
         max_error_rate=_num("tuning.canary.probe.max_error_rate", probe_raw.get("max_error_rate", p.max_error_rate), float, 0, 1),
+        api=str(api),
     )
     return CanarySettings(
         command=command, health_url=health, ready_log_regex=regex,
@@ -270,13 +330,33 @@ def _parse_canary(raw: Any) -> CanarySettings:
         start_timeout_s=_num("tuning.canary.start_timeout_s", data.get("start_timeout_s", d.start_timeout_s), float, 0.1, 3600),
         stop_grace_s=_num("tuning.canary.stop_grace_s", data.get("stop_grace_s", d.stop_grace_s), float, 0, 600),
         baseline=_bool("tuning.canary.baseline", data.get("baseline", d.baseline)),
-        env={str(k): str(v) for k, v in env.items()}, probe=probe,
+        env={str(k): str(v) for k, v in env.items()}, probe=probe, metrics_url=metrics_url,
+        metrics_interval_s=_num("tuning.canary.metrics_interval_s", data.get("metrics_interval_s", d.metrics_interval_s),
+                                float, 0.01, 60),
     )
 
 
-def _parse_scoring(raw: Any) -> ScoringSettings:
+def _parse_rule(name: str, value: Any, base: MetricRule) -> MetricRule:
+    key = f"tuning.scoring.metrics.{name}"
+    data = _map(key, value)
+    _unknown(key, data, {"direction", "tolerance", "margin", "critical", "target"})
+    direction = data.get("direction", base.direction)
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"config: {key}.direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    target = data.get("target", base.target)
+    return MetricRule(
+        key=base.key, direction=str(direction),
+        tolerance=_num(f"{key}.tolerance", data.get("tolerance", base.tolerance), float, 0, 100),
+        margin=_num(f"{key}.margin", data.get("margin", base.margin), float, 0),
+        critical=_bool(f"{key}.critical", data.get("critical", base.critical)),
+        target=None if target is None else _num(f"{key}.target", target, float),
+    )
+
+
+def _parse_scoring(raw: Any, max_error_rate: float = 0.0) -> ScoringSettings:
     data = _map("tuning.scoring", raw)
-    _unknown("tuning.scoring", data, {"weights", "pass_threshold", "marginal_threshold", "latency_target_ms", "throughput_target_tps"})
+    _unknown("tuning.scoring", data, {"weights", "pass_threshold", "marginal_threshold", "latency_target_ms", "throughput_target_tps",
+                                      "metrics"})
     d = ScoringSettings()
     weights = dict(d.weights)
     wraw = _map("tuning.scoring.weights", data.get("weights"))
@@ -289,11 +369,30 @@ def _parse_scoring(raw: Any) -> ScoringSettings:
     marg_t = _num("tuning.scoring.marginal_threshold", data.get("marginal_threshold", d.marginal_threshold), float, 0, 1)
     if marg_t > pass_t:
         raise ConfigError("config: tuning.scoring.marginal_threshold must not exceed pass_threshold")
+    latency_t = _num("tuning.scoring.latency_target_ms", data.get("latency_target_ms", d.latency_target_ms), float, 0.001)
+    throughput_t = _num("tuning.scoring.throughput_target_tps", data.get("throughput_target_tps", d.throughput_target_tps), float, 0.001)
+    # the deprecated weights only choose metrics now: 0 drops the one a component stands for, > 0 judges it
+    names = {n for n, spec in METRIC_RULES.items() if spec[6]}
+    for component in map(str, wraw):
+        if weights[component] > 0:
+            names.add(WEIGHT_METRICS[component])
+        else:
+            names.discard(WEIGHT_METRICS[component])
+    every = metric_rules(latency_t, throughput_t, max_error_rate, set(METRIC_RULES))
+    mraw = _map("tuning.scoring.metrics", data.get("metrics"))
+    _unknown("tuning.scoring.metrics", mraw, set(METRIC_RULES))
+    rules = {n: every[n] for n in METRIC_RULES if n in names}
+    for name, value in mraw.items():
+        if value is False or value is None:
+            rules.pop(str(name), None)
+        else:
+            rules[str(name)] = _parse_rule(str(name), value, every[str(name)])
+    if not rules:
+        raise ConfigError("config: tuning.scoring judges no metric (every one was dropped)")
     return ScoringSettings(
         weights=weights, pass_threshold=pass_t, marginal_threshold=marg_t,
-        latency_target_ms=_num("tuning.scoring.latency_target_ms", data.get("latency_target_ms", d.latency_target_ms), float, 0.001),
-        throughput_target_tps=_num("tuning.scoring.throughput_target_tps", data.get("throughput_target_tps", d.throughput_target_tps),
-                                   float, 0.001),
+        latency_target_ms=latency_t, throughput_target_tps=throughput_t,
+        metrics={n: rules[n] for n in METRIC_RULES if n in rules},
     )
 
 
@@ -351,6 +450,6 @@ def parse_runner_settings(section: Mapping[str, Any] | None) -> RunnerSettings:
         gpu_profile=parse_gpu_profile(section.get("gpu_profile")),
         gpu_source=source,
         preflight_margin_gib=_gib("tuning.preflight.margin_gib", pre.get("margin_gib", 0)),
-        canary=_parse_canary(section.get("canary")),
-        scoring=_parse_scoring(section.get("scoring")),
+        canary=(canary := _parse_canary(section.get("canary"))),
+        scoring=_parse_scoring(section.get("scoring"), canary.probe.max_error_rate),
     )

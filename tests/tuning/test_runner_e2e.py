@@ -179,10 +179,11 @@ def test_inconclusive_is_never_promoted_silently_even_in_dev(tmp_path: Path, mon
     log = tmp_path / "vllm.log"
     log.write_text(simulator_log(TIGHT_FAILURE))
     target = write_target(tmp_path / "vllm.yaml", gpu_memory_utilization=0.8, max_num_seqs=16, max_model_len=4096)
-    # KV headroom at gmu 0.9 is 1.35 concurrent 4096-token requests for 16 seqs (0.084375): weighted alone it
-    # scores far below a pass, while the thresholds make it "marginal"
-    scoring = {"weights": {"latency": 0, "throughput": 0, "errors": 0, "kv_headroom": 1},
-               "pass_threshold": 0.5, "marginal_threshold": 0.05}
+    # KV headroom at gmu 0.9 is 1.35 concurrent 4096-token requests for 16 seqs (0.0844 < its target 0.25): with the
+    # deprecated weights choosing errors and kv_headroom only, 1 of 2 metrics passes, which these thresholds call marginal
+    scoring = {"weights": {"latency": 0, "throughput": 0, "errors": 1, "kv_headroom": 1},
+               "metrics": {"kv_cache_usage": False, "preemptions": False, "requests_waiting": False},
+               "pass_threshold": 0.8, "marginal_threshold": 0.5}
     settings = configure(tmp_path, monkeypatch, tight_tuning(tmp_path, log, target, scoring=scoring), mode="dev")
 
     [outcome] = process_pending_intents(settings)["intents"]
@@ -190,10 +191,10 @@ def test_inconclusive_is_never_promoted_silently_even_in_dev(tmp_path: Path, mon
     assert (outcome["outcome"], outcome["decision"]) == ("CONFIG_TUNED", "inconclusive")
     [promo] = _all(Promotion)
     assert promo["status"] == "pending_review" and promo["decided_by"] is None
-    assert promo["reason"].startswith("inconclusive: score 0.0844 is between the marginal 0.05 and pass 0.5 thresholds")
+    assert promo["reason"].startswith("inconclusive: score 0.5000 is between the marginal 0.5 and pass 0.8 thresholds")
     with session_scope(write=False) as session:
         [listed] = tq.list_promotions_detail(session)
-    assert listed["inconclusive"] is True and listed["verdict"] == "inconclusive" and listed["score"] == 0.0844
+    assert listed["inconclusive"] is True and listed["verdict"] == "inconclusive" and listed["score"] == 0.5
     assert yaml.safe_load(target.read_text())["vllm"]["gpu_memory_utilization"] == 0.8
 
 
