@@ -12,6 +12,21 @@ Memory held by other processes ("resident") is taken as fixed: a candidate's bud
 ``gmu × total`` must fit into ``total − resident`` (minus ``margin_gib``), and where the model's
 weights and overhead are known, must leave a KV cache larger than zero. The reason always cites the
 numbers, e.g. the seed's "gpu_memory_utilization 0.6 asks for 7.20 GiB … leave 6.07 GiB: 1155 MiB short".
+
+Pre-flight also checks *length*, as vLLM's ``check_enough_kv_cache_memory`` does: the candidate's KV
+budget must hold one request of its ``max_model_len`` (``ceil(len/block_size)`` blocks of
+``block_size × bytes_per_token``), and ``max_model_len`` must not exceed the model's own limit. The
+budget comes, in this order, from the KV size the triggering message printed at the running gmu,
+moved by ``(gmu_candidate − gmu_running) × total``; or from the profile: ``gmu × total − weights −
+activation/overhead − CUDA graphs`` (graphs count inside the budget from vLLM 0.21 on; an older
+simulator profile checks them against the free memory outside the budget instead). Bytes per token
+come from ``tuning.gpu_profile.kv_bytes_per_token`` or, approximately, from the message's "needed" size.
+A rejection cites the arithmetic: "max_model_len 8192 needs 1.00 GiB of KV cache (8,192 tokens ×
+128 KiB/token), gpu_memory_utilization 0.9 leaves 0.68 GiB (…): 2,672 tokens short".
+
+When the canary runs on production's GPU (``tuning.preflight.canary_shares_gpu``), production's memory
+counts as resident: its running gmu × total, or what NVML / nvidia-smi report as used. Every reason then
+says so ("production holds 14.18 GiB on this GPU …; the canary must fit beside it").
 """
 
 from __future__ import annotations
@@ -23,10 +38,11 @@ from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
-from healing.tuning.actuators import GMU, to_decimal
-from healing.tuning.runner_config import GpuProfileSettings
+from healing.tuning.actuators import GMU, MAX_MODEL_LEN, to_decimal
+from healing.tuning.runner_config import GpuProfileSettings, RunnerSettings
 
 MIB_PER_GIB = Decimal(1024)
+GIB_BYTES = Decimal(1024**3)
 TWO = Decimal("0.01")
 
 
@@ -130,30 +146,197 @@ def gpu_memory(source: str, values: Mapping[str, Any], profile: GpuProfileSettin
     return None
 
 
-def check_candidate(params: Mapping[str, Any], current: Mapping[str, Decimal], gpu: GpuMemory | None,
-                    margin_gib: Decimal = Decimal(0)) -> PreflightResult:
-    """Does the candidate's GPU budget fit next to the resident services and hold a KV cache?"""
-    gmu_value = params.get(GMU, current.get(GMU))
-    if gpu is None:
-        return PreflightResult(True, "no GPU memory information (no NVML, nvidia-smi, message numbers or tuning.gpu_profile); "
-                                     "the canary decides")
-    if gmu_value is None:
-        return PreflightResult(True, f"gpu_memory_utilization unknown; memory not checked ({gpu.source})")
-    gmu = to_decimal(gmu_value)
-    requested = gmu * gpu.total_gib
-    free = gpu.free_gib - margin_gib
-    where = f"({gpu.source})"
-    margin = f" minus a margin of {_g(margin_gib)} GiB" if margin_gib else ""
-    if requested > free:
-        short_mib = ((requested - free) * MIB_PER_GIB).to_integral_value(rounding=ROUND_FLOOR)
-        return PreflightResult(False, (
-            f"gpu_memory_utilization {gmu.normalize()} asks for {_g(requested)} GiB of the {_g(gpu.total_gib)} GiB GPU, but "
-            f"resident services hold {_g(gpu.resident_gib)} GiB and leave {_g(free)} GiB{margin}: {short_mib} MiB short {where}"))
-    if gpu.weights_gib is not None and gpu.overhead_gib is not None:
-        kv = requested - gpu.weights_gib - gpu.overhead_gib
-        if kv <= 0:
+# --------------------------------------------------------------------------- KV capacity
+
+@dataclass(frozen=True)
+class KvModel:
+    """What turns a candidate's budget into KV capacity and one request's need (all optional)."""
+
+    bytes_per_token: int | None = None       # KV cache bytes per token, all layers
+    bytes_per_token_from: str = ""           # where it came from, for the reason ("profile tight", "≈ from the message")
+    block_size: int = 16
+    model_max_len: int | None = None         # the model's own limit (max_position_embeddings)
+    graph_gib: Decimal | None = None         # CUDA graph memory
+    graph_in_budget: bool = True             # vLLM ≥ 0.21 profiles graphs and takes them from the KV budget
+    printed_kv_gib: Decimal | None = None    # the KV budget vLLM printed for the failing start …
+    printed_gmu: Decimal | None = None       # … at this gpu_memory_utilization
+
+
+def kv_model(values: Mapping[str, Any], current: Mapping[str, Decimal], profile: GpuProfileSettings | None) -> KvModel:
+    """The KV model of one intent: the printed KV size of its message first, the GPU profile for the rest.
+
+    The message's KV size at the running gmu: ``available_gib`` of "To serve at least one request …"
+    (with its ``needed_gib`` for ``max_model_len`` tokens), or minus ``deficit_gib`` of "No available
+    memory for the cache blocks" (a multimodal reservation's ``reserved_gib`` is not a KV budget).
+    """
+    printed: Decimal | None = None
+    if values.get("needed_gib") is not None and values.get("available_gib") is not None:
+        printed = to_decimal(values["available_gib"])
+    elif values.get("deficit_gib") is not None and values.get("reserved_gib") is None:
+        printed = -to_decimal(values["deficit_gib"])
+    gmu_raw = values.get("gpu_memory_utilization", current.get(GMU))
+    gmu = to_decimal(gmu_raw) if gmu_raw is not None else None
+    block = profile.block_size if profile is not None else 16
+    bpt, bpt_from = (profile.kv_bytes_per_token, f"profile {profile.name}") if profile is not None else (None, "")
+    if bpt is None and values.get("needed_gib") is not None and values.get("max_model_len"):
+        tokens = -(-int(values["max_model_len"]) // block) * block
+        needed = to_decimal(values["needed_gib"]) * GIB_BYTES
+        if needed > 0:
+            bpt, bpt_from = int(needed / tokens), f"≈ from the printed {_g(to_decimal(values['needed_gib']))} GiB for {tokens:,} tokens"
+    return KvModel(bytes_per_token=bpt, bytes_per_token_from=bpt_from, block_size=block,
+                   model_max_len=profile.model_max_len if profile is not None else None,
+                   graph_gib=profile.graph_gib if profile is not None else None,
+                   graph_in_budget=profile.graph_in_budget if profile is not None else True,
+                   printed_kv_gib=printed if gmu is not None else None, printed_gmu=gmu if printed is not None else None)
+
+
+def _b(gib: Decimal) -> int:
+    return int((gib * GIB_BYTES).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def _gb(nbytes: int) -> str:
+    return _g(Decimal(nbytes) / GIB_BYTES)
+
+
+def _per_token(nbytes: int) -> str:
+    kib = Decimal(nbytes) / 1024
+    return f"{kib.normalize():f} KiB/token" if kib == kib.to_integral_value() else f"{_g(kib)} KiB/token"
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """Pre-flight for one run: the GPU picture, the KV model, the running values; pure arithmetic."""
+
+    gpu: GpuMemory | None
+    current: Mapping[str, Decimal]
+    kv: KvModel = KvModel()
+    margin_gib: Decimal = Decimal(0)
+    note: str = ""  # appended to every reason (production sharing the GPU)
+
+    def _value(self, params: Mapping[str, Any], name: str) -> Decimal | None:
+        raw = params.get(name, self.current.get(name))
+        return to_decimal(raw) if raw is not None else None
+
+    def budget(self, gmu: Decimal) -> tuple[int, str] | None:
+        """KV cache bytes vLLM would have at ``gmu`` and how that was computed; None when unknown."""
+        if self.gpu is None:
+            return None
+        total = _b(self.gpu.total_gib)
+        requested = int((Decimal(total) * gmu).to_integral_value(rounding=ROUND_FLOOR))
+        kv = self.kv
+        if kv.printed_kv_gib is not None and kv.printed_gmu is not None:
+            printed_req = int((Decimal(total) * kv.printed_gmu).to_integral_value(rounding=ROUND_FLOOR))
+            how = f"printed KV cache {_g(kv.printed_kv_gib)} GiB at gpu_memory_utilization {kv.printed_gmu.normalize()}"
+            if gmu != kv.printed_gmu:
+                how += f" {'+' if gmu > kv.printed_gmu else '−'} {_gb(abs(requested - printed_req))} GiB"
+            return _b(kv.printed_kv_gib) + requested - printed_req, how
+        if self.gpu.weights_gib is None or self.gpu.overhead_gib is None:
+            return None
+        graph = _b(kv.graph_gib) if kv.graph_gib is not None and kv.graph_in_budget else 0
+        how = (f"{_gb(requested)} GiB − model weights {_g(self.gpu.weights_gib)} GiB − activation/overhead "
+               f"{_g(self.gpu.overhead_gib)} GiB" + (f" − CUDA graphs {_gb(graph)} GiB" if graph else ""))
+        return requested - _b(self.gpu.weights_gib) - _b(self.gpu.overhead_gib) - graph, how
+
+    def capacity_tokens(self, gmu: Decimal) -> int | None:
+        """Tokens the KV cache holds at ``gmu`` (whole blocks, as vLLM allocates); None when unknown."""
+        found = self.budget(gmu)
+        bpt = self.kv.bytes_per_token
+        if found is None or not bpt:
+            return None
+        per_block = bpt * self.kv.block_size
+        return max(found[0], 0) // per_block * self.kv.block_size
+
+    def check(self, params: Mapping[str, Any]) -> PreflightResult:
+        """Does the candidate fit next to the resident memory, leave a KV cache, and hold one max_model_len request?"""
+        result = self._check(params)
+        return PreflightResult(result.ok, result.reason + self.note) if self.note else result
+
+    def _check(self, params: Mapping[str, Any]) -> PreflightResult:
+        gmu = self._value(params, GMU)
+        mml = self._value(params, MAX_MODEL_LEN)
+        kv = self.kv
+        if mml is not None and kv.model_max_len is not None and mml > kv.model_max_len:
+            return PreflightResult(False, f"max_model_len {int(mml)} exceeds the model's own limit of {kv.model_max_len:,} tokens "
+                                          "(max_position_embeddings)")
+        gpu = self.gpu
+        if gpu is None:
+            return PreflightResult(True, "no GPU memory information (no NVML, nvidia-smi, message numbers or tuning.gpu_profile); "
+                                         "the canary decides")
+        if gmu is None:
+            return PreflightResult(True, f"gpu_memory_utilization unknown; memory not checked ({gpu.source})")
+        where = f"({gpu.source})"
+        total = _b(gpu.total_gib)
+        requested = int((Decimal(total) * gmu).to_integral_value(rounding=ROUND_FLOOR))
+        free = total - _b(gpu.resident_gib) - _b(self.margin_gib)
+        margin = f" minus a margin of {_g(self.margin_gib)} GiB" if self.margin_gib else ""
+        if requested > free:
+            short_mib = (requested - free) // (1024 * 1024)
             return PreflightResult(False, (
-                f"gpu_memory_utilization {gmu.normalize()} gives {_g(requested)} GiB, but model weights {_g(gpu.weights_gib)} GiB "
-                f"+ activation/overhead {_g(gpu.overhead_gib)} GiB leave no KV cache ({_g(kv)} GiB) {where}"))
-        return PreflightResult(True, f"fits: {_g(requested)} of {_g(free)} GiB free, KV cache budget {_g(kv)} GiB {where}")
-    return PreflightResult(True, f"fits: {_g(requested)} of {_g(free)} GiB free {where}")
+                f"gpu_memory_utilization {gmu.normalize()} asks for {_gb(requested)} GiB of the {_g(gpu.total_gib)} GiB GPU, but "
+                f"resident services hold {_g(gpu.resident_gib)} GiB and leave {_gb(free)} GiB{margin}: {short_mib} MiB short {where}"))
+        if kv.graph_gib is not None and not kv.graph_in_budget and requested + _b(kv.graph_gib) > free:
+            # vLLM < 0.21 captures CUDA graphs outside the gmu budget: they need free memory of their own
+            return PreflightResult(False, (
+                f"gpu_memory_utilization {gmu.normalize()} takes {_gb(requested)} of {_gb(free)} GiB free and leaves "
+                f"{_gb(free - requested)} GiB, less than the {_g(kv.graph_gib)} GiB CUDA graphs need outside the budget {where}"))
+        found = self.budget(gmu)
+        if found is None:
+            return PreflightResult(True, f"fits: {_gb(requested)} of {_gb(free)} GiB free {where}")
+        budget, how = found
+        if budget <= 0:
+            if kv.printed_kv_gib is None and gpu.weights_gib is not None and gpu.overhead_gib is not None and not (
+                    kv.graph_gib is not None and kv.graph_in_budget):
+                return PreflightResult(False, (
+                    f"gpu_memory_utilization {gmu.normalize()} gives {_gb(requested)} GiB, but model weights {_g(gpu.weights_gib)} GiB "
+                    f"+ activation/overhead {_g(gpu.overhead_gib)} GiB leave no KV cache ({_gb(budget)} GiB) {where}"))
+            return PreflightResult(False, f"gpu_memory_utilization {gmu.normalize()} leaves no KV cache: {how} = {_gb(budget)} GiB {where}")
+        fits = f"fits: {_gb(requested)} of {_gb(free)} GiB free, KV cache budget {_gb(budget)} GiB"
+        bpt = kv.bytes_per_token
+        if mml is None or not bpt:
+            return PreflightResult(True, f"{fits} {where}")
+        tokens = -(-int(mml) // kv.block_size) * kv.block_size
+        needed = tokens * bpt
+        capacity = self.capacity_tokens(gmu) or 0
+        if needed > budget:
+            return PreflightResult(False, (
+                f"max_model_len {int(mml)} needs {_gb(needed)} GiB of KV cache ({tokens:,} tokens × {_per_token(bpt)}), "
+                f"gpu_memory_utilization {gmu.normalize()} leaves {_gb(budget)} GiB ({how}): {int(mml) - capacity:,} tokens short "
+                f"{where}"))
+        return PreflightResult(True, f"{fits} ({capacity:,} tokens ≥ max_model_len {int(mml)}) {where}")
+
+
+def check_candidate(params: Mapping[str, Any], current: Mapping[str, Decimal], gpu: GpuMemory | None,
+                    margin_gib: Decimal = Decimal(0), kv: KvModel | None = None) -> PreflightResult:
+    """Does the candidate's GPU budget fit next to the resident services and hold a KV cache (and one request)?"""
+    return Preflight(gpu, current, kv or KvModel(), margin_gib).check(params)
+
+
+def share_with_production(gpu: GpuMemory | None, current: Mapping[str, Decimal]) -> tuple[GpuMemory | None, str]:
+    """The GPU picture when the canary runs beside production (``tuning.preflight.canary_shares_gpu``).
+
+    A live source (NVML, nvidia-smi) already counts production's memory as used; otherwise production's
+    running gmu × total is added to the resident memory. The note is appended to every reason.
+    """
+    if gpu is None:
+        return None, ""
+    if gpu.source in ("nvml", "nvidia-smi"):
+        return gpu, (f"; production's memory is part of the {_g(gpu.resident_gib)} GiB {gpu.source} reports as used: "
+                     "the canary must fit beside it")
+    gmu = current.get(GMU)
+    if gmu is None:
+        return gpu, "; the canary shares production's GPU, but production's gpu_memory_utilization is unknown and not counted"
+    held = Decimal(_b(gpu.total_gib * gmu)) / GIB_BYTES
+    shared = GpuMemory(gpu.total_gib, gpu.resident_gib + held, gpu.weights_gib, gpu.overhead_gib, gpu.source)
+    return shared, (f"; production holds {_g(held)} GiB on this GPU (gpu_memory_utilization {gmu.normalize()} × "
+                    f"{_g(gpu.total_gib)} GiB); the canary must fit beside it")
+
+
+def preflight_for(runner: RunnerSettings, values: Mapping[str, Any], current: Mapping[str, Decimal], *,
+                  nvml: Callable[[], GpuMemory | None] = from_nvml,
+                  smi: Callable[[], GpuMemory | None] = from_nvidia_smi) -> Preflight:
+    """The run's pre-flight from the configured GPU source, the intent's message values and the running values."""
+    gpu = gpu_memory(runner.gpu_source, values, runner.gpu_profile, nvml=nvml, smi=smi)
+    note = ""
+    if runner.canary_shares_gpu:
+        gpu, note = share_with_production(gpu, current)
+    return Preflight(gpu, current, kv_model(values, current, runner.gpu_profile), runner.preflight_margin_gib, note)

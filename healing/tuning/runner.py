@@ -77,7 +77,10 @@ def _now(now: datetime | None) -> datetime:
 
 
 def running_values(runner: RunnerSettings, intent_values: Mapping[str, Any] | None = None) -> dict[str, Decimal]:
-    """The service's running values: the target config, then the numbers of the message, then vLLM's defaults."""
+    """The service's running values: the target config, then the numbers of the message, then vLLM's defaults.
+
+    A max_model_len of -1 (vLLM's ``auto``) is replaced by the length the message shows vLLM resolved.
+    """
     from healing.tuning.promotions import read_target_values
 
     current = read_target_values(runner.target_config)
@@ -85,6 +88,10 @@ def running_values(runner: RunnerSettings, intent_values: Mapping[str, Any] | No
     from_message = {GMU: values.get("gpu_memory_utilization"), MAX_MODEL_LEN: values.get("max_model_len"),
                     MAX_NUM_SEQS: values.get("num_dummy_requests") or values.get("max_num_seqs")}
     defaults = vllm_defaults(values.get("_version"))
+    if current.get(MAX_MODEL_LEN, Decimal(1)) <= 0:
+        # -1 is vLLM's "auto" (fit what the memory allows): the length it resolved to is what runs, when the
+        # log says it; candidates never go back to auto, which would give up context silently
+        del current[MAX_MODEL_LEN]
     for name in (GMU, MAX_NUM_SEQS, MAX_MODEL_LEN):
         if name not in current:
             found = from_message[name] if from_message[name] is not None else defaults.get(name)
@@ -189,14 +196,16 @@ class TuningRunner:
     def _run(self, intent: Mapping[str, Any], run_id: int, now: datetime | None) -> RunOutcome:
         from healing.tuning.canary import TemplateError, missing_placeholders, render_argv
         from healing.tuning.candidates import generate_candidates
-        from healing.tuning.preflight import check_candidate, gpu_memory
+        from healing.tuning.preflight import preflight_for
         from storage import tuning_queries as tq
         from storage.engine import session_scope
 
         subsystem = str(intent["subsystem"])
         values = dict(intent.get("values") or {})
         current = running_values(self.runner, values)
-        candidates = generate_candidates(intent, current, self.tuning, self.runner.max_candidates)
+        # one pre-flight for the run: candidates are planned and ranked with its arithmetic, then each is checked
+        preflight = preflight_for(self.runner, values, current)
+        candidates = generate_candidates(intent, current, self.tuning, self.runner.max_candidates, preflight)
         if not candidates:
             return self._escalate(intent, run_id, "no_actuator", "no candidate: no parameter of ours moves in the direction this "
                                   f"failure ({intent['error_class']}) needs from the running values", now)
@@ -216,16 +225,17 @@ class TuningRunner:
                 else:
                     try:
                         render_argv(canary, {**current, **cand.params}, 0, self.tuning)
-                        pre = check_candidate(cand.params, current, gpu, self.runner.preflight_margin_gib)
+                        pre = preflight.check(cand.params)
                         ok, why = pre.ok, pre.reason
                     except TemplateError as exc:
                         ok, why = False, str(exc)
                         template_refusals += 1
                 row = tq.add_candidate(session, run_id=run_id, params=cand.params, uncapped_targets=cand.uncapped,
-                                       origin=cand.origin, preflight_ok=ok, preflight_reason=why, now=now)
+                                       origin=cand.stored_origin(), preflight_ok=ok, preflight_reason=why, now=now)
                 rows.append(row)
         summary = [{"id": r["id"], "params": r["params"], "uncapped_targets": r["uncapped_targets"],
-                    "preflight_ok": r["preflight_ok"], "preflight_reason": r["preflight_reason"]} for r in rows]
+                    "preflight_ok": r["preflight_ok"], "preflight_reason": r["preflight_reason"], "rank": c.rank, "why": c.why}
+                   for c, r in zip(candidates, rows, strict=True)]
         passing = [(c, r) for c, r in zip(candidates, rows, strict=True) if r["preflight_ok"]]
         if not passing:
             if template_refusals == len(rows):
@@ -235,7 +245,7 @@ class TuningRunner:
                 f"{_params_text(r['params'])}: {r['preflight_reason']}" for r in rows)
             return self._escalate(intent, run_id, "preflight_rejected_all", reason, now, summary)
 
-        baseline = self._baseline(run_id, subsystem, current, gpu, now)
+        baseline = self._baseline(run_id, subsystem, current, preflight, now)
         best: tuple[float, dict[str, Any], Any] | None = None
         winner: tuple[dict[str, Any], Any, float] | None = None
         for cand, row in passing:
@@ -281,7 +291,7 @@ class TuningRunner:
 
         return score_result(result, baseline, self.runner.scoring)
 
-    def _baseline(self, run_id: int, subsystem: str, current: Mapping[str, Decimal], gpu: Any,
+    def _baseline(self, run_id: int, subsystem: str, current: Mapping[str, Decimal], preflight: Any,
                   now: datetime | None) -> CanaryResult | None:
         """Run the current config once for comparison when it fits and can be rendered (it often cannot start)."""
         from healing.tuning.canary import TemplateError, render_argv, run_canary
@@ -299,7 +309,7 @@ class TuningRunner:
             why = f"baseline not run: {exc}"
             result = None
         else:
-            pre = check_candidate({}, current, gpu, self.runner.preflight_margin_gib)
+            pre = preflight.check({})
             if not pre.ok:
                 why, result = f"baseline not run: pre-flight: {pre.reason}", None
             else:

@@ -17,8 +17,11 @@ module reads the rest (defaults in brackets)::
                     backoff_base_s: 21600, backoff_factor: 2, backoff_max_s: 172800}
       candidates: {max_candidates: 3}  # seed fix first, then steps in the safe direction
       gpu_profile: seed                # a simulator profile name or file, or a mapping:
-                                       # {total_gib, resident_gib, weights_gib, overhead_gib}
-      preflight: {gpu_source: auto, margin_gib: 0}   # auto|nvml|nvidia-smi|message|profile
+                                       # {total_gib, resident_gib, weights_gib, overhead_gib,
+                                       #  kv_bytes_per_token, model_max_len, graph_gib, block_size: 16}
+                                       # (graph_gib counts inside the KV budget, as in vLLM ≥ 0.21)
+      preflight: {gpu_source: auto, margin_gib: 0,   # auto|nvml|nvidia-smi|message|profile
+                  canary_shares_gpu: false}          # true: production's memory is resident for the canary
       canary:
         command: ["{python}", "-m", "healing.tuning.simulator", "--gpu-memory-utilization",
                   "{vllm.gpu_memory_utilization}", …, "--port", "{port}"]   # argv list, never a string
@@ -167,6 +170,11 @@ class GpuProfileSettings:
     weights_gib: Decimal | None = None
     overhead_gib: Decimal | None = None
     name: str = "config"
+    kv_bytes_per_token: int | None = None   # KV cache bytes per token (all layers): the length check
+    model_max_len: int | None = None        # the model's max_position_embeddings
+    graph_gib: Decimal | None = None        # CUDA graph memory
+    block_size: int = 16
+    graph_in_budget: bool = True            # vLLM ≥ 0.21 takes graphs from the KV budget; False: outside it
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,7 @@ class RunnerSettings:
     gpu_profile: GpuProfileSettings | None = None
     gpu_source: str = "auto"
     preflight_margin_gib: Decimal = Decimal(0)
+    canary_shares_gpu: bool = False
     canary: CanarySettings = field(default_factory=CanarySettings)
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
 
@@ -261,10 +270,17 @@ def parse_gpu_profile(value: Any) -> GpuProfileSettings | None:
             p = load_profile(value)
         except ValueError as exc:
             raise ConfigError(f"config: tuning.gpu_profile: {str(exc).removeprefix('--profile: ')}") from None
+        from healing.tuning.simulator import VERSION as SIM_VERSION
+
+        # the simulator's vLLM version decides where its CUDA graphs live (inside the budget from 0.21)
+        inside = tuple(int(x) for x in SIM_VERSION.split(".")[:2]) >= (0, 21)
         return GpuProfileSettings(total_gib=p.total_gib, resident_gib=p.other_processes_gib, weights_gib=p.weights_gib,
-                                  overhead_gib=p.non_torch_gib + p.activation_peak_gib, name=p.name)
+                                  overhead_gib=p.non_torch_gib + p.activation_peak_gib, name=p.name,
+                                  kv_bytes_per_token=p.kv_bytes_per_token, model_max_len=p.model_max_len,
+                                  graph_gib=p.graph_capture_gib, block_size=p.block_size, graph_in_budget=inside)
     data = _map("tuning.gpu_profile", value)
-    _unknown("tuning.gpu_profile", data, {"total_gib", "resident_gib", "weights_gib", "overhead_gib", "name"})
+    _unknown("tuning.gpu_profile", data, {"total_gib", "resident_gib", "weights_gib", "overhead_gib", "name",
+                                          "kv_bytes_per_token", "model_max_len", "graph_gib", "block_size"})
     if "total_gib" not in data:
         raise ConfigError("config: tuning.gpu_profile needs total_gib")
     total = _gib("tuning.gpu_profile.total_gib", data["total_gib"])
@@ -275,7 +291,11 @@ def parse_gpu_profile(value: Any) -> GpuProfileSettings | None:
         raise ConfigError("config: tuning.gpu_profile.resident_gib must not exceed total_gib")
     weights = _gib("tuning.gpu_profile.weights_gib", data["weights_gib"]) if data.get("weights_gib") is not None else None
     overhead = _gib("tuning.gpu_profile.overhead_gib", data["overhead_gib"]) if data.get("overhead_gib") is not None else None
-    return GpuProfileSettings(total, resident, weights, overhead, str(data.get("name") or "config"))
+    per_token, max_len = (None if data.get(k) is None else _num(f"tuning.gpu_profile.{k}", data[k], int, 1)
+                          for k in ("kv_bytes_per_token", "model_max_len"))
+    graph = _gib("tuning.gpu_profile.graph_gib", data["graph_gib"]) if data.get("graph_gib") is not None else None
+    block = _num("tuning.gpu_profile.block_size", data.get("block_size", 16), int, 1, 4096)
+    return GpuProfileSettings(total, resident, weights, overhead, str(data.get("name") or "config"), per_token, max_len, graph, block)
 
 
 def _parse_canary(raw: Any) -> CanarySettings:
@@ -432,7 +452,7 @@ def parse_runner_settings(section: Mapping[str, Any] | None) -> RunnerSettings:
     cands = _map("tuning.candidates", section.get("candidates"))
     _unknown("tuning.candidates", cands, {"max_candidates"})
     pre = _map("tuning.preflight", section.get("preflight"))
-    _unknown("tuning.preflight", pre, {"gpu_source", "margin_gib"})
+    _unknown("tuning.preflight", pre, {"gpu_source", "margin_gib", "canary_shares_gpu"})
     source = str(pre.get("gpu_source", "auto"))
     if source not in GPU_SOURCES:
         raise ConfigError(f"config: tuning.preflight.gpu_source must be one of {', '.join(GPU_SOURCES)}, got {source!r}")
@@ -450,6 +470,7 @@ def parse_runner_settings(section: Mapping[str, Any] | None) -> RunnerSettings:
         gpu_profile=parse_gpu_profile(section.get("gpu_profile")),
         gpu_source=source,
         preflight_margin_gib=_gib("tuning.preflight.margin_gib", pre.get("margin_gib", 0)),
+        canary_shares_gpu=_bool("tuning.preflight.canary_shares_gpu", pre.get("canary_shares_gpu", False)),
         canary=(canary := _parse_canary(section.get("canary"))),
         scoring=_parse_scoring(section.get("scoring"), canary.probe.max_error_rate),
     )

@@ -41,16 +41,21 @@ def test_seed_first_then_steps_in_the_safe_direction() -> None:
 
 
 def test_lowering_stops_at_the_bound_and_the_secondary_parameter_combines() -> None:
-    # sampler OOM with 256 dummy requests: halve → 128, clamped to 16; secondary: lower gmu one step
+    # sampler OOM with 256 dummy requests: halve → 128, clamped to 16; secondary: lower gmu one step.
+    # Ranked by cost: one parameter before two, then fewer sequences given up.
     intent = {"error_class": "sampler_warmup_oom", "seed_fix": {MAX_NUM_SEQS: 16}, "values": {"num_dummy_requests": 256}}
     current = {GMU: D("0.9"), MAX_NUM_SEQS: D(256)}
     cands = generate_candidates(intent, current, SETTINGS, max_candidates=4)
     assert _params(cands) == [
         ({MAX_NUM_SEQS: 16}, {MAX_NUM_SEQS: 128}, "seed_fix"),
         ({MAX_NUM_SEQS: 14}, {MAX_NUM_SEQS: 14}, "grid"),
-        ({MAX_NUM_SEQS: 16, GMU: 0.85}, {MAX_NUM_SEQS: 128, GMU: 0.85}, "grid"),
         ({MAX_NUM_SEQS: 12}, {MAX_NUM_SEQS: 12}, "grid"),
+        ({MAX_NUM_SEQS: 16, GMU: 0.85}, {MAX_NUM_SEQS: 128, GMU: 0.85}, "grid"),
     ]
+    assert [c.rank for c in cands] == [1, 2, 3, 4]
+    assert cands[0].why == "lowers max_num_seqs 256→16: 240 fewer concurrent sequences"
+    assert cands[3].stored_origin() == ("grid (rank 4): lowers gpu_memory_utilization 0.9→0.85; "
+                                        "lowers max_num_seqs 256→16: 240 fewer concurrent sequences")
     assert all(len(c.params) <= 2 for c in cands)
 
 
@@ -59,13 +64,16 @@ def test_alternatives_follow_the_seed_and_max_params_is_respected() -> None:
               "values": {"max_model_len": 8192, "estimated_max_model_len": 5520, "_alternatives": [{GMU: 0.95}, {GMU: 0.85}]}}
     current = {GMU: D("0.8"), MAX_NUM_SEQS: D(16), MAX_MODEL_LEN: D(8192)}
     cands = generate_candidates(intent, current, SETTINGS, max_candidates=4)
-    # 0.95 is out of bounds and dropped; the grid combines the seed with gmu one step up
+    # 0.95 is out of bounds and dropped; the grid combines the seed with gmu one step up. Without a
+    # pre-flight, cost alone ranks: keeping the context first, then the least context given up.
     assert _params(cands) == [
-        ({MAX_MODEL_LEN: 5120}, {MAX_MODEL_LEN: 5120}, "seed_fix"),
         ({GMU: 0.85}, {GMU: 0.85}, "alternative"),
-        ({MAX_MODEL_LEN: 4608}, {MAX_MODEL_LEN: 4608}, "grid"),
+        ({MAX_MODEL_LEN: 5120}, {MAX_MODEL_LEN: 5120}, "seed_fix"),
         ({MAX_MODEL_LEN: 5120, GMU: 0.85}, {MAX_MODEL_LEN: 5120, GMU: 0.85}, "grid"),
+        ({MAX_MODEL_LEN: 4608}, {MAX_MODEL_LEN: 4608}, "grid"),
     ]
+    assert [c.why for c in cands[:2]] == ["keeps max_model_len 8192; raises gpu_memory_utilization 0.8→0.85",
+                                          "cuts max_model_len 8192→5120 alone: gives up 3,072 tokens of context (38%)"]
     one = generate_candidates(intent, current, SETTINGS.__class__(SETTINGS.actuators, max_params_per_candidate=1), 6)
     assert all(len(c.params) == 1 for c in one)
 
@@ -73,8 +81,10 @@ def test_alternatives_follow_the_seed_and_max_params_is_respected() -> None:
 def test_a_grid_without_seed_starts_from_a_running_value_outside_the_bounds() -> None:
     intent = {"error_class": "cuda_oom_torch", "seed_fix": None, "values": {}}
     cands = generate_candidates(intent, {GMU: D("0.95"), MAX_NUM_SEQS: D(256)}, SETTINGS, max_candidates=3)
-    assert _params(cands) == [({GMU: 0.9}, {GMU: 0.9}, "grid"), ({GMU: 0.9, MAX_NUM_SEQS: 16}, {GMU: 0.9, MAX_NUM_SEQS: 254}, "grid"),
-                              ({GMU: 0.85}, {GMU: 0.85}, "grid")]
+    # the grid's mix (one step, the step with the secondary parameter, a second step), ranked by cost:
+    # giving back KV cache (gmu lower) before giving up 240 concurrent sequences
+    assert _params(cands) == [({GMU: 0.9}, {GMU: 0.9}, "grid"), ({GMU: 0.85}, {GMU: 0.85}, "grid"),
+                              ({GMU: 0.9, MAX_NUM_SEQS: 16}, {GMU: 0.9, MAX_NUM_SEQS: 254}, "grid")]
     assert generate_candidates({"error_class": "memory_profiling_error", "values": {}}, {GMU: D("0.9")}, SETTINGS) == []
     # at the bound already: nothing to try
     assert generate_candidates({"error_class": "kv_cache_no_memory", "values": {}}, {GMU: D("0.9")}, SETTINGS) == []
@@ -163,7 +173,10 @@ def test_config_errors_name_the_key(section: dict, message: str) -> None:
 def test_defaults_and_builtin_gpu_profile() -> None:
     r = parse_runner_settings({"gpu_profile": "seed", "log_sources": ["/tmp/a.log", {"path": "/tmp/b.log", "subsystem": "vllm2"}]})
     assert r.limits().max_runs == 3 and r.limits().cooldown_s == 21600 and r.promotion_ttl_s == 86400
-    assert r.gpu_profile == GpuProfileSettings(D("12.0"), D("5.928"), D("2.89"), D("1.30"), "seed")
+    assert r.gpu_profile == GpuProfileSettings(D("12.0"), D("5.928"), D("2.89"), D("1.30"), "seed", kv_bytes_per_token=28672,
+                                               model_max_len=32768, graph_gib=D("0.43"), block_size=16,
+                                               graph_in_budget=r.gpu_profile.graph_in_budget)
+    assert r.canary_shares_gpu is False
     assert [(str(s.path), s.subsystem) for s in r.log_sources] == [("/tmp/a.log", "vllm"), ("/tmp/b.log", "vllm2")]
 
 
