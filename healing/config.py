@@ -1,8 +1,10 @@
 """One settings object, built from the YAML config file and environment variables.
 
 Precedence (highest first): environment variables, the YAML file named by ``--config`` /
-``SELFHEAL_CONFIG``, built-in defaults. Every value is validated at load; a bad value raises
-:class:`ConfigError` naming the key, so the CLI prints one clear line.
+``SELFHEAL_CONFIG``, built-in defaults. The whole configuration is validated at load
+(healing.config_schema: a pydantic schema plus the subsystems' own parsers, the same rules for the
+file and the environment): an unknown key is named with the nearest known one, and every problem is
+reported in one line of a :class:`ConfigError`.
 
 Sections follow the image guide's YAML (``vision_model``, ``health_check``, ``monitoring``,
 ``healing``, ``logging``) plus ``pixelrts``, ``tuning`` and ``dashboard``. Sections that a
@@ -12,6 +14,7 @@ subsystem validates itself (``tuning``) stay available as plain dicts in ``Setti
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,8 @@ class HealthCheckSettings:
     auto_heal: bool = False
     block_size: int = 4096
     timeout_s: float = 60.0  # a check running longer is recorded unknown (with an alert) and not waited for
+    cache_results: bool = False  # the guide's cache: a checker reuses a result while the file is unchanged ...
+    cache_ttl: float = 600.0  # ... for at most this many seconds
 
 
 @dataclass
@@ -66,6 +71,7 @@ class HealingSettings:
     quarantine_corrupted: bool = True
     quarantine_retention_days: float = 30.0  # the worker prunes older copies; 0 keeps them forever
     revert_unexpected_changes: bool = False
+    parity_percent: float = 2.0  # erasure-coded parity made at register, % of the file; 0 turns it off
     actions: list[str] = field(default_factory=list)
     notification: NotificationSettings = field(default_factory=NotificationSettings)
 
@@ -245,6 +251,21 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     env = dict(os.environ if env is None else env)
     config_path = Path(path) if path else (Path(env["SELFHEAL_CONFIG"]) if env.get("SELFHEAL_CONFIG") else None)
     raw = read_yaml(config_path) if config_path else {}
+    from healing.config_schema import (
+        ConfigValidationError,
+        delegated_lines,
+        known_valid,
+        remember_valid,
+        schema_lines,
+        validation_stamp,
+    )
+
+    stamp = validation_stamp(raw, env)
+    checked = known_valid(stamp) or getattr(_validating, "active", False)
+    if not checked:
+        problems = schema_lines(raw, env)
+        if problems:
+            raise ConfigValidationError(problems)
 
     home = Path(env.get("SELFHEAL_HOME") or raw.get("home") or Path.home() / ".selfheal").expanduser()
     database_url = env.get("SELFHEAL_DATABASE_URL") or raw.get("database_url") or f"sqlite:///{home / 'selfheal.db'}"
@@ -287,6 +308,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     h.auto_heal = _as_bool("health_check.auto_heal", env["VLM_AUTO_HEAL"] if "VLM_AUTO_HEAL" in env else hc.get("auto_heal", h.auto_heal))
     h.block_size = _as_number("health_check.block_size", hc.get("block_size", h.block_size), int, 64, 1 << 24)
     h.timeout_s = _as_number("health_check.timeout_s", hc.get("timeout_s", h.timeout_s), float, 0.1, 86400)
+    h.cache_results = _as_bool("health_check.cache_results", hc.get("cache_results", h.cache_results))
+    h.cache_ttl = _as_number("health_check.cache_ttl", hc.get("cache_ttl", h.cache_ttl), float, 0, 86400 * 7)
 
     mon = _mapping("monitoring", raw.get("monitoring"))
     images = mon.get("images") or []
@@ -318,6 +341,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
         "healing.quarantine_retention_days", he.get("quarantine_retention_days", g.quarantine_retention_days), float, 0, 36500
     )
     g.revert_unexpected_changes = _as_bool("healing.revert_unexpected_changes", he.get("revert_unexpected_changes", False))
+    g.parity_percent = _as_number("healing.parity_percent", he.get("parity_percent", g.parity_percent), float, 0, 100)
     actions = he.get("actions") or []
     if not isinstance(actions, list) or not all(isinstance(a, str) and ":" in a for a in actions):
         raise ConfigError("config: healing.actions must be a list of 'module:function' names")
@@ -344,4 +368,17 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     s.pixelrts.max_metadata_bytes = _as_number(
         "pixelrts.max_metadata_bytes", px.get("max_metadata_bytes", s.pixelrts.max_metadata_bytes), int, 1024, 1 << 30
     )
+    if not checked:
+        # The sections other subsystems parse (tuning, api, dashboard, worker, database, audit), by their parsers.
+        _validating.active = True
+        try:
+            problems = delegated_lines(s)
+        finally:
+            _validating.active = False
+        if problems:
+            raise ConfigValidationError(problems)
+        remember_valid(stamp)
     return s
+
+
+_validating = threading.local()  # a subsystem parser that loads the settings itself must not recurse

@@ -4,7 +4,8 @@ Pure functions (arrays in, results out): entropy maps (``block_entropy``, ``entr
 (``sobel_edges``, ``canny_edges``), Fourier (``analyze_fourier``), clusters (``detect_clusters``,
 ``dbscan``), anomaly scoring (``assess``), overlays (``entropy_heatmap``, ``edge_overlay``,
 ``findings_overlay``). The checker, ``VLMHealthChecker().check_health(path, ...)``, applies the
-decision rules of DESIGN.md §5 and returns a ``HealthCheckResult``.
+decision rules of DESIGN.md §5 and returns a ``HealthCheckResult``; its status vocabulary
+(``HealthStatus``, ``finding``, the categories and severities) lives in ``healing.analysis.status``.
 
 Names are loaded on first use (PEP 562): the CLI imports ``healing.analysis.commands`` at start-up,
 which runs this file, so nothing heavy is imported here.
@@ -47,7 +48,11 @@ _EXPORTS = {
     "LoadedImage": "loading",
     "load_image": "loading",
     "HealthCheckResult": "health",
-    "HealthStatus": "health",
+    "HealthStatus": "status",
+    "CATEGORIES": "status",
+    "SEVERITIES": "status",
+    "finding": "status",
+    "iso_now": "status",
     "VLMHealthChecker": "health",
     "analyze_image": "engine",
     "PixelRTSVisionAnalyzer": "engine",

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from healing.analysis._results import ResultMapping
+
 DEFAULT_MAX_SAMPLES = 4096
 FEATURE_TYPES = ("position", "color")
 
@@ -50,7 +52,7 @@ def dbscan(points: np.ndarray, eps: float, min_samples: int) -> tuple[np.ndarray
 
 
 @dataclass
-class ClusterResult:
+class ClusterResult(ResultMapping):
     """Clusters found in a sample. Regions are (x, y, w, h) in full-image pixels."""
 
     feature_type: str

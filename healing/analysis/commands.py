@@ -110,8 +110,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from healing.analysis.engine import image_entropy
     from healing.analysis.health import VLMHealthChecker
     from healing.analysis.loading import load_image
+    from healing.analysis.status import iso_now
     from healing.config import load_settings
-    from healing.images.integrity import iso_now
 
     settings = load_settings()
     loaded = load_image(args.image, max_pixels=settings.pixelrts.max_pixels, file_hash=True,

@@ -7,13 +7,14 @@ from typing import Any
 
 import numpy as np
 
+from healing.analysis._results import ResultMapping
 from healing.analysis.imaging import to_grey
 
 DEFAULT_STRONGEST = 100
 
 
 @dataclass
-class EdgeResult:
+class EdgeResult(ResultMapping):
     """Edges of one image. ``strong_edges`` lists the strongest edge pixels (x, y, magnitude)."""
 
     method: str

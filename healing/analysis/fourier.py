@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from healing.analysis._results import ResultMapping
 from healing.analysis.imaging import to_grey
 
 DC_FRACTION = 0.02  # radius of the masked zero-frequency disc, as a fraction of the shorter side
@@ -14,7 +15,7 @@ PERIODIC_RATIO = 8.0  # a peak this many times the mean magnitude is a periodic 
 
 
 @dataclass
-class FourierResult:
+class FourierResult(ResultMapping):
     """Spectrum facts. Frequencies are cycles per pixel of the full image (fx along x, fy along y)."""
 
     dominant_frequency: tuple[float, float] | None

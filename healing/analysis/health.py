@@ -22,7 +22,11 @@ module's numbers into a suggestion; ``models=`` names providers to build from th
 
 from __future__ import annotations
 
+import copy
+import logging
+import math
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,10 +38,12 @@ from healing.analysis.anomaly import AnomalyModel, AnomalyReport, assess
 from healing.analysis.entropy import EntropyMap, entropy_map, tiled_entropy_map
 from healing.analysis.geometry import range_region
 from healing.analysis.loading import LoadedImage, load_image
+from healing.analysis.status import HealthStatus, iso_now
 from healing.config import Settings, load_settings
 from healing.errors import CorruptedError, InputError
-from healing.images.integrity import HealthStatus, iso_now
 from healing.vision.ensemble import EnsembleCheckMixin
+
+log = logging.getLogger("selfheal.checker")
 
 SOURCE_INTEGRITY = "integrity"
 SOURCE_BASELINE = "baseline"
@@ -46,6 +52,10 @@ MAX_RANGE_FINDINGS = 64  # damaged ranges listed one finding each; the rest are 
 MAX_LIKELY_PLACES = 8  # entropy outliers offered as likely places of damage when no baseline exists
 CONTEXT_SIZE = 512  # longer side of the downscaled picture handed to providers and used for edges
 STATISTICAL_CONFIDENCE_CAP = 0.9  # statistics never claim certainty
+
+# Metrics every result carries, even when the file could not be read (NaN here, null in JSON): the
+# guide formats ``metrics['mean_entropy']`` and ``metrics['anomaly_score']`` without checking the status.
+UNMEASURED_METRICS = ("mean_entropy", "anomaly_score")
 
 # Problem kinds that describe the metadata rather than the payload: structural findings. Every problem
 # the codec's verification reports is critical, as `validate` says (exit 2): the two never disagree.
@@ -80,12 +90,12 @@ class HealthCheckResult:
         return f"{HealthStatus(self.status).value}: {detail}"
 
     def to_dict(self) -> dict[str, Any]:
-        """Exactly the object of DESIGN.md §4 (`check --json`)."""
+        """Exactly the object of DESIGN.md §4 (`check --json`); a metric that was not measured is null."""
         return {
             "image_path": self.image_path,
             "status": HealthStatus(self.status).value,
             "confidence": round(float(self.confidence), 4),
-            "metrics": dict(self.metrics),
+            "metrics": {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in self.metrics.items()},
             "findings": [dict(f) for f in self.findings],
             "recommendation": self.recommendation,
             "timestamp": self.timestamp,
@@ -132,7 +142,10 @@ class VLMHealthChecker(EnsembleCheckMixin):
     """Health checks of PixelRTS images and plain PNGs (see the module docstring for the rules).
 
     ``providers`` replaces the default provider list (objects with ``.name`` and ``.analyze``);
-    ``models`` names providers to build from the settings, as `check --model` does.
+    ``models`` names providers to build from the settings, as `check --model` does. ``debug=True``
+    logs every step of every check at DEBUG on ``selfheal.checker`` (to stderr when logging is not
+    configured). With ``health_check.cache_results`` a result is reused for ``health_check.cache_ttl``
+    seconds while the file (size, mtime, inode) and the check's arguments stay the same.
     """
 
     def __init__(self, settings: Settings | None = None, *, providers: Sequence[Any] | None = None,
@@ -147,6 +160,11 @@ class VLMHealthChecker(EnsembleCheckMixin):
         self.aggregation = aggregation
         self.http_client = http_client
         self.debug = debug
+        if debug:
+            _enable_debug_logging()
+        self._cache: dict[tuple[Any, ...], tuple[float, HealthCheckResult]] = {}
+        self._cache_lock = threading.Lock()
+        self._local = threading.local()  # per-thread step timings of the check in progress
         self._providers = list(providers) if providers is not None else None
         self._models = models
         self._endpoint = endpoint
@@ -162,13 +180,17 @@ class VLMHealthChecker(EnsembleCheckMixin):
     def providers_for(self, models: str | Sequence[str] | None = None) -> list[Any]:
         """The providers a check runs: explicit ones, else ``models`` built from the settings,
         else models added with ``add_model``, else the configured provider (normally statistical)."""
-        from healing.vision.selection import build_providers
+        from healing.vision.selection import build_providers, parse_model_names
 
         if models is None and self._providers is not None:
             return list(self._providers)
         names = models if models is not None else self._models
-        if names is None and self.__dict__.get("_vision_ensemble") is not None and self._model_ensemble().names:
+        added = self._model_ensemble().names if self.__dict__.get("_vision_ensemble") is not None else []
+        if added and names is None:
             return self._model_ensemble().providers()
+        if added and names is not None:
+            # Models added with add_model keep their endpoint, key and weight; others come from the settings.
+            return self._model_ensemble().providers(parse_model_names(names, self.settings))
         return build_providers(names, self.settings, self._endpoint, self.http_client)
 
     # ------------------------------------------------------------------ the check
@@ -176,12 +198,27 @@ class VLMHealthChecker(EnsembleCheckMixin):
     def check_health(self, path: str | os.PathLike[str], *, baseline: dict[str, Any] | None = None,
                      models: str | Sequence[str] | None = None, aggregation: str | None = None,
                      verbose: bool = False) -> HealthCheckResult:
-        """Check one image. Never raises for bad input: unreadable → unknown, damaged → critical."""
+        """Check one image. Never raises for bad input: unreadable → unknown, damaged → critical.
+
+        ``verbose=True`` adds ``metrics["steps_ms"]`` (time per step) and ``metrics["provider_results"]``
+        (every provider's full answer) to the result.
+        """
+        cache_key = self._cache_key(path, baseline, models, aggregation, verbose)
+        cached = self._cached(cache_key)
+        if cached is not None:
+            log.debug("check %s: cached result from %s reused (health_check.cache_ttl %s s)", path, cached.timestamp,
+                      self.settings.health_check.cache_ttl)
+            return cached
         started = time.perf_counter()
         result = HealthCheckResult(str(path), HealthStatus.UNKNOWN, 0.0, timestamp=iso_now())
+        self._local.steps = {} if verbose else None
+        log.debug("check %s: loading (max_pixels %d)", path, self.settings.pixelrts.max_pixels)
         try:
-            loaded = load_image(path, max_pixels=self.settings.pixelrts.max_pixels, file_hash=baseline is not None,
-                                max_metadata_bytes=self.settings.pixelrts.max_metadata_bytes)
+            if not isinstance(path, str | os.PathLike):
+                raise InputError(f"{path!r} is not a file path")
+            with self._step("load"):
+                loaded = load_image(path, max_pixels=self.settings.pixelrts.max_pixels, file_hash=baseline is not None,
+                                    max_metadata_bytes=self.settings.pixelrts.max_metadata_bytes)
         except CorruptedError as exc:
             result.status, result.confidence = HealthStatus.CRITICAL, 0.99
             result.findings.append(make_finding("structural", "high", str(exc), source="codec"))
@@ -192,19 +229,81 @@ class VLMHealthChecker(EnsembleCheckMixin):
             result.recommendation = "nothing to judge: check that the path names a readable PNG or PixelRTS image"
         else:
             self._judge(result, loaded, baseline, models, aggregation or self.aggregation, verbose)
+        for key in UNMEASURED_METRICS:
+            result.metrics.setdefault(key, math.nan)
+        for key in ("data_size", "grid_size", "hash_verified"):
+            result.metrics.setdefault(key, None)
+        if verbose:
+            result.metrics["steps_ms"] = {k: round(v, 3) for k, v in (self._local.steps or {}).items()}
+            if result.providers:
+                result.metrics["provider_results"] = [r.to_dict() for r in result.providers]
         result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        log.debug("check %s: %s (confidence %.2f, %d finding(s), %.1f ms)", path, HealthStatus(result.status).value,
+                  result.confidence, len(result.findings), result.duration_ms)
+        self._store(cache_key, result)
         return result
 
+    # ------------------------------------------------------------------ steps, cache
+
+    def _step(self, name: str) -> _Step:
+        return _Step(name, getattr(self._local, "steps", None))
+
+    def _cache_key(self, path: Any, baseline: dict[str, Any] | None, models: Any, aggregation: str | None,
+                   verbose: bool) -> tuple[Any, ...] | None:
+        """What must be equal for a cached result to be reused; None when caching is off or impossible."""
+        if not self.settings.health_check.cache_results or not isinstance(path, str | os.PathLike):
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        import json
+
+        pinned = json.dumps(baseline, sort_keys=True, default=str) if baseline is not None else None
+        return (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino, pinned,
+                repr(models), aggregation or self.aggregation, verbose)
+
+    def _cached(self, key: tuple[Any, ...] | None) -> HealthCheckResult | None:
+        if key is None:
+            return None
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is None or time.monotonic() - hit[0] > self.settings.health_check.cache_ttl:
+                self._cache.pop(key, None)
+                return None
+        result = copy.copy(hit[1])
+        result.metrics = {**hit[1].metrics, "cached": True}
+        result.findings = [dict(f) for f in hit[1].findings]
+        return result
+
+    def _store(self, key: tuple[Any, ...] | None, result: HealthCheckResult) -> None:
+        if key is None:
+            return
+        now = time.monotonic()
+        ttl = self.settings.health_check.cache_ttl
+        with self._cache_lock:
+            for stale in [k for k, (at, _) in self._cache.items() if now - at > ttl]:
+                del self._cache[stale]
+            self._cache[key] = (now, result)
+
     def check_health_ensemble(self, path: str | os.PathLike[str], models: str | Sequence[str] | None = None,
-                              aggregation: str = "voting", *, baseline: dict[str, Any] | None = None) -> HealthCheckResult:
-        """The guide's ensemble check: several providers vote; ``result.agreement`` says how much they agree."""
-        return self.check_health(path, baseline=baseline, models=models, aggregation=aggregation)
+                              aggregation: str = "voting", *, baseline: dict[str, Any] | None = None,
+                              verbose: bool = False) -> HealthCheckResult:
+        """The guide's ensemble check: several providers vote; ``result.agreement`` says how much they agree.
+
+        Models added with ``add_model`` are used with the endpoint, key and weight given there.
+        """
+        return self.check_health(path, baseline=baseline, models=models, aggregation=aggregation, verbose=verbose)
 
     # ------------------------------------------------------------------ judging
 
     def _judge(self, result: HealthCheckResult, loaded: LoadedImage, baseline: dict[str, Any] | None,
                models: str | Sequence[str] | None, aggregation: str, verbose: bool) -> None:
-        stats = assess_image(loaded, self.block_size, self.anomaly_model)
+        with self._step("statistics"):
+            stats = assess_image(loaded, self.block_size, self.anomaly_model)
+        log.debug("check %s: entropy mean %.3f bits/byte over %d block(s), anomaly score %.4f, hash verified %s",
+                  loaded.path, stats.entropy.stats["mean"], stats.entropy.blocks.size, stats.anomaly.score,
+                  loaded.report.hash_verified if loaded.report is not None else None)
         report = loaded.report
         hash_verified = report.hash_verified if report is not None else None
         emap, anomaly = stats.entropy, stats.anomaly
@@ -230,7 +329,10 @@ class VLMHealthChecker(EnsembleCheckMixin):
                 category = "structural" if problem.kind in _STRUCTURAL_KINDS else "corruption"
                 result.findings.append(make_finding(category, "high", problem.message, byte_range=rng, region=region))
 
-        changed, compared = self._compare_baseline(result, loaded, baseline)
+        with self._step("baseline"):
+            changed, compared = self._compare_baseline(result, loaded, baseline)
+        log.debug("check %s: %d integrity problem(s); baseline %s, %d changed range(s)", loaded.path,
+                  len(report.problems) if report is not None else 0, compared, len(changed))
         baseline_changed = bool(changed) or compared == "different_grid"
         pixelrts_verified = hash_verified is True
 
@@ -363,9 +465,18 @@ class VLMHealthChecker(EnsembleCheckMixin):
 
         providers = self.providers_for(models)
         needs_pixels = any(getattr(p, "name", "statistical") != "statistical" for p in providers)
-        results = run_providers(providers, self._context(loaded, stats, result, full_pixels=needs_pixels))
+        log.debug("check %s: asking %s (%s)", loaded.path, ", ".join(getattr(p, "name", "?") for p in providers) or "no provider",
+                  aggregation)
+        with self._step("providers"):
+            results = run_providers(providers, self._context(loaded, stats, result, full_pixels=needs_pixels))
         result.providers = results
-        ensemble = aggregate(results, aggregation, self.settings.vision_model.weights)
+        weights = dict(self.settings.vision_model.weights)
+        if self.__dict__.get("_vision_ensemble") is not None:
+            weights.update(self._model_ensemble().weights)  # add_model(weight=...) wins over the config
+        ensemble = aggregate(results, aggregation, weights)
+        for r in results:
+            log.debug("check %s: provider %s: %s", loaded.path, r.provider,
+                      f"{r.status} (confidence {r.confidence:.2f}, {len(r.findings)} finding(s))" if r.ok else r.error)
         result.agreement = round(ensemble.agreement, 4)
         result.metrics["providers"] = [r.provider for r in results]
         errors = ensemble.errors
@@ -414,3 +525,26 @@ class VLMHealthChecker(EnsembleCheckMixin):
             result.recommendation = (f"inspect the flagged regions of {loaded.path}; if it has a golden copy, compare or "
                                      "restore it (`selfheal heal`); statistics cannot prove damage — a baseline or a "
                                      "PixelRTS data hash can")
+
+
+class _Step:
+    """Times one step of a check into ``steps`` (a dict, or None when the check is not verbose)."""
+
+    def __init__(self, name: str, steps: dict[str, float] | None) -> None:
+        self.name, self.steps = name, steps
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.steps is not None:
+            self.steps[self.name] = self.steps.get(self.name, 0.0) + (time.perf_counter() - self.started) * 1000
+
+
+def _enable_debug_logging() -> None:
+    """``debug=True``: the checker logs at DEBUG; to stderr unless the application configured logging."""
+    log.setLevel(logging.DEBUG)
+    if not logging.getLogger().handlers and not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
+        log.addHandler(handler)

@@ -6,9 +6,11 @@
     @daemon.healing_action              # sync or async; gets the check result, returns True if it healed
     async def custom_heal(health_result): ...
 
-    await daemon.start()                # checks run in the background (a task on the running loop)
+    asyncio.run(daemon.start())         # runs until stopped: SIGINT/SIGTERM, or daemon.stop() from a task
+
+    await daemon.start_background()     # or: checks run in a background task of the running loop ...
     ...
-    await daemon.stop()
+    await daemon.stop()                 # ... until stopped
 
 The daemon holds the same lock as `selfheal worker` ($SELFHEAL_HOME/worker.lock) while it runs, so an
 application embedding it and a worker never check the same database twice. Checks run in a thread
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import signal
 import time
 from typing import Any
 
@@ -54,6 +57,7 @@ class VLMSelfHealingDaemon:
         self._service: Any = None
         self._lock: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._stop_requested: asyncio.Event | None = None
         self._last_checked: dict[int, float] = {}
         self.last_results: list[Any] = []
 
@@ -141,7 +145,37 @@ class VLMSelfHealingDaemon:
         return records
 
     async def start(self) -> None:
-        """Take the worker lock, upgrade the schema and start checking in a background task."""
+        """The guide's ``await daemon.start()``: check and heal until stopped, then return.
+
+        Stops on SIGINT or SIGTERM (when called in the main thread) or when ``stop()`` is awaited from
+        another task or a healing action; the lock is released and queued alerts delivered either way.
+        For checks in the background of an application that goes on, use :meth:`start_background`.
+        """
+        await self.start_background()
+        loop = asyncio.get_running_loop()
+        stop_requested = self._stop_requested = asyncio.Event()
+        handled = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop_requested.set)
+                handled.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+                pass
+        log.info("daemon running: %d s interval, auto-heal %s", self.check_interval, "on" if self.auto_heal else "off")
+        try:
+            waiter = asyncio.ensure_future(stop_requested.wait())
+            assert self._task is not None
+            await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+            self._stop_requested = None
+            await self.stop()
+        log.info("daemon stopped")
+
+    async def start_background(self) -> None:
+        """Take the worker lock, upgrade the schema and start checking in a background task; returns at once."""
         if self.running:
             return
         from healing.worker import WorkerLock
@@ -171,7 +205,11 @@ class VLMSelfHealingDaemon:
             await asyncio.sleep(wait)
 
     async def stop(self) -> None:
-        """Stop the background task, deliver queued alerts and release the lock."""
+        """Stop the background task, deliver queued alerts and release the lock (a running ``start()`` returns)."""
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+        if self._task is None and self._lock is None:
+            return  # never started, or already stopped
         if self._task is not None:
             self._task.cancel()
             try:

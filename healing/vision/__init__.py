@@ -21,6 +21,7 @@ _EXPORTS = {
     "AnthropicProvider": "providers",
     "OpenAICompatibleProvider": "providers",
     "StatisticalProvider": "providers",
+    "VisionModelError": "providers",
     "status_from_findings": "providers",
     "parse_answer": "parsing",
     "region_byte_ranges": "regions",

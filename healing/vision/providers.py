@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from healing.errors import SelfHealError
 from healing.redaction import default_redactor
 from healing.vision._http import RetryPolicy, VisionRequestError, redact, request_json
 from healing.vision._types import AnalysisContext, EntropyOutlier, Finding, ProviderResult
@@ -29,6 +30,10 @@ log = logging.getLogger("healing.vision")
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024
+
+class VisionModelError(SelfHealError):
+    """A vision model asked directly (``ask``) could not answer; the message is one redacted line (exit 3)."""
+
 
 _SEVERITY_TO_STATUS = {"high": "critical", "medium": "warning", "low": "healthy"}
 _STATUS_RANK = {"healthy": 0, "warning": 1, "critical": 2}
@@ -132,6 +137,34 @@ class HTTPVisionProvider(abc.ABC):
             finding.description = clean(finding.description)
         return result
 
+    def ask(self, context: AnalysisContext) -> str:
+        """The model's answer to ``context`` as text (redacted), for callers that read it themselves.
+
+        Raises :class:`VisionModelError` — one line naming the provider, its endpoint and the reason —
+        when the model cannot answer (no key, unreachable, HTTP error, no text in the answer).
+        """
+        if self.requires_key and not self._api_key:
+            raise VisionModelError(f"vision model {self.name} not available: no API key ({self.key_hint})")
+        try:
+            text, _ = self._exchange(context)
+        except VisionRequestError as exc:
+            reason = redact(str(exc), [self._api_key])
+            raise VisionModelError(f"vision model {self.name} not available at {self.endpoint}: {reason}") from None
+        except Exception as exc:  # one line for the caller, whatever went wrong underneath
+            reason = redact(f"{type(exc).__name__}: {exc}", [self._api_key])
+            raise VisionModelError(f"vision model {self.name} not available at {self.endpoint}: {reason}") from None
+        return default_redactor().with_secrets([self._api_key])(text)
+
+    def _exchange(self, context: AnalysisContext) -> tuple[str, int]:
+        """Prepare the pictures and the prompt, send them; (answer text, HTTP attempts). Raises on failure."""
+        image = prepare_image(context.pixels, self.max_size)
+        overlay = prepare_image(context.overlay, self.max_size) if context.overlay is not None else None
+        prompt = build_prompt(context, image, overlay)
+        if self._client is not None:
+            return self._ask(self._client, prompt, image, overlay)
+        with httpx.Client() as client:
+            return self._ask(client, prompt, image, overlay)
+
     def _analyze(self, context: AnalysisContext) -> ProviderResult:
         started = time.monotonic()
         attempts = 0
@@ -142,14 +175,7 @@ class HTTPVisionProvider(abc.ABC):
         if self.requires_key and not self._api_key:
             return ProviderResult.failure(self.name, f"no API key ({self.key_hint})", model=self.model)
         try:
-            image = prepare_image(context.pixels, self.max_size)
-            overlay = prepare_image(context.overlay, self.max_size) if context.overlay is not None else None
-            prompt = build_prompt(context, image, overlay)
-            if self._client is not None:
-                text, attempts = self._ask(self._client, prompt, image, overlay)
-            else:
-                with httpx.Client() as client:
-                    text, attempts = self._ask(client, prompt, image, overlay)
+            text, attempts = self._exchange(context)
         except VisionRequestError as exc:
             log.warning("%s: %s", self.name, redact(str(exc), [self._api_key]))
             return ProviderResult.failure(self.name, str(exc), model=self.model, attempts=exc.attempts,

@@ -4,7 +4,8 @@ Precedence for an HTTP provider's endpoint: ``--endpoint`` (CLI) > ``vision_mode
 ``VLM_MODEL_ENDPOINT`` (only for the provider named in ``vision_model.provider``) > the provider's
 default. The same rule applies to ``vision_model.model`` / ``VLM_MODEL_NAME`` and to
 ``vision_model.api_key``; the ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` environment variables
-override a configured key for their provider.
+override a configured key for their provider, and ``OPENAI_BASE_URL`` / ``ANTHROPIC_BASE_URL`` (the
+vendor SDKs' own variables, e.g. for a gateway) replace the provider's default endpoint.
 
 This module imports only the standard library at top level: the ``check`` command calls
 :func:`add_model_arguments` while the CLI starts.
@@ -36,6 +37,7 @@ class ProviderSpec:
     key_env: str | None = None  # environment variable holding the API key
     requires_key: bool = False
     discover_model: bool = False  # ask GET /models for the loaded model when none is configured
+    base_url_env: str | None = None  # environment variable naming another base URL (the vendor SDKs' own)
 
 
 PROVIDERS: dict[str, ProviderSpec] = {
@@ -44,9 +46,9 @@ PROVIDERS: dict[str, ProviderSpec] = {
     "ollama": ProviderSpec("openai", "http://localhost:11434/v1", default_model="llava"),
     "vllm": ProviderSpec("openai", "http://localhost:8000/v1", discover_model=True),
     "openai": ProviderSpec("openai", "https://api.openai.com/v1", default_model="gpt-4o-mini",
-                           key_env="OPENAI_API_KEY", requires_key=True),
+                           key_env="OPENAI_API_KEY", requires_key=True, base_url_env="OPENAI_BASE_URL"),
     "anthropic": ProviderSpec("anthropic", "https://api.anthropic.com", default_model="claude-3-5-sonnet-latest",
-                              key_env="ANTHROPIC_API_KEY", requires_key=True),
+                              key_env="ANTHROPIC_API_KEY", requires_key=True, base_url_env="ANTHROPIC_BASE_URL"),
 }
 PROVIDER_NAMES = tuple(PROVIDERS)
 
@@ -139,6 +141,8 @@ def make_provider(
         endpoint = validate_endpoint(endpoint, "endpoint")
     elif configured and vm.endpoint:
         endpoint = validate_endpoint(vm.endpoint, "config: vision_model.endpoint")
+    elif spec.base_url_env and env.get(spec.base_url_env):
+        endpoint = validate_endpoint(env[spec.base_url_env], f"config: {spec.base_url_env}")
     else:
         endpoint = spec.default_endpoint
     key = api_key or (env.get(spec.key_env) if spec.key_env else None) or (vm.api_key if configured else None)

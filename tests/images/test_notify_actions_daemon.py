@@ -155,7 +155,7 @@ def test_daemon_api_as_in_the_guide(settings, make_image):
     flip_idat_byte(image)
 
     async def main():
-        await daemon.start()
+        await daemon.start_background()
         assert daemon.running
         with pytest.raises(WorkerLockedError, match="another worker is already running"):
             WorkerLock(settings.home).acquire()

@@ -77,7 +77,7 @@ def test_configured_secrets_come_from_settings_and_environment(tmp_path: Path) -
     config.write_text(
         "vision_model:\n  provider: openai\n  api_key: " + KEY + "\n"
         "healing:\n  notification:\n    enabled: false\n    webhook: https://hooks.example/h?token=" + WEBHOOK_TOKEN + "\n"
-        "tuning:\n  canary:\n    auth_token: canary-Token-1234\n"
+        "tuning:\n  canary:\n    env:\n      HF_TOKEN: canary-Token-1234\n"
         "audit:\n  key_file: /var/lib/selfheal/audit.key\n", encoding="utf-8")
     env = {"SELFHEAL_HOME": str(tmp_path), "SELFHEAL_DATABASE_URL": "postgresql://app:pg-Pass-99@db/selfheal",
            "SELFHEAL_DASHBOARD_PASSWORD": "dash-Pass-42", "VLM_API_KEY": "vlm-Key-777", "OPENAI_API_KEY": "sk-openai-1",
