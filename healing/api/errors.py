@@ -79,7 +79,13 @@ def _validation_line(exc: RequestValidationError) -> str:
     if not errors:
         return "invalid request"
     first = errors[0]
-    where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header"))
+    if first.get("type") == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error")
+        return "the request body is not valid JSON" + (f" ({detail})" if detail else "")
+    loc = list(first.get("loc", ()))
+    if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+        loc = loc[1:]  # where the value came from; the field's own name follows
+    where = ".".join(str(part) for part in loc)
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return f"{where or 'request'}: {first.get('msg', 'invalid')}{more}"
 

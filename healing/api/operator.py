@@ -95,7 +95,14 @@ async def register(who: Operator, request: Request, body: RegisterBody) -> Any:
         return register_image(body.path, settings=request.app.state.settings, critical=body.critical,
                               interval_s=body.interval_s, accept_current=body.accept_current, actor=who.actor)
 
-    outcome = await run_in_threadpool(run)
+    from healing.errors import CorruptedError, InputError
+
+    try:
+        outcome = await run_in_threadpool(run)
+    except (InputError, CorruptedError) as exc:
+        text = str(exc)  # the registry names the path in most of its errors; the codec does not
+        raise ApiError(422 if isinstance(exc, CorruptedError) else 400,
+                       text if body.path in text else f"{body.path}: {text}") from None
     return {"success": True, "image": outcome["image"], "golden_sha256": outcome["golden_sha256"],
             "changed": outcome["changed"], "hash_verified": outcome["hash_verified"],
             "accepted_current": outcome["accepted_current"]}
