@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "healing.pixelrts.commands",
     "storage.commands",
     "healing.images.commands",
+    "healing.images.parity_commands",
     "healing.worker_commands",
     "healing.analysis.commands",
     "healing.tuning.commands",
@@ -69,7 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _accept_config_everywhere(sub)
     return parser
+
+
+def _accept_config_everywhere(sub: argparse._SubParsersAction) -> None:
+    """``--config FILE`` also after the sub-command (``selfheal daemon start --config FILE``, as in the guide)."""
+    for command in set(sub.choices.values()):
+        if "--config" not in command._option_string_actions:
+            command.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                                 help="YAML configuration file (default: $SELFHEAL_CONFIG)")
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _accept_config_everywhere(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,9 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.config:
         os.environ["SELFHEAL_CONFIG"] = args.config
     try:
+        _configure_logging()
         return int(args.func(args) or 0)
     except SelfHealError as exc:
-        return _fail(args, str(exc), exc.exit_code)
+        return _fail(args, str(exc), exc.exit_code, getattr(exc, "lines", None))
     except KeyboardInterrupt:
         print("selfheal: interrupted", file=sys.stderr)
         return 130
@@ -96,12 +110,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, f"internal error: {type(exc).__name__}: {msg} (set SELFHEAL_DEBUG=1 for a traceback)", EXIT_UNKNOWN)
 
 
-def _fail(args: argparse.Namespace, message: str, exit_code: int) -> int:
-    """One line on stderr; with ``--json`` also a JSON error object on stdout, so scripts always get JSON."""
+def _configure_logging() -> None:
+    """Apply the config file's ``logging`` section (level, file, format) to every command that logs."""
+    if not os.environ.get("SELFHEAL_CONFIG"):
+        return  # logging is configured by the file only; without one, commands log as before
+    from healing.config import load_settings
+
+    settings = load_settings()
+    if settings.raw.get("logging"):
+        from healing.worker import configure_logging
+
+        configure_logging(settings)
+
+
+def _fail(args: argparse.Namespace, message: str, exit_code: int, lines: Sequence[str] | None = None) -> int:
+    """One line on stderr (one per problem when ``lines`` lists several); with ``--json`` also a JSON
+    error object on stdout, so scripts always get JSON."""
     from healing.redaction import redact
 
     message = printable(redact(message))
-    print(f"selfheal: {message}", file=sys.stderr)
+    for line in lines or [message]:
+        print(f"selfheal: {printable(redact(line))}", file=sys.stderr)
     if getattr(args, "json", False):
         print(json.dumps({"error": message, "exit_code": exit_code}))
     return exit_code

@@ -63,6 +63,16 @@ def _write_baseline(home: Path, baseline: dict[str, Any]) -> Path:
     return target
 
 
+def _create_parity(ref: GoldenRef, settings: Settings) -> dict[str, Any] | None:
+    """Erasure-coded parity of the golden copy beside it (issue 14), unless ``healing.parity_percent`` is 0;
+    returns its capacity (what the baseline summary records) or None."""
+    from healing.images.parity import create_for_golden
+
+    if settings.healing.parity_percent <= 0:
+        return None
+    return create_for_golden(ref.path, ref.sha256, settings.golden_dir, settings.healing.parity_percent)
+
+
 def register_image(
     path: str | os.PathLike[str],
     *,
@@ -110,6 +120,7 @@ def register_image(
 
     store = GoldenStore(settings.golden_dir)
     ref = store.store(file, sha)
+    parity = _create_parity(ref, settings)
     block_size = settings.health_check.block_size
     baseline = build_baseline(stream=image.stream, grid_size=image.grid_size, block_size=block_size, file_sha256=sha,
                               data_hash=(image.metadata or {}).get("data_hash"),
@@ -123,6 +134,7 @@ def register_image(
         "mean_entropy": baseline["mean_entropy"], "sidecar_name": side.name if side else None,
         "file_size": file.stat().st_size, "hash_verified": report.hash_verified,
         "accepted_with_problems": problems if (accept_current and problems) else [],
+        "parity": parity,
     }
     with session_scope() as session:
         previous = queries.get_image(session, path=text)

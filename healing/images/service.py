@@ -12,7 +12,9 @@ One check of a registered image:
      ``healing.revert_unexpected_changes``; never an image marked bad (until an operator acts).
 
 A heal runs the custom actions (config ``healing.actions`` and those registered in Python) first, then
-the built-in golden restore (quarantine copy, atomic replace, verify). Every action is a heal row.
+the parity repair (when the image has parity: rebuilt in memory, verified block by block and as a
+whole, then quarantine copy and atomic replace), then the built-in golden restore (quarantine copy,
+atomic replace, verify). Every action is a heal row.
 After ``healing.max_heal_attempts`` consecutive failures the image is escalated: a critical alert,
 ``marked_bad``, and no more auto-heals until it is re-registered or healed explicitly.
 """
@@ -71,7 +73,7 @@ class HealReport:
 
     image_path: str
     healthy: bool
-    action: str  # none | custom:<name> | restore_golden
+    action: str  # none | custom:<name> | repair_parity | restore_golden
     message: str
     heal_ids: list[int] = field(default_factory=list)
     quarantine_path: str | None = None
@@ -470,10 +472,65 @@ class ImageService:
                 break
 
         if report is None:
+            report = self._repair_parity(image, record, trigger, actor, heal_ids)
+        if report is None:
             report = self._restore(image, record, trigger, actor, heal_ids)
         report.heal_ids = heal_ids
         self._account(image, report, actor)
         return report
+
+    def _repair_parity(self, image: dict[str, Any], record: CheckRecord, trigger: str, actor: str,
+                       heal_ids: list[int]) -> HealReport | None:
+        """Rebuild the file from its erasure-coded parity (issue 14); None when the image has no parity or
+        the parity cannot repair it (a failed heal row says why), so the golden restore runs next."""
+        from healing.images.healer import HealOutcome, repair_from_parity
+        from healing.images.parity import diagnose, load, parity_path, record_verified
+        from healing.safeio import read_regular
+        from storage import queries
+        from storage.engine import session_scope
+
+        path, sha = image["path"], image.get("golden_sha256")
+        parity_file = parity_path(self.settings.golden_dir, sha) if sha else None
+        if parity_file is None or not os.path.lexists(parity_file):
+            return None
+        heal_cfg = self.settings.healing
+        qdir = self.settings.quarantine_dir if (heal_cfg.backup_before_heal or heal_cfg.quarantine_corrupted) else None
+        start = time.perf_counter()
+        started: list[int] = []
+
+        def record_started(outcome: HealOutcome) -> None:
+            # As for a golden restore: "golden_sha256" is the content the file must end as, which is what
+            # reconcile_heals compares with the file on disk after a crash.
+            with session_scope() as session:
+                started.append(int(queries.record_heal(
+                    session, image_path=path, action="repair_parity", outcome=queries.HEAL_STARTED,
+                    image_id=image["id"], check_id=record.check_id, source_path=str(parity_file),
+                    quarantine_path=outcome.quarantine_path,
+                    detail={"trigger": trigger, "golden_sha256": sha, "before_sha256": outcome.before_sha256,
+                            "owner": _owner(), **outcome.details}, actor=actor)["id"]))
+
+        outcome = repair_from_parity(path, parity_file, quarantine_dir=qdir, started=record_started)
+        detail = {"message": outcome.message, "trigger": trigger, "method": "parity",
+                  "before_sha256": outcome.before_sha256, "after_sha256": outcome.after_sha256, **outcome.details}
+        duration_ms = round((time.perf_counter() - start) * 1000, 3)
+        with session_scope() as session:
+            if started:
+                row = queries.finish_heal(session, started[0], outcome="healed" if outcome.healed else "failed",
+                                          detail=detail, duration_ms=duration_ms, actor=actor)
+            else:  # refused before the file was touched: the golden restore comes next
+                row = queries.record_heal(
+                    session, image_path=path, action="repair_parity", outcome="failed", image_id=image["id"],
+                    check_id=record.check_id, source_path=str(parity_file), quarantine_path=outcome.quarantine_path,
+                    detail=detail, duration_ms=duration_ms, actor=actor)
+            heal_ids.append(int(row["id"]))
+        if not outcome.healed:
+            return None
+        with contextlib.suppress(SelfHealError):  # when it was last verified is a courtesy, never a failure
+            record_verified(parity_file, diagnose(read_regular(path, follow_symlinks=False), load(parity_file)))
+        after = self._check_locked(image["id"], allow_heal=False)
+        if after.status not in ("healthy", "warning"):
+            return None  # rebuilt byte-exact yet the re-check objects: let the golden restore try
+        return HealReport(path, True, "repair_parity", outcome.message, quarantine_path=outcome.quarantine_path)
 
     def _restore(self, image: dict[str, Any], record: CheckRecord, trigger: str, actor: str, heal_ids: list[int]) -> HealReport:
         from healing.images.healer import HealOutcome, restore_from_golden

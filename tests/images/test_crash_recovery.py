@@ -183,6 +183,7 @@ def test_quarantine_copies_are_private_and_links_are_pruned_too(tmp_path, make_i
 
 def test_a_failed_quarantine_copy_stops_the_heal_before_the_file_is_touched(settings, make_image, monkeypatch):
     settings.health_check.auto_heal = True
+    settings.healing.parity_percent = 0  # the golden-restore path: no parity is made at register
     image = make_image()
     image_id = register_image(image, settings=settings)["image"]["id"]
     damaged = flip_idat_byte(image)

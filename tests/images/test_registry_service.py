@@ -137,6 +137,7 @@ def test_critical_without_auto_heal_is_recorded_and_alerted_not_healed(settings,
 
 def test_auto_heal_quarantines_restores_and_records(settings, make_image):
     settings.health_check.auto_heal = True
+    settings.healing.parity_percent = 0  # the golden-restore path: no parity is made at register
     image = make_image()
     good = image.read_bytes()
     image_id = register_image(image, settings=settings)["image"]["id"]
@@ -184,6 +185,7 @@ def test_changed_but_valid_is_reverted_when_policy_says_so(settings, make_image)
 
 def test_repeated_heal_failures_escalate_and_stop_auto_heal(settings, make_image):
     settings.health_check.auto_heal = True
+    settings.healing.parity_percent = 0  # the golden-restore path: no parity is made at register
     settings.healing.max_heal_attempts = 2
     image = make_image()
     out = register_image(image, settings=settings)

@@ -59,6 +59,7 @@ def test_kill_9_during_heals_loses_no_heal_record(_isolated_home, tmp_path):
 
     upgrade()
     settings = load_settings()
+    settings.healing.parity_percent = 0  # this test is about golden restores: no parity is made at register
     images = []
     for n in range(3):
         path = tmp_path / "imgs" / f"img{n}.rts.png"

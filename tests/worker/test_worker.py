@@ -53,7 +53,7 @@ def test_requests_check_heal_accept_change_and_tune(settings, make_image, monkey
     got = requests_by_id()
     check, heal, tune, adhoc, missing = (got[i] for i in ids)
     assert (check["status"], check["result"]["status"], check["claimed_by"]) == ("done", "critical", worker.worker_id)
-    assert (heal["status"], heal["result"]["healthy"], heal["result"]["action"]) == ("done", True, "restore_golden")
+    assert (heal["status"], heal["result"]["healthy"], heal["result"]["action"]) == ("done", True, "repair_parity")
     assert image.read_bytes() == good
     assert tune["status"] == "failed"
     assert tune["result"] == {"error": "tuning runner not available: no_such_tuning_module.process_pending_intents cannot be imported"}
