@@ -14,6 +14,8 @@ Tables
   tuning_candidates   candidate parameter sets of a run, with pre-flight, canary gates and score
   promotions          a winning candidate's change, reviewed/applied/rejected/expired
   tuning_rate_limits  one row per subsystem, the lock anchor of claim_run_slot
+  promotion_watches   the post-promotion watch of an applied promotion (window, baseline, probe state)
+  tuning_blocked      failures seen while the loop could not act (cooldown, rate limit), deduplicated
   login_attempts      dashboard login failures counted per operator name and per client (throttling)
   api_tokens          REST API bearer tokens: name, role, sha256 of the token (never the token itself)
 
@@ -51,7 +53,9 @@ INTENT_STATUSES = ("open", "processing", "archived")
 INTENT_OUTCOMES = ("CONFIG_TUNED", "RATE_LIMITED", "CONFIG_TUNING_FAILED", "HEALING_DISABLED", "ESCALATED")
 RUN_STATUSES = ("running", "succeeded", "failed")
 LOGIN_SCOPES = ("operator", "client")
-PROMOTION_STATUSES = ("pending_review", "approved", "applied", "rejected", "expired", "failed")
+PROMOTION_STATUSES = ("pending_review", "approved", "applied", "rejected", "expired", "failed", "rolled_back")
+WATCH_STATES = ("watching", "verified", "rolled_back", "stopped")
+BLOCKED_CAUSES = ("cooldown", "rate_limited")
 API_ROLES = ("viewer", "operator")
 
 
@@ -352,6 +356,50 @@ class Promotion(SQLModel, table=True):
     applied_at: datetime | None = _ts(nullable=True)
     target_file: str | None = Field(default=None, sa_type=sa.String(4096))
     backup_path: str | None = Field(default=None, sa_type=sa.String(4096))
+
+
+class PromotionWatch(SQLModel, table=True):
+    """The watch of an applied promotion (healing.tuning.watch): until when, what was seen before the
+    apply, and the probe/log state a restarted worker resumes from."""
+
+    __tablename__ = "promotion_watches"
+    __table_args__ = (
+        _in("state", WATCH_STATES, "state"),
+        sa.Index("ix_promotion_watches_state_until", "state", "until"),
+    )
+
+    promotion_id: int = Field(foreign_key="promotions.id", ondelete="CASCADE", primary_key=True)
+    subsystem: str = Field(sa_type=sa.String(64))
+    state: str = Field(default="watching", sa_type=sa.String(16))
+    started_at: datetime = _ts()
+    until: datetime = _ts()
+    baseline: dict[str, Any] | None = _json()  # /metrics numbers read just before the apply
+    progress: dict[str, Any] | None = _json()  # probe counts, first healthy time, log offsets, last metrics
+    last_check_at: datetime | None = _ts(nullable=True)
+    finished_at: datetime | None = _ts(nullable=True)
+    reason: str | None = _text()
+
+
+class TuningBlocked(SQLModel, table=True):
+    """A failure the loop saw but could not act on (Observer cooldown, rate limit): one row per episode,
+    repeats within ``until`` raise ``count`` and ``last_seen`` instead of adding rows; alerted once."""
+
+    __tablename__ = "tuning_blocked"
+    __table_args__ = (
+        _in("cause", BLOCKED_CAUSES, "cause"),
+        sa.Index("ix_tuning_blocked_subsystem_error_class", "subsystem", "error_class"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    subsystem: str = Field(sa_type=sa.String(64))
+    error_class: str = Field(sa_type=sa.String(64))
+    cause: str = Field(sa_type=sa.String(16))
+    reason: str | None = _text()
+    first_seen: datetime = _ts()
+    last_seen: datetime = _ts(index=True)
+    until: datetime | None = _ts(nullable=True)
+    count: int = 1
+    alert_id: int | None = None
 
 
 class TuningRateLimit(SQLModel, table=True):

@@ -32,6 +32,19 @@ Reads
       breakdown and ``error_class`` from its run's intent
   tuning_counts(session) -> {"open_intents", "processing_intents", "pending_promotions", "subsystems"}
 
+Post-promotion watch and blocked failures (issue 12)
+  create_watch(session, *, promotion_id, subsystem, until, baseline, progress, detail, actor, now) -> dict
+                                                                           audit: promotion.watch_started
+  active_watches(session) -> list[dict]                                   state "watching", oldest first
+  get_watch(session, promotion_id) -> dict | None
+  update_watch(session, promotion_id, *, progress, now) -> dict           probe state (not audited)
+  finish_watch(session, promotion_id, state, *, reason, detail, actor, now) -> dict | None
+                                                                           audit: promotion.watch_<state>
+  record_blocked(session, *, subsystem, error_class, cause, reason, until, now) -> (dict, new: bool)
+      one row per blocked episode: a repeat before ``until`` raises count/last_seen   audit on a new row
+  set_blocked_alert(session, blocked_id, alert_id)
+  list_blocked(session, *, since, limit=20) -> list[dict]                 newest last_seen first
+
 Audit payloads go through :func:`audit_safe`: storage.audit masks every key containing "token" or
 "key", so numbers such as ``kv_cache_tokens`` are renamed (``kv_cache_toks``) instead of being hidden.
 """
@@ -49,7 +62,10 @@ from storage.audit import append_event
 from storage.models import (
     INTENT_OUTCOMES,
     PROMOTION_STATUSES,
+    WATCH_STATES,
     Promotion,
+    PromotionWatch,
+    TuningBlocked,
     TuningCandidate,
     TuningIntent,
     TuningRun,
@@ -388,3 +404,140 @@ def tuning_counts(session: Session) -> dict[str, Any]:
                         | {row[0] for row in session.execute(sa.select(rc.subsystem).distinct())})
     return {"open_intents": int(counts.get("open", 0)), "processing_intents": int(counts.get("processing", 0)),
             "pending_promotions": int(pending), "subsystems": subsystems}
+
+
+# --------------------------------------------------------------------------- post-promotion watch
+
+KIND_WATCH_STARTED = "promotion.watch_started"
+KIND_BLOCKED = "tuning.blocked"
+
+
+def create_watch(
+    session: Session,
+    *,
+    promotion_id: int,
+    subsystem: str,
+    until: datetime,
+    baseline: dict[str, Any] | None,
+    progress: dict[str, Any] | None,
+    detail: dict[str, Any] | None = None,
+    actor: str = "tuning",
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Start watching an applied promotion until ``until`` (one watch per promotion)."""
+    now = _now(now)
+    watch = PromotionWatch(promotion_id=promotion_id, subsystem=subsystem, state="watching", started_at=now, until=until,
+                           baseline=baseline, progress=progress)
+    session.add(watch)
+    session.flush()
+    append_event(session, KIND_WATCH_STARTED, subsystem, audit_safe({
+        "promotion_id": promotion_id, "until": until, "baseline": baseline, **(detail or {})}), actor, now=now)
+    return watch.model_dump()
+
+
+def active_watches(session: Session) -> list[dict[str, Any]]:
+    """Watches still running (state "watching"), oldest first."""
+    query = select(PromotionWatch).where(PromotionWatch.state == "watching").order_by(PromotionWatch.started_at)
+    return [w.model_dump() for w in session.exec(query)]
+
+
+def get_watch(session: Session, promotion_id: int) -> dict[str, Any] | None:
+    query = select(PromotionWatch).where(PromotionWatch.promotion_id == promotion_id)
+    if session.connection().dialect.name == "postgresql":
+        query = query.with_for_update()
+    watch = session.exec(query.execution_options(populate_existing=True)).first()
+    return watch.model_dump() if watch else None
+
+
+def update_watch(session: Session, promotion_id: int, *, progress: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    """Store the probe/log state of a running watch (every poll; not audited: the decisions are)."""
+    watch = session.get(PromotionWatch, promotion_id)
+    if watch is None:
+        raise LookupError(f"no watch for promotion {promotion_id}")
+    watch.progress = progress
+    watch.last_check_at = _now(now)
+    session.add(watch)
+    session.flush()
+    return watch.model_dump()
+
+
+def finish_watch(
+    session: Session,
+    promotion_id: int,
+    state: str,
+    *,
+    reason: str,
+    detail: dict[str, Any] | None = None,
+    actor: str = "tuning",
+    now: datetime | None = None,
+) -> dict[str, Any] | None:
+    """End a running watch as verified / rolled_back / stopped (audited); None when none was running."""
+    if state not in WATCH_STATES or state == "watching":
+        raise ValueError(f"a watch ends as one of verified, rolled_back, stopped, got {state!r}")
+    watch = session.get(PromotionWatch, promotion_id)
+    if watch is None or watch.state != "watching":
+        return None
+    now = _now(now)
+    watch.state = state
+    watch.reason = reason
+    watch.finished_at = now
+    watch.last_check_at = now
+    session.add(watch)
+    session.flush()
+    append_event(session, f"promotion.watch_{state}", watch.subsystem, audit_safe({
+        "promotion_id": promotion_id, "reason": reason, "started_at": watch.started_at, "until": watch.until,
+        **(detail or {})}), actor, now=now)
+    return watch.model_dump()
+
+
+# --------------------------------------------------------------------------- blocked failures
+
+def record_blocked(
+    session: Session,
+    *,
+    subsystem: str,
+    error_class: str,
+    cause: str,
+    reason: str,
+    until: datetime | None,
+    actor: str = "tuning",
+    now: datetime | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Store a failure the loop could not act on; a repeat of the same (subsystem, class, cause) while
+    the episode lasts (before its ``until``) only raises ``count`` and ``last_seen``. Returns (row, new)."""
+    now = _now(now)
+    c = TuningBlocked.__table__.c
+    open_row = session.exec(select(TuningBlocked).where(
+        c.subsystem == subsystem, c.error_class == error_class, c.cause == cause,
+        sa.or_(c.until.is_(None), c.until > now)).order_by(c.id.desc()).limit(1)).first()
+    if open_row is not None:
+        open_row.count += 1
+        open_row.last_seen = now
+        open_row.reason = reason
+        if until is not None and (open_row.until is None or until > open_row.until):
+            open_row.until = until
+        session.add(open_row)
+        session.flush()
+        return open_row.model_dump(), False
+    row = TuningBlocked(subsystem=subsystem, error_class=error_class, cause=cause, reason=reason, first_seen=now,
+                        last_seen=now, until=until, count=1)
+    session.add(row)
+    session.flush()
+    append_event(session, KIND_BLOCKED, subsystem, {
+        "blocked_id": row.id, "class": error_class, "cause": cause, "reason": reason, "until": until}, actor, now=now)
+    return row.model_dump(), True
+
+
+def set_blocked_alert(session: Session, blocked_id: int, alert_id: int) -> None:
+    row = session.get(TuningBlocked, blocked_id)
+    if row is not None:
+        row.alert_id = alert_id
+        session.add(row)
+        session.flush()
+
+
+def list_blocked(session: Session, *, since: datetime, limit: int = 20) -> list[dict[str, Any]]:
+    """Blocked-failure episodes seen since ``since``, the most recently seen first."""
+    c = TuningBlocked.__table__.c
+    query = select(TuningBlocked).where(c.last_seen >= since).order_by(c.last_seen.desc(), c.id.desc()).limit(limit)
+    return [r.model_dump() for r in session.exec(query)]

@@ -3,12 +3,14 @@
 ``process_pending_intents(settings)`` is one cycle (the worker's ``tune`` hook and ``selfheal tune run``):
 
 1. read the configured log sources (new lines only) and record intents / escalations;
-2. expire promotions that waited longer than ``tuning.promotion_ttl_s`` and close work a killed
-   process left behind (runs still "running" after ``tuning.stale_after_s`` fail as "interrupted");
+2. expire promotions that waited longer than ``tuning.promotion_ttl_s``, close work a killed
+   process left behind (runs still "running" after ``tuning.stale_after_s`` fail as "interrupted"),
+   and poll the post-promotion watches (healing.tuning.watch: verified or rolled back);
 3. take the open intents (oldest first) and, per intent, honour the mode:
    ``disabled`` → archived HEALING_DISABLED (observed and recorded only);
    otherwise a run slot is claimed transactionally (storage.ratelimit.claim_run_slot: 3 runs/24 h,
-   6 h cooldown, backoff after failures) → RATE_LIMITED when refused;
+   6 h cooldown, backoff after failures) → RATE_LIMITED when refused (stored and alerted once per
+   blocked episode, healing.tuning.blocked);
    a granted run generates candidates (minimal fix first), rejects those that cannot fit
    (pre-flight) or cannot be passed to the service (no placeholder in the canary template), runs the
    baseline and the candidates in the canary until one passes, and decides:
@@ -130,6 +132,7 @@ class TuningRunner:
             self._alerts += [o["alert_id"] for o in observed if o.get("alert_id")]
         expired = [p["id"] for p in expire_promotions(now)] if expire else []
         recovered = self.recover_interrupted(now)
+        watches = self.check_watches(now)
         with session_scope() as session:
             intents = tq.claim_open_intents(session, limit=self.runner.intents_per_call, now=now, subsystems=subsystems)
         outcomes = [self.process_intent(intent, now=now) for intent in intents]
@@ -138,7 +141,19 @@ class TuningRunner:
         for o in outcomes:
             counts[o.outcome] = counts.get(o.outcome, 0) + 1
         return {"mode": self.mode, "observed": observed, "expired_promotions": expired, "recovered": recovered,
-                "intents": [o.to_json() for o in outcomes], "outcomes": counts}
+                "watches": watches, "intents": [o.to_json() for o in outcomes], "outcomes": counts}
+
+    def check_watches(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """One pass over the post-promotion watches (healing.tuning.watch); their alerts go out with the cycle's."""
+        from healing.tuning.watch import check_watch
+        from storage import tuning_queries as tq
+        from storage.engine import session_scope
+
+        with session_scope(write=False) as session:
+            active = tq.active_watches(session)
+        results = [check_watch(self.settings, w, self.runner, self.tuning, now) for w in active]
+        self._alerts += [int(r["alert_id"]) for r in results if r.get("alert_id")]
+        return results
 
     def recover_interrupted(self, now: datetime | None = None) -> dict[str, list[int]]:
         """Close what a killed process left behind (runs "running", intents "processing" past stale_after_s)."""
@@ -176,9 +191,18 @@ class TuningRunner:
         with session_scope() as session:
             claim = claim_run_slot(session, subsystem, self.runner.limits(), now, intent_id=intent_id, mode=self.mode, actor=ACTOR)
             if not claim.granted:
+                from healing.tuning.blocked import note_blocked
+
                 reason = f"rate limited: {claim.state.reason}"
                 tq.archive_intent(session, intent_id, outcome="RATE_LIMITED", reason=reason, now=now)
-                return RunOutcome(intent_id, "RATE_LIMITED", reason)
+                # nothing silent: stored once per blocked episode and alerted once (repeats are counted)
+                blocked = note_blocked(session, subsystem=subsystem, error_class=str(intent["error_class"]),
+                                       cause="rate_limited", reason=claim.state.reason, until=claim.state.next_allowed_at,
+                                       webhook=self.settings.healing.notification.enabled, actor=ACTOR, now=_now(now))
+        if not claim.granted:
+            if blocked.get("alert_id"):
+                self._alerts.append(int(blocked["alert_id"]))
+            return RunOutcome(intent_id, "RATE_LIMITED", reason, alert_id=blocked.get("alert_id"))
         run_id = int(claim.run_id or 0)
         try:
             result = self._run(intent, run_id, now)
@@ -356,7 +380,7 @@ class TuningRunner:
             if auto:
                 promo = tq.set_promotion_status(session, promo["id"], "approved", actor="tuning (dev mode)", decided=True,
                                                 reason=why, now=moment)
-                promo = apply_promotion(session, promo, "tuning (dev mode)", self.runner.reload_command, moment)
+                promo = apply_promotion(session, promo, "tuning (dev mode)", self.runner.reload_command, moment, self.runner)
             decision = {"applied": "applied", "failed": "apply_failed"}.get(promo["status"], "inconclusive" if inconclusive else "pending_review")
             text = (f"promotion {promo['id']} {promo['status']}: {_params_text(params)} ({why})"
                     + (f"; {promo['reason']}" if promo["status"] == "failed" else ""))

@@ -7,9 +7,24 @@ module reads the rest (defaults in brackets)::
       mode: prod                       # dev | prod | disabled (resolved in healing.config; env wins)
       log_sources:                     # files followed across rotation (strings or mappings)
         - {path: /var/log/vllm.log, subsystem: vllm, start_at_end: false}
-      target_config: /etc/vllm/tuning.yaml   # YAML with vllm: {gpu_memory_utilization: …}; the running values
+      target_config: /etc/vllm/tuning.yaml   # vLLM's own --config YAML (gpu-memory-utilization: 0.85, …);
+                                       # the old nested form vllm: {gpu_memory_utilization: …} is read and
+                                       # migrated to the flat form on the first apply
       reload_command: [systemctl, reload, vllm]   # argv list run after a promotion is written [none]
       promotion_ttl_s: 86400           # a pending_review promotion expires after this
+      verify_window_s: 600             # watch the service this long after an apply (0: no watch)
+      watch:                           # the post-promotion watch (healing.tuning.watch)
+        poll_s: 5                      # the worker's watch job interval
+        health_url: null               # e.g. http://127.0.0.1:8000/health (none: no health probes)
+        metrics_url: null              # e.g. http://127.0.0.1:8000/metrics (none: no metric regressions)
+        probe_timeout_s: 2
+        unhealthy_probes: 3            # consecutive failed probes (after the first healthy one) → rollback
+        start_timeout_s: 600           # not healthy this long after the apply → rollback
+        ignore_classes: [kv_cache_preemption]   # Observer classes in the log that do not roll back
+        waiting_factor: 4              # num_requests_waiting above max(waiting_min, before × factor) …
+        waiting_min: 16
+        preemptions_per_min: 30        # … or num_preemptions_total rising faster than this …
+        regression_polls: 3            # … on this many consecutive polls → rollback
       interval_s: 60                   # how often the worker runs the tuning cycle
       stale_after_s: 3600              # a run still "running" after this was interrupted (process killed)
       intents_per_call: 10             # intents taken by one process_pending_intents call
@@ -178,6 +193,24 @@ class GpuProfileSettings:
 
 
 @dataclass(frozen=True)
+class WatchSettings:
+    """``tuning.watch`` and ``tuning.verify_window_s``: how an applied promotion is watched."""
+
+    verify_window_s: float = 600.0
+    poll_s: float = 5.0
+    health_url: str | None = None
+    metrics_url: str | None = None
+    probe_timeout_s: float = 2.0
+    unhealthy_probes: int = 3
+    start_timeout_s: float = 600.0
+    ignore_classes: tuple[str, ...] = ("kv_cache_preemption",)
+    waiting_factor: float = 4.0
+    waiting_min: float = 16.0
+    preemptions_per_min: float = 30.0
+    regression_polls: int = 3
+
+
+@dataclass(frozen=True)
 class RunnerSettings:
     log_sources: tuple[LogSource, ...] = ()
     target_config: Path | None = None
@@ -194,6 +227,7 @@ class RunnerSettings:
     canary_shares_gpu: bool = False
     canary: CanarySettings = field(default_factory=CanarySettings)
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
 
     def limits(self) -> Any:
         """storage.ratelimit.RateLimits with the configured overrides."""
@@ -437,6 +471,37 @@ def _parse_sources(raw: Any) -> tuple[LogSource, ...]:
     return tuple(out)
 
 
+def _parse_watch(raw: Any, window: Any) -> WatchSettings:
+    data = _map("tuning.watch", raw)
+    _unknown("tuning.watch", data, {"poll_s", "health_url", "metrics_url", "probe_timeout_s", "unhealthy_probes",
+                                    "start_timeout_s", "ignore_classes", "waiting_factor", "waiting_min",
+                                    "preemptions_per_min", "regression_polls"})
+    d = WatchSettings()
+    ignore = data.get("ignore_classes", list(d.ignore_classes))
+    if not isinstance(ignore, list) or not all(isinstance(c, str) and c for c in ignore):
+        raise ConfigError("config: tuning.watch.ignore_classes must be a list of Observer class names")
+    urls = {}
+    for key in ("health_url", "metrics_url"):
+        url = _str(f"tuning.watch.{key}", data.get(key))
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"config: tuning.watch.{key} must be an http:// or https:// URL, got {url[:80]!r}")
+        urls[key] = url
+    return WatchSettings(
+        verify_window_s=_num("tuning.verify_window_s", window if window is not None else d.verify_window_s, float, 0, 7 * 86400),
+        poll_s=_num("tuning.watch.poll_s", data.get("poll_s", d.poll_s), float, 0.1, 3600),
+        health_url=urls["health_url"], metrics_url=urls["metrics_url"],
+        probe_timeout_s=_num("tuning.watch.probe_timeout_s", data.get("probe_timeout_s", d.probe_timeout_s), float, 0.1, 120),
+        unhealthy_probes=_num("tuning.watch.unhealthy_probes", data.get("unhealthy_probes", d.unhealthy_probes), int, 1, 1000),
+        start_timeout_s=_num("tuning.watch.start_timeout_s", data.get("start_timeout_s", d.start_timeout_s), float, 0, 86400),
+        ignore_classes=tuple(ignore),
+        waiting_factor=_num("tuning.watch.waiting_factor", data.get("waiting_factor", d.waiting_factor), float, 1),
+        waiting_min=_num("tuning.watch.waiting_min", data.get("waiting_min", d.waiting_min), float, 0),
+        preemptions_per_min=_num("tuning.watch.preemptions_per_min", data.get("preemptions_per_min", d.preemptions_per_min),
+                                 float, 0),
+        regression_polls=_num("tuning.watch.regression_polls", data.get("regression_polls", d.regression_polls), int, 1, 1000),
+    )
+
+
 _LIMIT_FIELDS = {"max_runs": (int, 0), "window_s": (float, 1), "cooldown_s": (float, 0), "backoff_base_s": (float, 0),
                  "backoff_factor": (float, 1), "backoff_max_s": (float, 0)}
 
@@ -473,4 +538,5 @@ def parse_runner_settings(section: Mapping[str, Any] | None) -> RunnerSettings:
         canary_shares_gpu=_bool("tuning.preflight.canary_shares_gpu", pre.get("canary_shares_gpu", False)),
         canary=(canary := _parse_canary(section.get("canary"))),
         scoring=_parse_scoring(section.get("scoring"), canary.probe.max_error_rate),
+        watch=_parse_watch(section.get("watch"), section.get("verify_window_s")),
     )

@@ -13,7 +13,8 @@ read holds the whole traceback) and each event is then:
 
 * suppressed when its (subsystem, class) fired within ``tuning.observer.cooldown_seconds``: the
   in-process :class:`~healing.tuning.observer.Cooldown` answers first, the newest stored intent of
-  that key covers restarts and other processes;
+  that key covers restarts and other processes; a suppressed repeat is still stored and alerted once
+  per cooldown episode (healing.tuning.blocked), so a blocked loop is never silent;
 * an **escalation** when the Observer escalates (or no actuator applies): an intent archived as
   ESCALATED plus an alert (reason ``out_of_bounds`` or ``no_actuator``) for the database and webhook;
 * otherwise an open **intent** for the runner.
@@ -28,7 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,19 +111,33 @@ def intent_values(event: ObserverEvent) -> dict[str, Any]:
 def record_event(settings: Settings, event: ObserverEvent, *, source: str, subsystem: str, cooldown_s: float,
                  now: datetime | None = None) -> dict[str, Any]:
     """Turn one Observer event into an intent or an escalation; {"action": "intent"|"escalated"|"suppressed", …}."""
+    from healing.tuning.blocked import note_blocked
     from storage import queries
     from storage import tuning_queries as tq
     from storage.engine import session_scope
 
     now = now or datetime.now(UTC)
     cls = event.event_class
-    if not process_cooldown(settings, cooldown_s).allow(subsystem, cls):
-        return {"action": "suppressed", "class": cls, "why": "cooldown (this process)"}
+    cooldown = process_cooldown(settings, cooldown_s)
+    webhook = settings.healing.notification.enabled
+    if not cooldown.allow(subsystem, cls):
+        # nothing silent: the repeat is stored (one row per cooldown episode) and alerted once
+        until = now + timedelta(seconds=cooldown.remaining(subsystem, cls))
+        with session_scope() as session:
+            blocked = note_blocked(session, subsystem=subsystem, error_class=cls, cause="cooldown", until=until,
+                                   reason=f"the same failure fired less than {cooldown_s:g} s ago", webhook=webhook,
+                                   actor="observer", now=now)
+        return {"action": "suppressed", "class": cls, "why": "cooldown (this process)", "blocked_id": blocked["id"],
+                "alert_id": blocked.get("alert_id")}
     evidence = [{"line": n, "text": t} for n, t in event.evidence]
     with session_scope() as session:
         last = tq.last_intent_at(session, subsystem, cls)
         if last is not None and (now - last).total_seconds() < cooldown_s:
-            return {"action": "suppressed", "class": cls, "why": f"cooldown (intent at {last:%H:%M:%S} UTC)"}
+            blocked = note_blocked(session, subsystem=subsystem, error_class=cls, cause="cooldown",
+                                   until=last + timedelta(seconds=cooldown_s), webhook=webhook, actor="observer", now=now,
+                                   reason=f"intent at {last:%H:%M:%S} UTC, cooldown {cooldown_s:g} s")
+            return {"action": "suppressed", "class": cls, "why": f"cooldown (intent at {last:%H:%M:%S} UTC)",
+                    "blocked_id": blocked["id"], "alert_id": blocked.get("alert_id")}
         escalate = event.escalate or (not event.seed_fix and direction_for(cls) is None)
         if not escalate:
             intent = tq.create_intent(session, subsystem=subsystem, error_class=cls, values=intent_values(event),

@@ -37,7 +37,7 @@ def test_db_upgrade_then_verify_intact(tmp_path: Path) -> None:
     home = tmp_path / "home"
     up = _run(home, "db", "upgrade")
     assert (up.returncode, up.stderr) == (0, "")
-    assert up.stdout == f"database at revision 0004 (sqlite:///{home / 'selfheal.db'})\n"
+    assert up.stdout == f"database at revision 0005 (sqlite:///{home / 'selfheal.db'})\n"
     assert _run(home, "db", "upgrade").returncode == 0  # idempotent
     _seed(home, 4)
     verify = _run(home, "audit", "verify")
@@ -96,7 +96,7 @@ def test_verify_exit_3_when_the_database_cannot_be_opened(tmp_path: Path) -> Non
 def test_database_url_override_and_usage_error(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'elsewhere' / 'x.db'}"
     up = _run(tmp_path / "home", "db", "upgrade", SELFHEAL_DATABASE_URL=url)
-    assert (up.returncode, up.stdout) == (0, f"database at revision 0004 ({url})\n")
+    assert (up.returncode, up.stdout) == (0, f"database at revision 0005 ({url})\n")
     assert (tmp_path / "elsewhere" / "x.db").is_file()
     usage = _run(tmp_path / "home", "audit")
     assert usage.returncode == 64

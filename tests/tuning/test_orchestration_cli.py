@@ -109,7 +109,7 @@ def test_promotions_list_approve_reject(tmp_path: Path, monkeypatch: pytest.Monk
 
     code, out, _ = _run(capsys, "promotions", "approve", str(first), "--actor", "alice")
     assert code == 0 and out.startswith(f"promotion {first} applied to {target} (backup {target}.bak-")
-    assert yaml.safe_load(target.read_text())["vllm"]["gpu_memory_utilization"] == 0.9
+    assert yaml.safe_load(target.read_text())["gpu-memory-utilization"] == 0.9  # migrated to the flat vLLM form
 
     code, out, err = _run(capsys, "promotions", "approve", str(first))
     assert (code, out, err) == (3, "", f"selfheal: promotion {first} is applied, not pending_review\n")

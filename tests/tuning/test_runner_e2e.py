@@ -103,7 +103,8 @@ def test_dev_mode_applies_the_winner_with_a_backup(tmp_path: Path, monkeypatch: 
     assert (promo["status"], promo["decided_by"], promo["old_values"], promo["new_values"]) == (
         "applied", "tuning (dev mode)", {GMU: 0.8}, {GMU: 0.9})
     written = yaml.safe_load(target.read_text())
-    assert written == {"served_model": "demo", "vllm": {"gpu_memory_utilization": 0.9, "max_num_seqs": 16, "max_model_len": 4096}}
+    # the nested form is migrated to vLLM's flat --config keys on the first apply
+    assert written == {"served_model": "demo", "gpu-memory-utilization": 0.9, "max-num-seqs": 16, "max-model-len": 4096}
     assert Path(promo["backup_path"]).read_text() == before
     with session_scope(write=False) as session:
         [row] = tq.run_candidates(session, outcome["run_id"])
@@ -144,7 +145,7 @@ def test_prod_mode_waits_for_approval(tmp_path: Path, monkeypatch: pytest.Monkey
 
     applied = approve_promotion(None, promo["id"], "alice", settings=settings)
     assert (applied["status"], applied["decided_by"]) == ("applied", "alice")
-    assert yaml.safe_load(target.read_text())["vllm"]["gpu_memory_utilization"] == 0.9
+    assert yaml.safe_load(target.read_text())["gpu-memory-utilization"] == 0.9  # migrated to the flat vLLM form
 
 
 def test_disabled_mode_records_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str) -> None:  # noqa: F811
