@@ -1,4 +1,5 @@
-"""Promotions: the review queue with approve / reject (confirmed), old vs new values, expiry; history."""
+"""Promotions: the review queue with approve / reject (confirmed), old vs new values, expiry; history;
+roll back an applied promotion (confirmed, audited with the operator's name)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dashboard.views.common import fmt_duration, fmt_time, operator, settings
 
 ENV = settings()
 CONFIRM_KEY = "confirm-promotion"
+ROLLBACK_KEY = "confirm-rollback"
 
 
 def draw_pending(promotion: dict[str, Any]) -> None:
@@ -87,3 +89,46 @@ else:
         "change": ", ".join(f"{k}: {p['old_values'].get(k) if p['old_values'] else '—'} → {v}"
                             for k, v in (p["new_values"] or {}).items()),
     } for p in history), hide_index=True, width="stretch")
+
+
+def draw_applied(promotion: dict[str, Any]) -> None:
+    """An applied promotion with its "Roll back" action (healing.tuning.promotions.rollback_promotion)."""
+    from healing.errors import SelfHealError
+    from healing.tuning.promotions import rollback_promotion
+
+    pid = promotion["id"]
+    change = ", ".join(f"{k.split('.', 1)[-1]} {promotion['old_values'].get(k) if promotion['old_values'] else '—'} → {v}"
+                       for k, v in (promotion["new_values"] or {}).items())
+    with st.container(border=True):
+        st.markdown(f"**Promotion #{pid}** · {md(promotion['subsystem'])} · applied {fmt_time(promotion['applied_at'])} · "
+                    f"{md(change)}")
+        if st.session_state.get(ROLLBACK_KEY) == pid:
+            note = st.text_input("Why (kept in the audit trail)", key=f"rollback-note-{pid}")
+            st.warning(f"Roll back promotion #{pid} as {md(operator())}? The target file is restored from the backup "
+                       "taken at the apply and the reload command runs.")
+            yes, no = st.columns(2)
+            if yes.button("Confirm roll back", key=f"confirm-rollback-{pid}", type="primary"):
+                st.session_state.pop(ROLLBACK_KEY, None)
+                try:
+                    done = rollback_promotion(None, pid, operator(), reason=" ".join(note.split()) or None, settings=ENV)
+                except SelfHealError as exc:
+                    st.session_state["promotion-message"] = ("error", md(exc))
+                else:
+                    problem = done["rollback"]["reload_problem"]
+                    st.session_state["promotion-message"] = (
+                        ("error", f"Promotion #{pid} rolled back by {md(operator())}, but {md(problem)}.") if problem
+                        else ("success", f"Promotion #{pid} rolled back by {md(operator())}."))
+                st.rerun()
+            if no.button("Cancel", key=f"cancel-rollback-{pid}"):
+                st.session_state.pop(ROLLBACK_KEY, None)
+                st.rerun()
+        elif st.button("Roll back", key=f"rollback-{pid}"):
+            st.session_state[ROLLBACK_KEY] = pid
+            st.rerun()
+
+
+applied = [p for p in history if p["status"] == "applied"]
+if applied:
+    st.subheader(f"Applied ({len(applied)})")
+    for item in applied:
+        draw_applied(item)
