@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,9 @@ _DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 _CRITICAL = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
 _INFLATE_STEP = 4 << 20  # output bytes per inflate call while proving the pixel data: bounded memory
+_INFLATE_BATCH = 1 << 20  # compressed bytes of IDAT chunks joined per inflate call (fewer Python round trips)
+_IDAT_CRC = zlib.crc32(b"IDAT")
+_FILTER_TYPES = bytes(range(5))  # None, Sub, Up, Average, Paeth
 _LIBPNG_TEXT_OK = 1 << 20  # tEXt chunks up to this size are left in the bytes handed to libpng
 
 
@@ -289,6 +293,102 @@ def check_image_data(data: bytes | memoryview, structure: PngStructure) -> None:
 
     IDAT data larger than the declared image could ever need is refused without inflating it.
     """
+    _prove_image_data(data, structure, None)
+
+
+def decode_unfiltered(data: bytes | memoryview, structure: PngStructure) -> np.ndarray | None:
+    """Prove the pixel data as :func:`check_image_data` does and, in that same single inflate, collect the
+    pixels of a non-interlaced 8-bit RGBA image whose scanlines are all unfiltered (filter type None, what
+    our encoder writes): an (h, w, 4) RGBA uint8 array. None when libpng has to unfilter the (proven) data.
+    """
+    header = structure.header
+    if not _unfilterable(header):
+        check_image_data(data, structure)
+        return None
+    rows = _UnfilteredRows(header.width, header.height, header.height)
+    _prove_image_data(data, structure, rows)
+    return rows.buffer.reshape(header.height, header.width, 4) if rows.buffer is not None else None
+
+
+def stream_unfiltered(data: bytes | memoryview, structure: PngStructure, band_rows: int,
+                      on_band: Callable[[int, np.ndarray], None]) -> bool:
+    """Prove the pixel data as :func:`check_image_data` does and hand the rows of an unfiltered 8-bit RGBA
+    image to ``on_band(first_row, rows)`` as they are inflated, ``band_rows`` (h, 4·w) rows at a time (the
+    last band may be shorter). Bands alternate between two buffers, so ``on_band`` may leave one band to
+    another thread as long as it is done with it before the next call returns. True when the whole image
+    went that way; False when libpng has to unfilter the (proven) data, whatever bands were handed over
+    before a filtered row.
+    """
+    header = structure.header
+    if not _unfilterable(header):
+        check_image_data(data, structure)
+        return False
+    rows = _UnfilteredRows(header.width, header.height, band_rows, on_band, buffers=2)
+    _prove_image_data(data, structure, rows)
+    return rows.buffer is not None
+
+
+def _unfilterable(header: Header) -> bool:
+    return header.colour_type == 6 and header.bit_depth == 8 and not header.interlace
+
+
+class _UnfilteredRows:
+    """Copies the pixel bytes of filter-type-None scanlines, as they are inflated, into an aligned buffer
+    of ``band_rows`` rows, handed to ``on_band`` whenever it fills; gives up (``buffer`` None) at the first
+    scanline with another filter type."""
+
+    def __init__(self, width: int, height: int, band_rows: int,
+                 on_band: Callable[[int, np.ndarray], None] | None = None, buffers: int = 1) -> None:
+        self.stride = 4 * width + 1
+        self.height = height
+        rows = min(band_rows, height)
+        self.buffers = [np.empty((rows, 4 * width), dtype=np.uint8) for _ in range(min(buffers, -(-height // rows)))]
+        self.buffer: np.ndarray | None = self.buffers[0]
+        self.on_band = on_band
+        self.band_start = 0  # image row of the buffer's first row
+        self.filled = 0  # rows of the buffer filled
+        self.carry = bytearray()  # the start of a scanline cut by the end of an inflated piece
+
+    def feed(self, out: bytes, at: int) -> None:
+        """Take inflated piece ``out`` (stream offset ``at``, filter bytes already checked valid)."""
+        if self.buffer is None:
+            return
+        stride = self.stride
+        if out[(-at) % stride :: stride].translate(None, b"\0"):
+            self.buffer = None  # some scanline is filtered: libpng unfilters it
+            return
+        i = 0
+        if self.carry:
+            i = min(len(out), stride - len(self.carry))
+            self.carry += out[:i]
+            if len(self.carry) < stride:
+                return
+            self._put(np.frombuffer(bytes(self.carry), dtype=np.uint8)[1:].reshape(1, -1))
+            self.carry.clear()
+        full = (len(out) - i) // stride
+        if full:
+            self._put(np.frombuffer(out, dtype=np.uint8)[i : i + full * stride].reshape(full, stride)[:, 1:])
+            i += full * stride
+        self.carry += out[i:]
+
+    def _put(self, rows: np.ndarray) -> None:
+        buffer = self.buffer
+        assert buffer is not None
+        done = 0
+        while done < len(rows):
+            take = min(len(rows) - done, len(buffer) - self.filled)
+            buffer[self.filled : self.filled + take] = rows[done : done + take]
+            self.filled += take
+            done += take
+            if self.filled == len(buffer) or self.band_start + self.filled == self.height:
+                if self.on_band is not None:
+                    self.on_band(self.band_start, buffer[: self.filled])
+                    self.band_start += self.filled
+                    self.filled = 0
+                    buffer = self.buffer = self.buffers[(self.band_start // len(buffer)) % len(self.buffers)]
+
+
+def _prove_image_data(data: bytes | memoryview, structure: PngStructure, rows_out: _UnfilteredRows | None) -> None:
     header = structure.header
     view = memoryview(data)
     raw = header.raw_size
@@ -304,14 +404,25 @@ def check_image_data(data: bytes | memoryview, structure: PngStructure) -> None:
         offset += count * (row + 1)
     inflater = zlib.decompressobj()
     produced = 0
+    spans = structure.idat_spans
+    next_span = 0
     try:
-        for pos, length in structure.idat_spans:
-            body = view[pos + 8 : pos + 8 + length]
-            if not structure.idat_crc_checked:
-                (crc,) = struct.unpack_from(">I", view, pos + 8 + length)
-                if zlib.crc32(body, zlib.crc32(b"IDAT")) != crc:
-                    raise CorruptedError(f"corrupted PNG: CRC error in chunk IDAT at byte {pos}")
-            pending = body
+        while next_span < len(spans):
+            # Chunks are inflated in batches (a 64 MiB image has thousands of 8 KiB IDAT chunks), each
+            # chunk's CRC checked before its batch is inflated.
+            bodies: list[memoryview] = []
+            size = 0
+            while next_span < len(spans) and size < _INFLATE_BATCH:
+                pos, length = spans[next_span]
+                body = view[pos + 8 : pos + 8 + length]
+                if not structure.idat_crc_checked:
+                    (crc,) = struct.unpack_from(">I", view, pos + 8 + length)
+                    if zlib.crc32(body, _IDAT_CRC) != crc:
+                        raise CorruptedError(f"corrupted PNG: CRC error in chunk IDAT at byte {pos}")
+                bodies.append(body)
+                size += length
+                next_span += 1
+            pending: bytes | memoryview = bodies[0] if len(bodies) == 1 else b"".join(bodies)
             while pending:
                 if inflater.eof:
                     raise CorruptedError("corrupted PNG: data after the end of the compressed image (surplus IDAT data)")
@@ -321,6 +432,8 @@ def check_image_data(data: bytes | memoryview, structure: PngStructure) -> None:
                     raise CorruptedError(f"corrupted PNG: the pixel data inflates to more than the {raw} bytes a "
                                          f"{header.width}x{header.height} image holds")
                 _check_filters(out, produced, rows)
+                if rows_out is not None:
+                    rows_out.feed(out, produced)
                 produced += len(out)
     except zlib.error as exc:
         raise CorruptedError(f"corrupted PNG: the pixel data cannot be decompressed (zlib: {exc})") from None
@@ -332,19 +445,17 @@ def check_image_data(data: bytes | memoryview, structure: PngStructure) -> None:
 
 def _check_filters(out: bytes, at: int, rows: list[tuple[int, int, int]]) -> None:
     """Filter-type bytes (0-4) of the scanlines whose first byte lies in ``out`` (stream offset ``at``)."""
-    if not out:
-        return
-    chunk = np.frombuffer(out, dtype=np.uint8)
     stop = at + len(out)
     for start, stride, count in rows:
         last = start + stride * (count - 1)
         if last < at or start >= stop:
             continue
         first = start if start >= at else start + -(-(at - start) // stride) * stride
-        picked = chunk[first - at : min(stop, last + 1) - at : stride]
-        if picked.size and int(picked.max()) > 4:
-            bad = first + int(np.argmax(picked > 4)) * stride
-            raise CorruptedError(f"corrupted PNG: invalid scanline filter type {out[bad - at]} at byte {bad} of the pixel data")
+        picked = out[first - at : min(stop, last + 1) - at : stride]
+        bad = picked.translate(None, _FILTER_TYPES)  # what is left is not a filter type
+        if bad:
+            where = first + picked.index(bad[0]) * stride
+            raise CorruptedError(f"corrupted PNG: invalid scanline filter type {bad[0]} at byte {where} of the pixel data")
 
 
 def for_libpng(data: bytes | memoryview, structure: PngStructure) -> bytes | memoryview:

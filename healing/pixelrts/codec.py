@@ -1,8 +1,10 @@
 """Encode and decode PixelRTS v2 images (PIXELRTS_V2.md), verify them, and read byte ranges.
 
 Hot paths are NumPy/OpenCV only: the Hilbert permutation is a cached index table applied in chunks
-(so no per-pixel Python loop and no full-size int64 temporaries), PNG (de)compression is libpng via
-OpenCV, and metadata lives in a tEXt chunk spliced into the encoded bytes.
+(so no per-pixel Python loop and no full-size int64 temporaries), PNG compression is libpng via
+OpenCV (unfiltered scanlines), decompression is the one inflate that proves the pixel data for
+unfiltered RGBA and libpng via OpenCV for everything else, and metadata lives in a tEXt chunk
+spliced into the encoded bytes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ Progress = Callable[[str, float], None]
 DEFAULT_MAX_PIXELS = 8192 * 8192
 DEFAULT_MAX_METADATA_BYTES = _png.DEFAULT_MAX_TEXT_BYTES
 _CHUNK = 1 << 20  # curve positions per gather/scatter step: bounded temporaries, progress granularity
+# Side of the square blocks gathered at once while an unfiltered image is inflated: a band of 128 rows
+# (2 MiB at 4096²) and 16384 positions per gather keep the scratch memory small (fresh pages are slow).
+_BLOCK_SIDE = 128
 
 
 def _noop(_stage: str, _fraction: float) -> None:
@@ -175,14 +180,14 @@ def _pixels_to_stream(pixels32: np.ndarray, n: int, progress: Progress, first: i
     return out
 
 
-def _bgra_to_stream(bgra: np.ndarray, n: int, progress: Progress) -> bytearray:
-    """Gather curve-ordered pixels straight from OpenCV's BGRA array into a new buffer, swapping to
-    RGBA chunk by chunk (one pass over the data instead of a full-image conversion plus a gather).
-    Chunks run on two threads: both NumPy's take and OpenCV release the GIL."""
+def _gather_stream(pixels: np.ndarray, n: int, progress: Progress, *, bgra: bool) -> bytearray:
+    """Gather curve-ordered pixels straight from an (n, n, 4) array into a new buffer, swapping OpenCV's
+    BGRA to RGBA chunk by chunk when ``bgra`` (one pass over the data instead of a full-image conversion
+    plus a gather). Chunks run on two threads: both NumPy's take and OpenCV release the GIL."""
     from concurrent.futures import ThreadPoolExecutor
 
     table = linear_table(n)
-    flat = bgra.view(np.uint32).reshape(-1)
+    flat = pixels.view(np.uint32).reshape(-1)
     total = n * n
     buf = bytearray(4 * total)
     out = np.frombuffer(buf, dtype=np.uint32)
@@ -192,8 +197,9 @@ def _bgra_to_stream(bgra: np.ndarray, n: int, progress: Progress) -> bytearray:
         stop = min(start + step, total)
         chunk = out[start:stop]
         np.take(flat, table[start:stop], out=chunk)
-        view = chunk.view(np.uint8).reshape(1, -1, 4)
-        cv2.cvtColor(view, cv2.COLOR_BGRA2RGBA, dst=view)
+        if bgra:
+            view = chunk.view(np.uint8).reshape(1, -1, 4)
+            cv2.cvtColor(view, cv2.COLOR_BGRA2RGBA, dst=view)
 
     starts = range(0, total, step)
     if total >= 4 * _CHUNK:
@@ -204,6 +210,70 @@ def _bgra_to_stream(bgra: np.ndarray, n: int, progress: Progress) -> bytearray:
         for start in starts:
             work(start)
     return buf  # ``out`` dies with this frame, so the caller may resize ``buf``
+
+
+def _stream_unfiltered(data: bytes, structure: _png.PngStructure, n: int, progress: Progress) -> bytearray | None:
+    """The curve-ordered stream of an unfiltered 8-bit RGBA n×n PNG, gathered band by band while the
+    proof inflates it (:func:`_png.stream_unfiltered`): no full-size pixel array, one inflate, no libpng.
+    None when the image needs libpng; its pixel data is proven either way.
+
+    With more than one band, each band is gathered on a second thread while the next one is inflated
+    (zlib and NumPy's take both release the GIL)."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    gather = _BandGather(n)
+    if gather.side == n:
+        done = _png.stream_unfiltered(data, structure, n, gather.take_band)
+        progress("reading pixels", 1.0)
+        return gather.buf if done else None
+    pending: list[tuple[Future[None], int]] = []
+
+    def finish_previous() -> None:
+        future, rows_done = pending.pop()
+        future.result()
+        progress("reading pixels", rows_done / n)  # from this thread, as every progress report
+
+    def hand_over(first_row: int, rows: np.ndarray) -> None:
+        if pending:
+            finish_previous()  # the band before: its buffer is the one filled next
+        pending.append((pool.submit(gather.take_band, first_row, rows), first_row + len(rows)))
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        done = _png.stream_unfiltered(data, structure, gather.side, hand_over)
+        if pending:
+            finish_previous()
+    return gather.buf if done else None
+
+
+class _BandGather:
+    """The grid cut into square blocks of side ``side`` (_BLOCK_SIDE at most), gathered a band of ``side``
+    rows at a time: the curve runs through each block in one piece, so a band's blocks are gathered as
+    soon as its rows are in. The table and the output are made at the first band: damage found before
+    it costs neither."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.side = min(n, _BLOCK_SIDE)
+        self.buf: bytearray | None = None
+        self._table = np.empty(0, dtype=np.uint32)
+        self._blocks_of: list[list[int]] = []
+        self._local = np.empty(0, dtype=np.intp)
+
+    def take_band(self, first_row: int, rows: np.ndarray) -> None:
+        n, side = self.n, self.side
+        area = side * side
+        if self.buf is None:
+            self._table = linear_table(n)
+            block_band = self._table[::area] // np.uint32(n * side)  # the band of each block, in curve order
+            self._blocks_of = [np.flatnonzero(block_band == band).tolist() for band in range(n // side)]
+            self._local = np.empty(area, dtype=np.intp)
+            self.buf = bytearray(4 * n * n)
+        out = np.frombuffer(self.buf, dtype=np.uint32)  # per band: no view of ``buf`` outlives the gather
+        flat = rows.reshape(-1).view(np.uint32)
+        base = np.uint32(first_row * n)
+        for block in self._blocks_of[first_row // side]:
+            np.subtract(self._table[block * area : (block + 1) * area], base, out=self._local, casting="unsafe")
+            np.take(flat, self._local, out=out[block * area : (block + 1) * area])
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -299,7 +369,11 @@ def encode(
     del buf
     cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA, dst=pixels)
     progress("compressing PNG", 0.0)
-    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, compression_level])
+    # Unfiltered scanlines: PNG's pixel-neighbour filters do not fit bytes laid along a curve (the same or
+    # smaller files in our measurements, faster to write), and decoding them needs no libpng pass after
+    # the inflate that proves the data (healing.pixelrts._png.decode_unfiltered).
+    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, compression_level,
+                                                cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE])
     if not ok:
         raise InputError("OpenCV could not encode the PNG")
     progress("compressing PNG", 1.0)
@@ -362,9 +436,13 @@ def read_png_bytes(path: str | os.PathLike[str], *, max_pixels: int | None = Non
             return prefix
         _check_pixel_limit(header, limit)
         allowed = _png.max_file_size(header, max_text)
-        _check_file_size(header, os.fstat(fh.fileno()).st_size, max_text)
+        size = os.fstat(fh.fileno()).st_size
+        _check_file_size(header, size, max_text)
         fh.seek(0)
-        data = fh.read(allowed + 1)
+        # A buffer of the file's size, not of the bound (fresh pages are slow); one byte more notices growth.
+        data = fh.read(size + 1)
+        if len(data) > size:
+            data += fh.read(allowed + 1 - len(data))
     _check_file_size(header, len(data), max_text)  # it grew while we read
     return data
 
@@ -409,36 +487,47 @@ def _embedded_metadata(structure: _png.PngStructure) -> dict[str, Any] | None:
 _COMPARED_KEYS = ("format", "grid_size", "encoding", "data_hash", "data_size", "encoded_size", "compression", "hashes")
 
 
-def _imdecode(data: bytes, structure: _png.PngStructure) -> np.ndarray:
-    """OpenCV's decode of PNG bytes whose pixel data was proven sound first (:func:`_png.check_image_data`),
-    so libpng never meets damage it would print about (from any thread)."""
-    _png.check_image_data(data, structure)
+def _imdecode(data: bytes, structure: _png.PngStructure, *, proven: bool = False) -> tuple[np.ndarray, bool]:
+    """(pixels, from_libpng) of PNG bytes whose pixel data is proven sound first (or already, ``proven``),
+    so libpng never meets damage it would print about (from any thread). Unfiltered 8-bit RGBA (our
+    encoder's output) comes from that proof's single inflate as RGBA; anything else is OpenCV's decode
+    (BGR(A) order)."""
+    if not proven:
+        rgba = _png.decode_unfiltered(data, structure)
+        if rgba is not None:
+            return rgba, False
     arr = cv2.imdecode(np.frombuffer(_png.for_libpng(data, structure), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:  # the data was proven decodable: what is left is memory
         header = structure.header
         raise InputError(f"the {header.width}x{header.height} image could not be decoded (out of memory?)")
-    return arr
+    return arr, True
 
 
-def _decode_pixels(data: bytes, structure: _png.PngStructure, *, keep_bgra: bool = False) -> np.ndarray:
-    """Decode PNG bytes into an (h, w, 4) RGBA uint8 array, converting other 8-bit colour types.
+def _decode_pixels(data: bytes, structure: _png.PngStructure, *, allow_bgra: bool = False,
+                   proven: bool = False) -> tuple[np.ndarray, bool]:
+    """(pixels, bgra): PNG bytes as an (h, w, 4) uint8 array, RGBA (other 8-bit colour types converted).
 
-    With ``keep_bgra`` a 4-channel image is returned in OpenCV's BGRA order, unconverted."""
-    arr = _imdecode(data, structure)
+    With ``allow_bgra`` a 4-channel libpng decode is left in OpenCV's BGRA order, unconverted (``bgra`` True)."""
+    arr, from_libpng = _imdecode(data, structure, proven=proven)
+    if not from_libpng:
+        return arr, False
     if arr.dtype != np.uint8:
         raise InputError(f"unsupported PNG: {arr.dtype} samples (PixelRTS v2 uses 8-bit RGBA)")
     if arr.ndim == 2:
-        return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGBA)
+        return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGBA), False
     if arr.shape[2] == 3:
-        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGBA)
-    if not keep_bgra:
-        cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA, dst=arr)
-    return arr
+        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGBA), False
+    if allow_bgra:
+        return arr, True
+    cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA, dst=arr)
+    return arr, False
 
 
 def decode_plain(data: bytes, structure: _png.PngStructure) -> np.ndarray:
     """Any PNG (any size, 16-bit reduced to 8) as an (h, w, 4) RGBA uint8 array, proven sound first."""
-    arr = _imdecode(data, structure)
+    arr, from_libpng = _imdecode(data, structure)
+    if not from_libpng:
+        return arr
     if arr.dtype == np.uint16:
         arr = (arr >> 8).astype(np.uint8)
     if arr.ndim == 2:
@@ -541,14 +630,18 @@ def read_image(
 
     progress("decoding PNG", 0.0)
     fast = payload_only and header.colour_type == 6
-    pixels: np.ndarray | None = _decode_pixels(data, structure, keep_bgra=fast)
+    pixels: np.ndarray | None = None
+    buffer = _stream_unfiltered(data, structure, n, progress) if fast else None
+    if buffer is None:
+        pixels, bgra = _decode_pixels(data, structure, allow_bgra=fast, proven=fast)
     file_size = len(data)
     file_sha256 = hashlib.sha256(data).hexdigest() if file_hash else None
     del data
     progress("decoding PNG", 1.0)
-    buffer = None
-    if fast:
-        buffer = _bgra_to_stream(pixels, n, progress)
+    if buffer is not None:
+        stream = np.frombuffer(buffer, dtype=np.uint8)
+    elif fast:
+        buffer = _gather_stream(pixels, n, progress, bgra=bgra)
         stream = np.frombuffer(buffer, dtype=np.uint8)
         pixels = None
     else:
@@ -720,7 +813,7 @@ def decode_range(path: str | os.PathLike[str], start: int, count: int, **read_op
     stop = min(start + count, length)
     if stop <= start:
         return b""
-    pixels = _decode_pixels(data, structure)
+    pixels, _ = _decode_pixels(data, structure)
     del data
     first_px, last_px = start // 4, -(-stop // 4)
     words = _pixels_to_stream(pixels.view(np.uint32).reshape(n, n), n, _noop, first_px, last_px - first_px)
