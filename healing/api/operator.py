@@ -14,7 +14,7 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +25,8 @@ from healing.api.tokens import Principal
 
 router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
 STATUSES = ("healthy", "warning", "critical", "unknown")
+MAX_ID = 2**63 - 1  # the database's integer range: a larger id cannot exist
+RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
 PROMOTION_STATUSES = ("pending_review", "approved", "applied", "rejected", "expired", "failed", "rolled_back")
 
 
@@ -89,6 +91,9 @@ async def register(who: Operator, request: Request, body: RegisterBody) -> Any:
     from healing.images.registry import register_image
     from healing.safeio import open_regular
 
+    if "\0" in body.path or not body.path.isprintable():
+        raise ApiError(400, "path must be one line of printable characters (no NUL or control characters)")
+
     def run() -> dict[str, Any]:
         with open_regular(body.path, what="an image file"):
             pass  # a FIFO or device is refused at once instead of blocking the registry's reads
@@ -130,7 +135,7 @@ def _image_detail(image_id: int) -> dict[str, Any]:
 
 
 @router.get("/images/{image_id}", response_model=Envelope, tags=["images"])
-async def image_detail(_who: Viewer, image_id: int) -> Any:
+async def image_detail(_who: Viewer, image_id: RowId) -> Any:
     """One image: its row, the latest check (with findings), recent heals and run-now requests."""
     return {"success": True, **await run_in_threadpool(_image_detail, image_id)}
 
@@ -151,25 +156,25 @@ async def _request(kind: str, image_id: int, who: Principal) -> Any:
 
 
 @router.post("/images/{image_id}/check", response_model=Envelope, status_code=202, tags=["images"])
-async def request_check(who: Operator, image_id: int) -> Any:
+async def request_check(who: Operator, image_id: RowId) -> Any:
     """Ask the worker to check the image now (a pending request of the same kind is returned, not doubled)."""
     return await _request("check", image_id, who)
 
 
 @router.post("/images/{image_id}/heal", response_model=Envelope, status_code=202, tags=["images"])
-async def request_heal(who: Operator, image_id: int) -> Any:
+async def request_heal(who: Operator, image_id: RowId) -> Any:
     """Ask the worker to heal the image now (restore from its golden copy)."""
     return await _request("heal", image_id, who)
 
 
 @router.post("/images/{image_id}/accept-change", response_model=Envelope, status_code=202, tags=["images"])
-async def request_accept_change(who: Operator, image_id: int) -> Any:
+async def request_accept_change(who: Operator, image_id: RowId) -> Any:
     """Ask the worker to accept the image's current content as its new golden copy and baseline."""
     return await _request("accept_change", image_id, who)
 
 
 @router.get("/requests/{request_id}", response_model=Envelope, tags=["images"])
-async def get_request(_who: Viewer, request_id: int) -> Any:
+async def get_request(_who: Viewer, request_id: RowId) -> Any:
     """One run-now request: pending, running, done or failed, with the worker's result."""
     from storage.models import RunRequest
 
@@ -196,7 +201,7 @@ async def list_promotions(_who: Viewer, request: Request, status: Literal[PROMOT
 
 
 @router.get("/promotions/{promotion_id}", response_model=Envelope, tags=["promotions"])
-async def get_promotion(_who: Viewer, promotion_id: int) -> Any:
+async def get_promotion(_who: Viewer, promotion_id: RowId) -> Any:
     from storage.models import Promotion
 
     def run(session: Any) -> Any:
@@ -221,19 +226,19 @@ async def _decide(promotion_id: int, approve: bool, body: DecisionBody | None, w
 
 
 @router.post("/promotions/{promotion_id}/approve", response_model=Envelope, tags=["promotions"])
-async def approve(who: Operator, promotion_id: int, body: DecisionBody | None = None) -> Any:
+async def approve(who: Operator, promotion_id: RowId, body: DecisionBody | None = None) -> Any:
     """Approve a pending promotion: applied to the target config at once (status applied, or failed with why)."""
     return await _decide(promotion_id, True, body, who)
 
 
 @router.post("/promotions/{promotion_id}/reject", response_model=Envelope, tags=["promotions"])
-async def reject(who: Operator, promotion_id: int, body: DecisionBody | None = None) -> Any:
+async def reject(who: Operator, promotion_id: RowId, body: DecisionBody | None = None) -> Any:
     """Reject a pending promotion (nothing is written)."""
     return await _decide(promotion_id, False, body, who)
 
 
 @router.post("/promotions/{promotion_id}/rollback", response_model=Envelope, tags=["promotions"])
-async def rollback(who: Operator, request: Request, promotion_id: int, body: DecisionBody | None = None) -> Any:
+async def rollback(who: Operator, request: Request, promotion_id: RowId, body: DecisionBody | None = None) -> Any:
     """Undo an applied promotion: the backup taken at the apply is restored and the reload command runs."""
     from healing.errors import InputError
 
