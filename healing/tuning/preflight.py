@@ -43,6 +43,7 @@ from healing.tuning.runner_config import GpuProfileSettings, RunnerSettings
 
 MIB_PER_GIB = Decimal(1024)
 GIB_BYTES = Decimal(1024**3)
+PRINT_SLACK_GIB = Decimal("0.005")  # half of the 0.01 GiB resolution of the sizes vLLM prints
 TWO = Decimal("0.01")
 
 
@@ -226,10 +227,12 @@ class Preflight:
         kv = self.kv
         if kv.printed_kv_gib is not None and kv.printed_gmu is not None:
             printed_req = int((Decimal(total) * kv.printed_gmu).to_integral_value(rounding=ROUND_FLOOR))
-            how = f"printed KV cache {_g(kv.printed_kv_gib)} GiB at gpu_memory_utilization {kv.printed_gmu.normalize()}"
+            # vLLM prints 2 decimals: the true size may be up to half a unit smaller, so that much is not counted
+            how = (f"printed KV cache {_g(kv.printed_kv_gib)} GiB at gpu_memory_utilization {kv.printed_gmu.normalize()} "
+                   f"less {PRINT_SLACK_GIB} GiB of print rounding")
             if gmu != kv.printed_gmu:
                 how += f" {'+' if gmu > kv.printed_gmu else '−'} {_gb(abs(requested - printed_req))} GiB"
-            return _b(kv.printed_kv_gib) + requested - printed_req, how
+            return _b(kv.printed_kv_gib - PRINT_SLACK_GIB) + requested - printed_req, how
         if self.gpu.weights_gib is None or self.gpu.overhead_gib is None:
             return None
         graph = _b(kv.graph_gib) if kv.graph_gib is not None and kv.graph_in_budget else 0
@@ -300,7 +303,7 @@ class Preflight:
         if needed > budget:
             return PreflightResult(False, (
                 f"max_model_len {int(mml)} needs {_gb(needed)} GiB of KV cache ({tokens:,} tokens × {_per_token(bpt)}), "
-                f"gpu_memory_utilization {gmu.normalize()} leaves {_gb(budget)} GiB ({how}): {int(mml) - capacity:,} tokens short "
+                f"gpu_memory_utilization {gmu.normalize()} leaves {_gb(budget)} GiB ({how}): {int(mml) - capacity:,} token{'s' if int(mml) - capacity != 1 else ''} short "
                 f"{where}"))
         return PreflightResult(True, f"{fits} ({capacity:,} tokens ≥ max_model_len {int(mml)}) {where}")
 

@@ -233,7 +233,6 @@ class TuningRunner:
         if not candidates:
             return self._escalate(intent, run_id, "no_actuator", "no candidate: no parameter of ours moves in the direction this "
                                   f"failure ({intent['error_class']}) needs from the running values", now)
-        gpu = gpu_memory(self.runner.gpu_source, values, self.runner.gpu_profile)
         canary = self.runner.canary
         rows: list[dict[str, Any]] = []
         template_refusals = 0
@@ -319,7 +318,6 @@ class TuningRunner:
                   now: datetime | None) -> CanaryResult | None:
         """Run the current config once for comparison when it fits and can be rendered (it often cannot start)."""
         from healing.tuning.canary import TemplateError, render_argv, run_canary
-        from healing.tuning.preflight import check_candidate
         from storage.audit import append_event
         from storage.engine import session_scope
         from storage.tuning_queries import audit_safe

@@ -1,4 +1,4 @@
-"""Pure parts of the orchestration: candidates, pre-flight, config parsing, argv templates, scoring."""
+"""Pure parts of the orchestration: candidates, pre-flight, config parsing, argv templates (scoring: test_canary_judge.py)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,14 @@ import pytest
 from healing.errors import ConfigError
 from healing.tuning.actuators import GMU, MAX_MODEL_LEN, MAX_NUM_SEQS, default_settings
 from healing.tuning.canary import (
-    CanaryResult,
     TemplateError,
     mask_argv,
     missing_placeholders,
     render_argv,
-    score_result,
 )
 from healing.tuning.candidates import generate_candidates
 from healing.tuning.preflight import GpuMemory, check_candidate, from_message, from_nvidia_smi, gpu_memory
-from healing.tuning.runner_config import GpuProfileSettings, ScoringSettings, parse_runner_settings
+from healing.tuning.runner_config import GpuProfileSettings, parse_runner_settings
 
 D = Decimal
 SETTINGS = default_settings()
@@ -194,27 +192,6 @@ def test_render_argv_and_missing_placeholders() -> None:
 def test_mask_argv_hides_secrets_only() -> None:
     assert mask_argv(["vllm", "serve", "m", "--api-key", "s3cret", "--hf-token=abc", "--port", "8000", "--max-num-seqs", "8"]) == [
         "vllm", "serve", "m", "--api-key", "***", "--hf-token=***", "--port", "8000", "--max-num-seqs", "8"]
-
-
-# --------------------------------------------------------------------------- scoring
-
-def _result(**metrics: float) -> CanaryResult:
-    gates = {"started": True, "healthy": True, "no_memory_error": True, "probe_passed": True}
-    return CanaryResult(gates, dict(metrics), [], "", "", "ok")
-
-
-def test_score_against_targets_and_baseline() -> None:
-    scoring = ScoringSettings(weights={"latency": 0.5, "throughput": 0.5, "errors": 0, "kv_headroom": 0},
-                              latency_target_ms=100, throughput_target_tps=50)
-    score, breakdown, verdict = score_result(_result(latency_p95_ms=200, throughput_tps=50, error_rate=0), None, scoring)
-    assert (score, verdict, breakdown["against"]) == (0.75, "inconclusive", "targets")
-    assert breakdown["components"] == {"latency": 0.5, "throughput": 1.0, "errors": 1.0, "kv_headroom": None}
-    baseline = _result(latency_p95_ms=50, throughput_tps=100)
-    score, breakdown, verdict = score_result(_result(latency_p95_ms=100, throughput_tps=20), baseline, scoring)
-    assert (score, verdict, breakdown["against"]) == (0.35, "failed", "baseline")
-    failed = _result(latency_p95_ms=1)
-    failed.gates["probe_passed"] = False
-    assert score_result(failed, None, scoring) == (None, {"verdict": "failed", "failed_gates": ["probe_passed"]}, "failed")
 
 
 def test_target_config_is_a_path(tmp_path: Path) -> None:
