@@ -1,17 +1,24 @@
-"""Promotions: a run's winner reviewed, applied to the target config, rejected or expired.
+"""Promotions: a run's winner reviewed, applied to the target config, rejected, expired or rolled back.
 
-Functions the CLI, the worker and the dashboard call (each takes an open write session, or None to
-open its own):
+Functions the CLI, the worker, the dashboard and the REST API call (each takes an open write session,
+or None to open its own):
 
   approve_promotion(session_or_none, promotion_id, actor, *, settings=None, now=None) -> dict
-      pending_review → approved → applied (or failed, with the old file restored)
+      pending_review → approved → applied (or failed, with the old file restored); the watch starts
   reject_promotion(session_or_none, promotion_id, actor, reason, *, now=None) -> dict
   expire_promotions(now=None, session=None) -> list[dict]   pending_review past expires_at → expired
+  rollback_promotion(session_or_none, promotion_id, actor, *, reason=None, settings=None, now=None) -> dict
+      applied → rolled_back: the backup restored, the reload command run (InputError: unknown / not
+      applied; RollbackError: the backup cannot be put back)
 
-Applying writes the target config (``tuning.target_config``, YAML with ``vllm: {gpu_memory_utilization:
-…}``) atomically: a backup copy of the old file first, then a temporary file in the same directory,
-fsync, ``os.replace``. An optional reload command (argv list, ``tuning.reload_command``) follows; when
-it fails, the backup is put back and the promotion is marked failed. Every transition is audited.
+The target file (``tuning.target_config``) is vLLM's own ``--config`` YAML, flag names as keys
+(``gpu-memory-utilization: 0.85``). A changed value is replaced in the text itself, so other keys,
+comments, quoting and order stay byte for byte; a missing key is appended. The older nested form
+(``vllm: {gpu_memory_utilization: …}``) is read, and migrated to flat keys on the first apply (said in
+the ``promotion.applied`` audit event; the backup keeps the old form). Writing is atomic
+(healing.safeio.write_atomic: temp file, fsync, rename) after a byte-exact backup; a symlink at the
+target is refused. An optional reload command (argv list, ``tuning.reload_command``) follows; when it
+fails, the backup is put back and the promotion is marked failed. Every transition is audited.
 """
 
 from __future__ import annotations
