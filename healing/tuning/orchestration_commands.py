@@ -143,6 +143,9 @@ def cmd_tune_run(args: argparse.Namespace) -> int:
           f"{len(summary['intents'])} intent(s) processed, {len(summary['expired_promotions'])} promotion(s) expired")
     for o in summary["intents"]:
         print(f"  intent {o['intent_id']}: {o['outcome']} — {o['reason']}")
+    for w in summary.get("watches") or []:
+        if w["state"] != "watching":
+            print(f"  promotion {w['promotion_id']}: {w['state']} — {w['reason']}")
     return EXIT_OK
 
 
