@@ -1,8 +1,10 @@
-"""`make run`: upgrade the schema, load the demo data, start the worker and the dashboard, stop both on Ctrl-C.
+"""`make run`: upgrade the schema, load the demo data, start the worker, the dashboard and the REST API,
+stop all three on Ctrl-C.
 
 Runs with the embedded SQLite default under $SELFHEAL_HOME (the Makefile points it at ./.selfheal).
 The dashboard password is taken from SELFHEAL_DASHBOARD_PASSWORD, or generated once and kept in
-$SELFHEAL_HOME/dashboard-password (mode 0600) so that it survives restarts.
+$SELFHEAL_HOME/dashboard-password (mode 0600) so that it survives restarts. The API listens on
+127.0.0.1:$SELFHEAL_API_PORT (default 8000); its tokens come from `selfheal api token create`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 HOST = "127.0.0.1"
 PORT = int(os.environ.get("SELFHEAL_DASHBOARD_PORT", "8501"))
+API_PORT = int(os.environ.get("SELFHEAL_API_PORT", "8000"))
 
 
 def _password(home: Path) -> tuple[str, str]:
@@ -35,6 +38,12 @@ def _password(home: Path) -> tuple[str, str]:
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "healing", *args]
+
+
+def _selfheal() -> str:
+    """How to run the CLI of this installation, for the hints printed at start."""
+    script = Path(sys.executable).parent / "selfheal"
+    return str(script) if script.exists() else f"{sys.executable} -m healing"
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -66,11 +75,15 @@ def main() -> int:
     try:
         procs.append(subprocess.Popen(_cli("worker"), env=env, start_new_session=True))
         procs.append(subprocess.Popen(_cli("dashboard", "--host", HOST, "--port", str(PORT)), env=env, start_new_session=True))
+        procs.append(subprocess.Popen(_cli("api", "--host", HOST, "--port", str(API_PORT)), env=env, start_new_session=True))
         print()
         print(f"  dashboard: http://{HOST}:{PORT}")
         print(f"  log in with any operator name and the password {password!r} ({where})")
+        print(f"  REST API:  http://{HOST}:{API_PORT} (docs /docs, metrics /metrics, health /health)")
+        print(f"  API token: SELFHEAL_HOME={home} {_selfheal()} api token create NAME --role viewer|operator "
+              "(printed once)")
         print("  worker:    running (selfheal daemon status shows its heartbeat)")
-        print("  Ctrl-C stops both.")
+        print("  Ctrl-C stops all three.")
         print()
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
@@ -79,7 +92,7 @@ def main() -> int:
             print(f"process {' '.join(p.args[2:4])} exited with {p.returncode}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nstopping worker and dashboard …")
+        print("\nstopping worker, dashboard and API …")
         return 0
     finally:
         for p in procs:

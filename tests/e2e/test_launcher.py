@@ -1,5 +1,5 @@
 """`make run`'s launcher for real: schema, demo data, worker and dashboard up; every way of stopping it
-(Ctrl-C's SIGINT, SIGTERM, a closed terminal's SIGHUP) stops both children."""
+(Ctrl-C's SIGINT, SIGTERM, a closed terminal's SIGHUP) stops all children (worker, dashboard, REST API)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_launcher_starts_worker_and_dashboard_and_any_stop_signal_stops_both(tmp_path: Path, signum: int) -> None:
-    home, port = tmp_path / "home", free_port()
-    env = subprocess_env(SELFHEAL_HOME=str(home), SELFHEAL_DASHBOARD_PORT=str(port))
+    home, port, api_port = tmp_path / "home", free_port(), free_port()
+    env = subprocess_env(SELFHEAL_HOME=str(home), SELFHEAL_DASHBOARD_PORT=str(port), SELFHEAL_API_PORT=str(api_port))
     env.pop("SELFHEAL_DASHBOARD_PASSWORD", None)
     out_path = tmp_path / "launcher.out"
     with out_path.open("wb") as out:
@@ -70,7 +70,18 @@ def test_launcher_starts_worker_and_dashboard_and_any_stop_signal_stops_both(tmp
         assert f"  dashboard: http://127.0.0.1:{port}\n" in text
         assert f"password {password!r} (generated and kept in {home / 'dashboard-password'})" in text
         children = _children(launcher.pid)
-        assert len(children) == 2, children  # the worker and the dashboard
+        assert len(children) == 3, children  # the worker, the dashboard and the API
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=5)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the API never answered /health:\n" + out_path.read_text()
+                time.sleep(0.5)
+        assert (health.status_code, health.json()["status"]) == (200, "healthy")
+        assert f"  REST API:  http://127.0.0.1:{api_port} (docs /docs, metrics /metrics, health /health)\n" in text
+        assert f"  API token: SELFHEAL_HOME={home} " in text and " api token create NAME --role viewer|operator" in text
         status = subprocess.run([sys.executable, "-m", "healing", "daemon", "status"], env=env, capture_output=True,
                                 text=True, timeout=60)
         assert status.returncode == 0 and status.stdout.startswith("worker running: pid "), status.stdout + status.stderr
@@ -81,9 +92,11 @@ def test_launcher_starts_worker_and_dashboard_and_any_stop_signal_stops_both(tmp
         while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not [pid for pid in children if _alive(pid)]
-        assert "stopping worker and dashboard" in out_path.read_text()
+        assert "stopping worker, dashboard and API" in out_path.read_text()
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=1)
     finally:
         if launcher.poll() is None:
             launcher.kill()
