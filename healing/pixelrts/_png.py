@@ -313,17 +313,15 @@ def decode_unfiltered(data: bytes | memoryview, structure: PngStructure) -> np.n
 def stream_unfiltered(data: bytes | memoryview, structure: PngStructure, band_rows: int,
                       on_band: Callable[[int, np.ndarray], None]) -> bool:
     """Prove the pixel data as :func:`check_image_data` does and hand the rows of an unfiltered 8-bit RGBA
-    image to ``on_band(first_row, rows)`` as they are inflated, ``band_rows`` (h, 4·w) rows at a time (the
-    last band may be shorter). Bands alternate between two buffers, so ``on_band`` may leave one band to
-    another thread as long as it is done with it before the next call returns. True when the whole image
-    went that way; False when libpng has to unfilter the (proven) data, whatever bands were handed over
-    before a filtered row.
+    image to ``on_band(first_row, rows)`` as they are inflated, ``band_rows`` (h, 4·w) rows at a time in
+    one reused buffer (the last band may be shorter). True when the whole image went that way; False when
+    libpng has to unfilter the (proven) data, whatever bands were handed over before a filtered row.
     """
     header = structure.header
     if not _unfilterable(header):
         check_image_data(data, structure)
         return False
-    rows = _UnfilteredRows(header.width, header.height, band_rows, on_band, buffers=2)
+    rows = _UnfilteredRows(header.width, header.height, band_rows, on_band)
     _prove_image_data(data, structure, rows)
     return rows.buffer is not None
 
@@ -338,12 +336,10 @@ class _UnfilteredRows:
     scanline with another filter type."""
 
     def __init__(self, width: int, height: int, band_rows: int,
-                 on_band: Callable[[int, np.ndarray], None] | None = None, buffers: int = 1) -> None:
+                 on_band: Callable[[int, np.ndarray], None] | None = None) -> None:
         self.stride = 4 * width + 1
         self.height = height
-        rows = min(band_rows, height)
-        self.buffers = [np.empty((rows, 4 * width), dtype=np.uint8) for _ in range(min(buffers, -(-height // rows)))]
-        self.buffer: np.ndarray | None = self.buffers[0]
+        self.buffer: np.ndarray | None = np.empty((min(band_rows, height), 4 * width), dtype=np.uint8)
         self.on_band = on_band
         self.band_start = 0  # image row of the buffer's first row
         self.filled = 0  # rows of the buffer filled
@@ -385,7 +381,6 @@ class _UnfilteredRows:
                     self.on_band(self.band_start, buffer[: self.filled])
                     self.band_start += self.filled
                     self.filled = 0
-                    buffer = self.buffer = self.buffers[(self.band_start // len(buffer)) % len(self.buffers)]
 
 
 def _prove_image_data(data: bytes | memoryview, structure: PngStructure, rows_out: _UnfilteredRows | None) -> None:

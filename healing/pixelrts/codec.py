@@ -217,31 +217,10 @@ def _stream_unfiltered(data: bytes, structure: _png.PngStructure, n: int, progre
     proof inflates it (:func:`_png.stream_unfiltered`): no full-size pixel array, one inflate, no libpng.
     None when the image needs libpng; its pixel data is proven either way.
 
-    With more than one band, each band is gathered on a second thread while the next one is inflated
-    (zlib and NumPy's take both release the GIL)."""
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    gather = _BandGather(n)
-    if gather.side == n:
-        done = _png.stream_unfiltered(data, structure, n, gather.take_band)
-        progress("reading pixels", 1.0)
-        return gather.buf if done else None
-    pending: list[tuple[Future[None], int]] = []
-
-    def finish_previous() -> None:
-        future, rows_done = pending.pop()
-        future.result()
-        progress("reading pixels", rows_done / n)  # from this thread, as every progress report
-
-    def hand_over(first_row: int, rows: np.ndarray) -> None:
-        if pending:
-            finish_previous()  # the band before: its buffer is the one filled next
-        pending.append((pool.submit(gather.take_band, first_row, rows), first_row + len(rows)))
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        done = _png.stream_unfiltered(data, structure, gather.side, hand_over)
-        if pending:
-            finish_previous()
+    All on this thread: a second one gathering bands while this one inflates measured slower (the two
+    hand the GIL back and forth between their NumPy and zlib calls)."""
+    gather = _BandGather(n, progress)
+    done = _png.stream_unfiltered(data, structure, gather.side, gather.take_band)
     return gather.buf if done else None
 
 
@@ -251,8 +230,9 @@ class _BandGather:
     soon as its rows are in. The table and the output are made at the first band: damage found before
     it costs neither."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, progress: Progress) -> None:
         self.n = n
+        self.progress = progress
         self.side = min(n, _BLOCK_SIDE)
         self.buf: bytearray | None = None
         self._table = np.empty(0, dtype=np.uint32)
@@ -274,6 +254,7 @@ class _BandGather:
         for block in self._blocks_of[first_row // side]:
             np.subtract(self._table[block * area : (block + 1) * area], base, out=self._local, casting="unsafe")
             np.take(flat, self._local, out=out[block * area : (block + 1) * area])
+        self.progress("reading pixels", (first_row + len(rows)) / n)
 
 
 # ----------------------------------------------------------------------------- encoding
