@@ -140,8 +140,9 @@ def _our_keys(data: Mapping[Any, Any]) -> tuple[dict[str, list[str]], dict[str, 
 
 
 def _read_text(path: Path) -> str:
+    # reading through a symlink is harmless (the running values); only writing refuses one
     try:
-        return read_regular(path, follow_symlinks=False, what="the target config").decode("utf-8")
+        return read_regular(path, what="the target config").decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"cannot read tuning.target_config {path}: not UTF-8 text") from None
     except InputError as exc:
@@ -154,7 +155,7 @@ def read_target_values(path: Path | None) -> dict[str, Decimal]:
     Flat vLLM keys (``gpu-memory-utilization``/``gpu_memory_utilization``) win over the old nested form;
     ``max-model-len: 32k`` reads as 32000 and ``auto``/-1 as unknown, as vLLM parses them.
     """
-    if path is None or not os.path.lexists(path):
+    if path is None or not path.exists():
         return {}
     data = _load_mapping(path, _read_text(path))
     nested = data.get(NESTED_KEY) or {}

@@ -233,5 +233,5 @@ def test_a_symlinked_target_is_refused_and_nothing_is_written(tmp_path: Path) ->
         write_target_file(link, {GMU: 0.9}, "s")
     assert real.read_text() == "gpu-memory-utilization: 0.8\n" and link.is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere.yaml", "vllm.yaml"]  # no backup, no temp file
-    with pytest.raises(ConfigError, match="symbolic link"):
-        read_target_values(link)
+    # reading through it is harmless: the running values are still known
+    assert read_target_values(link) == {GMU: Decimal("0.8")}

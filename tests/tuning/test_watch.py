@@ -97,13 +97,13 @@ def _setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, service: Service, **
     return settings, target, log, marker
 
 
-def _apply(settings: Settings) -> int:
+def _apply(settings: Settings, now: datetime = T0) -> int:
     with session_scope() as session:
         promo = tq.create_promotion(session, run_id=None, candidate_id=None, subsystem="vllm", old_values={GMU: 0.8},
                                     new_values={GMU: 0.9}, status="pending_review", reason="canary passed",
-                                    expires_at=T0 + timedelta(hours=1), target_file=str(settings.section("tuning")["target_config"]),
-                                    now=T0)
-    applied = approve_promotion(None, int(promo["id"]), "alice", settings=settings, now=T0)
+                                    expires_at=now + timedelta(hours=1), target_file=str(settings.section("tuning")["target_config"]),
+                                    now=now)
+    applied = approve_promotion(None, int(promo["id"]), "alice", settings=settings, now=now)
     assert applied["status"] == "applied"
     return int(promo["id"])
 
@@ -285,3 +285,56 @@ def test_parse_metrics_sums_label_sets() -> None:
             'vllm:num_requests_waiting{engine="1"} 4\n# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc 0.5\n'
             "# TYPE other gauge\nother 9\n")
     assert parse_metrics(text) == {"waiting": 7.0, "kv_cache_usage": 0.5}
+
+
+@pytest.mark.parametrize(("watch", "message"), [
+    ({"health_url": "localhost:8000/health"},
+     "config: tuning.watch.health_url must be an http:// or https:// URL, got 'localhost:8000/health'"),
+    ({"poll_s": 0}, "tuning.watch.poll_s"),
+    ({"unhealthy": 3}, "config: tuning.watch has unknown key(s) unhealthy (expected health_url, ignore_classes, metrics_url, "
+                       "poll_s, preemptions_per_min, probe_timeout_s, regression_polls, start_timeout_s, unhealthy_probes, "
+                       "waiting_factor, waiting_min)"),
+    ({"ignore_classes": "kv_cache_preemption"}, "config: tuning.watch.ignore_classes must be a list of Observer class names"),
+])
+def test_watch_settings_problems_are_one_line(watch: dict[str, Any], message: str) -> None:
+    from healing.errors import ConfigError
+    from healing.tuning.runner_config import parse_runner_settings
+
+    with pytest.raises(ConfigError) as info:
+        parse_runner_settings({"watch": watch})
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_watch_settings_defaults_and_window() -> None:
+    from healing.tuning.runner_config import WatchSettings, parse_runner_settings
+
+    assert parse_runner_settings({}).watch == WatchSettings()
+    assert (WatchSettings().verify_window_s, WatchSettings().poll_s, WatchSettings().unhealthy_probes) == (600.0, 5.0, 3)
+    assert parse_runner_settings({"verify_window_s": 0}).watch.verify_window_s == 0.0
+
+
+def test_no_watch_when_the_window_is_zero_and_tune_watch_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 db_url: str, service: Service,  # noqa: F811
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from healing import cli
+
+    settings, _target, _log, _marker = _setup(tmp_path, monkeypatch, service)
+    monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, "healing.tuning.orchestration_commands"]
+                        if "healing.tuning.orchestration_commands" not in cli.COMMAND_MODULES else cli.COMMAND_MODULES)
+    pid = _apply(settings, datetime.now(UTC))  # the CLI runs on the real clock
+    assert cli.main(["tune", "watch"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"promotion {pid}: watching — HTTP 200")
+    service.health = 503
+    assert cli.main(["tune", "watch"]) == 0  # 1 of 2 failed probes
+    capsys.readouterr()
+    assert cli.main(["tune", "watch"]) == 2
+    assert capsys.readouterr().out == (f"promotion {pid}: rolled_back — {service.url}/health unhealthy on 2 consecutive "
+                                       "probes (last: HTTP 503)\n")
+    assert cli.main(["tune", "watch"]) == 0
+    assert capsys.readouterr().out == "no promotion is being watched\n"
+
+    settings = configure(tmp_path, monkeypatch, {**settings.section("tuning"), "verify_window_s": 0})
+    second = _apply(settings, datetime.now(UTC))
+    with session_scope(write=False) as session:
+        assert session.get(PromotionWatch, second) is None
