@@ -35,7 +35,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import ROUND_FLOOR, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 from healing.tuning.actuators import GMU, MAX_MODEL_LEN, to_decimal
@@ -158,9 +158,30 @@ class KvModel:
     block_size: int = 16
     model_max_len: int | None = None         # the model's own limit (max_position_embeddings)
     graph_gib: Decimal | None = None         # CUDA graph memory
-    graph_in_budget: bool = True             # vLLM ≥ 0.21 profiles graphs and takes them from the KV budget
+    graph_in_budget: bool = True             # vLLM ≥ 0.20 profiles graphs and takes them from the KV budget
     printed_kv_gib: Decimal | None = None    # the KV budget vLLM printed for the failing start …
     printed_gmu: Decimal | None = None       # … at this gpu_memory_utilization
+    version: tuple[int, int] | None = None   # the service's vLLM (major, minor) when known
+
+    @property
+    def request_ceiled(self) -> bool:
+        """vLLM ≥ 0.20 requests ceil(total × gmu) bytes (v1/worker/utils.py request_memory), older ones floor."""
+        return self.version is not None and self.version >= (0, 20)
+
+    @property
+    def null_block(self) -> bool:
+        """vLLM 0.33 plans against usable blocks: the null block the pool holds back is not KV capacity
+        (v1/core/kv_cache_planning.py, check_memory = available − one block)."""
+        return self.version is not None and self.version >= (0, 33)
+
+
+def version_tuple(text: Any) -> tuple[int, int] | None:
+    """(major, minor) of a version string such as "0.33.0"; None when it is not one."""
+    parts = str(text or "").split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (ValueError, IndexError):
+        return None
 
 
 def kv_model(values: Mapping[str, Any], current: Mapping[str, Decimal], profile: GpuProfileSettings | None) -> KvModel:
@@ -178,6 +199,11 @@ def kv_model(values: Mapping[str, Any], current: Mapping[str, Decimal], profile:
     gmu_raw = values.get("gpu_memory_utilization", current.get(GMU))
     gmu = to_decimal(gmu_raw) if gmu_raw is not None else None
     block = profile.block_size if profile is not None else 16
+    # the log's own vLLM version first (the Observer's _version), else the profile's
+    version = version_tuple(values.get("_version")) or (version_tuple(profile.vllm_version) if profile is not None else None)
+    in_budget = profile.graph_in_budget if profile is not None else True
+    if version is not None:
+        in_budget = version >= (0, 20)
     bpt, bpt_from = (profile.kv_bytes_per_token, f"profile {profile.name}") if profile is not None else (None, "")
     if bpt is None and values.get("needed_gib") is not None and values.get("max_model_len"):
         tokens = -(-int(values["max_model_len"]) // block) * block
@@ -187,7 +213,7 @@ def kv_model(values: Mapping[str, Any], current: Mapping[str, Decimal], profile:
     return KvModel(bytes_per_token=bpt, bytes_per_token_from=bpt_from, block_size=block,
                    model_max_len=profile.model_max_len if profile is not None else None,
                    graph_gib=profile.graph_gib if profile is not None else None,
-                   graph_in_budget=profile.graph_in_budget if profile is not None else True,
+                   graph_in_budget=in_budget, version=version,
                    printed_kv_gib=printed if gmu is not None else None, printed_gmu=gmu if printed is not None else None)
 
 
@@ -218,15 +244,28 @@ class Preflight:
         raw = params.get(name, self.current.get(name))
         return to_decimal(raw) if raw is not None else None
 
+    def requested(self, total: int, gmu: Decimal) -> int:
+        """The bytes vLLM requests for ``gmu`` of a ``total``-byte card."""
+        rounding = ROUND_CEILING if self.kv.request_ceiled else ROUND_FLOOR
+        return int((Decimal(total) * gmu).to_integral_value(rounding=rounding))
+
     def budget(self, gmu: Decimal) -> tuple[int, str] | None:
         """KV cache bytes vLLM would have at ``gmu`` and how that was computed; None when unknown."""
+        found = self._raw_budget(gmu)
+        kv = self.kv
+        if found is None or not (kv.null_block and kv.bytes_per_token):
+            return found
+        per_block = kv.bytes_per_token * kv.block_size
+        return found[0] - per_block, f"{found[1]} − one null block of {_g(Decimal(per_block) / (1024 * 1024))} MiB"
+
+    def _raw_budget(self, gmu: Decimal) -> tuple[int, str] | None:
         if self.gpu is None:
             return None
         total = _b(self.gpu.total_gib)
-        requested = int((Decimal(total) * gmu).to_integral_value(rounding=ROUND_FLOOR))
+        requested = self.requested(total, gmu)
         kv = self.kv
         if kv.printed_kv_gib is not None and kv.printed_gmu is not None:
-            printed_req = int((Decimal(total) * kv.printed_gmu).to_integral_value(rounding=ROUND_FLOOR))
+            printed_req = self.requested(total, kv.printed_gmu)
             # vLLM prints 2 decimals: the true size may be up to half a unit smaller, so that much is not counted
             how = (f"printed KV cache {_g(kv.printed_kv_gib)} GiB at gpu_memory_utilization {kv.printed_gmu.normalize()} "
                    f"less {PRINT_SLACK_GIB} GiB of print rounding")
@@ -269,7 +308,7 @@ class Preflight:
             return PreflightResult(True, f"gpu_memory_utilization unknown; memory not checked ({gpu.source})")
         where = f"({gpu.source})"
         total = _b(gpu.total_gib)
-        requested = int((Decimal(total) * gmu).to_integral_value(rounding=ROUND_FLOOR))
+        requested = self.requested(total, gmu)
         free = total - _b(gpu.resident_gib) - _b(self.margin_gib)
         margin = f" minus a margin of {_g(self.margin_gib)} GiB" if self.margin_gib else ""
         if requested > free:
@@ -278,7 +317,7 @@ class Preflight:
                 f"gpu_memory_utilization {gmu.normalize()} asks for {_gb(requested)} GiB of the {_g(gpu.total_gib)} GiB GPU, but "
                 f"resident services hold {_g(gpu.resident_gib)} GiB and leave {_gb(free)} GiB{margin}: {short_mib} MiB short {where}"))
         if kv.graph_gib is not None and not kv.graph_in_budget and requested + _b(kv.graph_gib) > free:
-            # vLLM < 0.21 captures CUDA graphs outside the gmu budget: they need free memory of their own
+            # vLLM < 0.20 captures CUDA graphs outside the gmu budget: they need free memory of their own
             return PreflightResult(False, (
                 f"gpu_memory_utilization {gmu.normalize()} takes {_gb(requested)} of {_gb(free)} GiB free and leaves "
                 f"{_gb(free - requested)} GiB, less than the {_g(kv.graph_gib)} GiB CUDA graphs need outside the budget {where}"))
@@ -288,7 +327,7 @@ class Preflight:
         budget, how = found
         if budget <= 0:
             if kv.printed_kv_gib is None and gpu.weights_gib is not None and gpu.overhead_gib is not None and not (
-                    kv.graph_gib is not None and kv.graph_in_budget):
+                    kv.graph_gib is not None and kv.graph_in_budget) and not kv.null_block:
                 return PreflightResult(False, (
                     f"gpu_memory_utilization {gmu.normalize()} gives {_gb(requested)} GiB, but model weights {_g(gpu.weights_gib)} GiB "
                     f"+ activation/overhead {_g(gpu.overhead_gib)} GiB leave no KV cache ({_gb(budget)} GiB) {where}"))

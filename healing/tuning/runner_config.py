@@ -33,8 +33,8 @@ module reads the rest (defaults in brackets)::
       candidates: {max_candidates: 3}  # seed fix first, then steps in the safe direction
       gpu_profile: seed                # a simulator profile name or file, or a mapping:
                                        # {total_gib, resident_gib, weights_gib, overhead_gib,
-                                       #  kv_bytes_per_token, model_max_len, graph_gib, block_size: 16}
-                                       # (graph_gib counts inside the KV budget, as in vLLM ≥ 0.21)
+                                       #  kv_bytes_per_token, model_max_len, graph_gib, block_size: 16,
+                                       #  vllm_version} (graph_gib counts inside the KV budget from 0.20)
       preflight: {gpu_source: auto, margin_gib: 0,   # auto|nvml|nvidia-smi|message|profile
                   canary_shares_gpu: false}          # true: production's memory is resident for the canary
       canary:
@@ -189,7 +189,8 @@ class GpuProfileSettings:
     model_max_len: int | None = None        # the model's max_position_embeddings
     graph_gib: Decimal | None = None        # CUDA graph memory
     block_size: int = 16
-    graph_in_budget: bool = True            # vLLM ≥ 0.21 takes graphs from the KV budget; False: outside it
+    graph_in_budget: bool = True            # vLLM ≥ 0.20 takes graphs from the KV budget; False: outside it
+    vllm_version: str | None = None         # the vLLM whose arithmetic applies (the log's own version wins)
 
 
 @dataclass(frozen=True)
@@ -304,17 +305,20 @@ def parse_gpu_profile(value: Any) -> GpuProfileSettings | None:
             p = load_profile(value)
         except ValueError as exc:
             raise ConfigError(f"config: tuning.gpu_profile: {str(exc).removeprefix('--profile: ')}") from None
-        from healing.tuning.simulator import VERSION as SIM_VERSION
+        from healing.tuning import simulator
 
-        # the simulator's vLLM version decides where its CUDA graphs live (inside the budget from 0.21)
-        inside = tuple(int(x) for x in SIM_VERSION.split(".")[:2]) >= (0, 21)
+        # the simulator's default log format is the vLLM whose arithmetic its profile follows
+        fmt = getattr(simulator.SimConfig(), "log_format", None)
+        version = getattr(simulator, "VERSIONS", {}).get(fmt, simulator.VERSION)
+        inside = tuple(int(x) for x in version.split(".")[:2]) >= (0, 20)
         return GpuProfileSettings(total_gib=p.total_gib, resident_gib=p.other_processes_gib, weights_gib=p.weights_gib,
                                   overhead_gib=p.non_torch_gib + p.activation_peak_gib, name=p.name,
                                   kv_bytes_per_token=p.kv_bytes_per_token, model_max_len=p.model_max_len,
-                                  graph_gib=p.graph_capture_gib, block_size=p.block_size, graph_in_budget=inside)
+                                  graph_gib=p.graph_capture_gib, block_size=p.block_size, graph_in_budget=inside,
+                                  vllm_version=version)
     data = _map("tuning.gpu_profile", value)
     _unknown("tuning.gpu_profile", data, {"total_gib", "resident_gib", "weights_gib", "overhead_gib", "name",
-                                          "kv_bytes_per_token", "model_max_len", "graph_gib", "block_size"})
+                                          "kv_bytes_per_token", "model_max_len", "graph_gib", "block_size", "vllm_version"})
     if "total_gib" not in data:
         raise ConfigError("config: tuning.gpu_profile needs total_gib")
     total = _gib("tuning.gpu_profile.total_gib", data["total_gib"])
@@ -329,7 +333,11 @@ def parse_gpu_profile(value: Any) -> GpuProfileSettings | None:
                           for k in ("kv_bytes_per_token", "model_max_len"))
     graph = _gib("tuning.gpu_profile.graph_gib", data["graph_gib"]) if data.get("graph_gib") is not None else None
     block = _num("tuning.gpu_profile.block_size", data.get("block_size", 16), int, 1, 4096)
-    return GpuProfileSettings(total, resident, weights, overhead, str(data.get("name") or "config"), per_token, max_len, graph, block)
+    version = _str("tuning.gpu_profile.vllm_version", data.get("vllm_version"))
+    if version is not None and not re.fullmatch(r"\d+\.\d+(\.\d+)?", version):
+        raise ConfigError(f"config: tuning.gpu_profile.vllm_version must look like 0.33 or 0.33.0, got {version!r}")
+    return GpuProfileSettings(total, resident, weights, overhead, str(data.get("name") or "config"), per_token, max_len, graph, block,
+                              vllm_version=version)
 
 
 def _parse_canary(raw: Any) -> CanarySettings:

@@ -173,7 +173,7 @@ def test_defaults_and_builtin_gpu_profile() -> None:
     assert r.limits().max_runs == 3 and r.limits().cooldown_s == 21600 and r.promotion_ttl_s == 86400
     assert r.gpu_profile == GpuProfileSettings(D("12.0"), D("5.928"), D("2.89"), D("1.30"), "seed", kv_bytes_per_token=28672,
                                                model_max_len=32768, graph_gib=D("0.43"), block_size=16,
-                                               graph_in_budget=r.gpu_profile.graph_in_budget)
+                                               graph_in_budget=r.gpu_profile.graph_in_budget, vllm_version=r.gpu_profile.vllm_version)
     assert r.canary_shares_gpu is False
     assert [(str(s.path), s.subsystem) for s in r.log_sources] == [("/tmp/a.log", "vllm"), ("/tmp/b.log", "vllm2")]
 

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from healing.errors import ConfigError
+from healing.tuning import simulator
 from healing.tuning.actuators import GMU, MAX_MODEL_LEN
 from healing.tuning.preflight import (
     GpuMemory,
@@ -33,8 +34,10 @@ D = Decimal
 
 
 def _preflight(profile: str | dict, current: dict, values: dict | None = None, **preflight: object) -> Preflight:
+    """Pre-flight on a simulator card as a vLLM 0.10.2 log reports it (graphs outside the budget, floored request)."""
     runner = parse_runner_settings({"gpu_profile": profile, "preflight": {"gpu_source": "profile", **preflight}})
-    return preflight_for(runner, values or {}, current)
+    pinned = {"_version": "0.10.2"} if isinstance(profile, str) else {}
+    return preflight_for(runner, {**pinned, **(values or {})}, current)
 
 
 # --------------------------------------------------------------------------- length, from the profile
@@ -63,12 +66,24 @@ def test_memory_boundary_and_graphs_outside_the_budget_of_an_old_vllm() -> None:
     assert not seed.check({GMU: 0.51}).ok
     assert seed.check({GMU: 0.51}).reason == ("gpu_memory_utilization 0.51 asks for 6.12 GiB of the 12.00 GiB GPU, but resident "
                                               "services hold 5.93 GiB and leave 6.07 GiB: 49 MiB short (profile seed)")
-    kv = seed.kv
-    if kv.graph_in_budget:  # a simulator of vLLM ≥ 0.21: graphs come out of the KV budget instead
-        pytest.skip("the simulator counts CUDA graphs inside the budget")
+    assert seed.kv.graph_in_budget is False
     # vLLM 0.10 captures CUDA graphs outside the budget: 0.5 fits the free memory, not the graphs next to it
     assert seed.check({GMU: 0.5}).reason == ("gpu_memory_utilization 0.5 takes 6.00 of 6.07 GiB free and leaves 0.07 GiB, less "
                                              "than the 0.43 GiB CUDA graphs need outside the budget (profile seed)")
+
+
+def test_vllm_033_counts_graphs_inside_the_budget_ceils_the_request_and_keeps_a_null_block() -> None:
+    pre = _preflight("tight", {GMU: D("0.9")}, {"_version": "0.33.0"})
+    # ceil(15.75 GiB × 0.9) − 11.90 − 1.60 − graphs 0.50 = 0.175 GiB = 89 blocks, one of them the null block
+    assert (pre.kv.graph_in_budget, pre.kv.request_ceiled, pre.kv.null_block) == (True, True, True)
+    assert pre.capacity_tokens(D("0.9")) == 1408
+    assert pre.check({MAX_MODEL_LEN: 1408}).ok
+    assert pre.check({MAX_MODEL_LEN: 1409}).reason == (
+        "max_model_len 1409 needs 0.17 GiB of KV cache (1,424 tokens × 128 KiB/token), gpu_memory_utilization 0.9 leaves 0.17 GiB "
+        "(14.18 GiB − model weights 11.90 GiB − activation/overhead 1.60 GiB − CUDA graphs 0.50 GiB − one null block of 2.00 MiB): "
+        "1 token short (profile tight)")
+    # 0.20 has the graphs inside and the ceiled request, but no null block
+    assert _preflight("tight", {GMU: D("0.9")}, {"_version": "0.20.0"}).capacity_tokens(D("0.9")) == 1424
 
 
 def test_graphs_inside_the_budget_and_a_configured_profile() -> None:
@@ -150,15 +165,22 @@ def test_gpu_profile_keys_and_preflight_keys() -> None:
 # --------------------------------------------------------------------------- the simulator agrees
 
 EXPECTED_FAILURES = {"D", "A", "C'", "graph", "J"}  # what pre-flight foresees; "E" (sampler warm-up) is the canary's
+# the vLLM versions the simulator models (log format → version); one format before it learnt several
+FORMATS = getattr(simulator, "VERSIONS", {"0.10": simulator.VERSION})
+
+
+def _sim_config(gmu: Decimal, seqs: int, mml: int, eager: bool, fmt: str) -> SimConfig:
+    config = SimConfig(gmu, seqs, mml, eager)
+    return replace(config, log_format=fmt) if hasattr(config, "log_format") else config
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), total=st.integers(800, 8000), gmu=st.integers(5, 99), non_torch=st.integers(0, 50),
        activation=st.integers(0, 300), graph=st.integers(0, 100), per_token=st.sampled_from([16384, 28672, 131072, 196608]),
-       max_len=st.sampled_from([4096, 32768]), seqs=st.integers(1, 256), eager=st.booleans())
+       max_len=st.sampled_from([4096, 32768]), seqs=st.integers(1, 256), eager=st.booleans(), fmt=st.sampled_from(sorted(FORMATS)))
 def test_preflight_fits_iff_the_simulators_plan_starts(tmp_path: Path, data: st.DataObject, total: int, gmu: int, non_torch: int,
                                                         activation: int, graph: int, per_token: int, max_len: int, seqs: int,
-                                                        eager: bool) -> None:
+                                                        eager: bool, fmt: str) -> None:
     # sizes in 1/100 GiB, drawn around the boundaries: free memory near the request, a KV budget near 0,
     # max_model_len near what that budget holds
     requested = total * gmu // 100
@@ -172,12 +194,12 @@ def test_preflight_fits_iff_the_simulators_plan_starts(tmp_path: Path, data: st.
               "non_torch_gib": non_torch * cents, "activation_peak_gib": activation * cents,
               "graph_capture_gib": (0 if eager else graph) * cents, "kv_bytes_per_token": per_token, "model_max_len": max_len}
     card = replace(PROFILES["default"], **fields)
-    plan = plan_memory(card, SimConfig(gmu * cents, seqs, mml, eager))
-    event(f"simulator: {plan.failure or 'starts'}")
+    plan = plan_memory(card, _sim_config(gmu * cents, seqs, mml, eager, fmt))
+    event(f"simulator {fmt}: {plan.failure or 'starts'}")
     path = tmp_path / "card.json"
     path.write_text(json.dumps({k: str(v) if isinstance(v, Decimal) else v for k, v in fields.items()}), encoding="utf-8")
     runner = parse_runner_settings({"gpu_profile": str(path), "preflight": {"gpu_source": "profile"}})
-    result = preflight_for(runner, {}, {}).check({GMU: gmu * cents, MAX_MODEL_LEN: mml})
+    result = preflight_for(runner, {"_version": FORMATS[fmt]}, {}).check({GMU: gmu * cents, MAX_MODEL_LEN: mml})
     assert result.ok == (plan.failure not in EXPECTED_FAILURES), (plan.failure, plan.message, result.reason)
 
 
