@@ -8,6 +8,7 @@ URLs and run storage writes with SELFHEAL_HOME pointed at its home (the audit ke
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -140,21 +141,41 @@ def stop_server(proc: subprocess.Popen[bytes]) -> int:
         return proc.wait()
 
 
-@pytest.fixture(scope="module")
+def _create_tokens(home: Path, config: Path) -> dict[str, str]:
+    """The tokens every test uses, written in-process into the server's database (its audit key too)."""
+    from healing.api.tokens import create_token, revoke_token
+    from storage.engine import dispose_engines, session_scope
+
+    saved = {k: os.environ.get(k) for k in ("SELFHEAL_HOME", "SELFHEAL_CONFIG")}
+    os.environ["SELFHEAL_HOME"], os.environ["SELFHEAL_CONFIG"] = str(home), str(config)
+    dispose_engines()
+    try:
+        tokens = {}
+        with session_scope() as session:
+            for name, role in (("ops", "operator"), ("watcher", "viewer"), ("gone", "operator")):
+                tokens[name] = create_token(session, name, role, actor="test")[0]
+            revoke_token(session, "gone", actor="test")
+        return tokens
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        dispose_engines()
+
+
+@pytest.fixture(scope="session")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """One server for the whole run of tests/api (started once: ~5 s)."""
     home = tmp_path_factory.mktemp("api-home")
     vision_server, vision = _fake_vision()
     target = home / "vllm-target.yaml"
     target.write_text("gpu-memory-utilization: 0.8\n")
     proc, base, env, log = start_server(home, api_config(home, vision.url, target))
-    server = ApiServer(base, home, f"sqlite:///{home / 'selfheal.db'}", env, vision, {}, log, target)
     try:
-        for name, role in (("ops", "operator"), ("watcher", "viewer"), ("gone", "operator")):
-            done = server.cli("api", "token", "create", name, "--role", role)
-            assert done.returncode == 0, done.stderr
-            server.tokens[name] = done.stdout.strip()
-        assert server.cli("api", "token", "revoke", "gone").returncode == 0
-        yield server
+        tokens = _create_tokens(home, home / "config.yaml")
+        yield ApiServer(base, home, f"sqlite:///{home / 'selfheal.db'}", env, vision, tokens, log, target)
     finally:
         stop_server(proc)
         vision_server.shutdown()
