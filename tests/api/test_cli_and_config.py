@@ -104,3 +104,22 @@ def test_bad_api_values_are_one_config_line(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(ConfigError) as error:
         api_settings(load_settings(config))
     assert "must not carry credentials" in str(error.value)
+
+
+def test_a_port_in_use_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import subprocess_env
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "healing", "api", "--port", str(port)], capture_output=True, text=True,
+                              timeout=120, env=subprocess_env(SELFHEAL_HOME=str(tmp_path / "home")))
+    assert done.returncode == 3
+    assert done.stderr.splitlines()[-1] == (f"selfheal: cannot serve on http://127.0.0.1:{port}: the address is in use "
+                                            "or not available (see above)")
+    assert "Traceback" not in done.stderr
