@@ -225,6 +225,8 @@ def _length_plan(current: Mapping[str, Decimal], settings: TuningSettings, prefl
         if preflight.check({GMU: g}).ok:
             return [({GMU: g}, {GMU: g}, "memory_and_length")]
     out: list[_Pooled] = []
+    if mml > len_act.upper:
+        return out  # a running length above the bound is not cut into it silently (the Observer escalates those)
     # 2. no single parameter: gmu as high as free memory allows, max_model_len cut to what then fits
     if settings.max_params_per_candidate >= 2:
         for g in reversed(raises):

@@ -96,6 +96,9 @@ def test_without_gmu_headroom_the_two_parameter_candidate_comes_first() -> None:
         "max_model_len 8192 needs 1.00 GiB of KV cache (8,192 tokens × 128 KiB/token), gpu_memory_utilization 0.9 leaves 0.67 GiB "
         "(printed KV cache -0.90 GiB at gpu_memory_utilization 0.8 less 0.005 GiB of print rounding + 1.58 GiB): "
         "2,704 tokens short (profile config)")
+    # a running length above the max_model_len bound (8192) is never cut into it by the plan
+    long = {**current, MAX_MODEL_LEN: D(16384)}
+    assert [c.params for c in generate_candidates(intent, long, SETTINGS, 3, _preflight(long, intent["values"]))] == [{GMU: 0.9}]
     # one parameter per candidate allowed: no two-parameter plan, the rejected seed alone
     single = generate_candidates(intent, current, SETTINGS.__class__(SETTINGS.actuators, max_params_per_candidate=1), 3, pre)
     assert [c.params for c in single] == [{GMU: 0.9}]
