@@ -191,12 +191,6 @@ class GpuProfileSettings:
     block_size: int = 16
     graph_in_budget: bool = True            # vLLM ≥ 0.20 takes graphs from the KV budget; False: outside it
     vllm_version: str | None = None         # the vLLM whose arithmetic applies (the log's own version wins)
-    kv_bytes_per_token: int | None = None   # KV cache bytes per token (all layers): the length check
-    model_max_len: int | None = None        # the model's max_position_embeddings
-    graph_gib: Decimal | None = None        # CUDA graph memory
-    block_size: int = 16
-    graph_in_budget: bool = True            # vLLM ≥ 0.20 takes graphs from the KV budget; False: outside it
-    vllm_version: str | None = None         # the vLLM whose arithmetic applies (the log's own version wins)
 
 
 @dataclass(frozen=True)
