@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from healing.api.auth import Operator, Viewer
-from healing.api.errors import ERROR_RESPONSES, ApiError
+from healing.api.errors import ERROR_RESPONSES, ApiError, ErrorResponse
 from healing.api.tokens import Principal
 
 router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
@@ -237,7 +237,8 @@ async def reject(who: Operator, promotion_id: RowId, body: DecisionBody | None =
     return await _decide(promotion_id, False, body, who)
 
 
-@router.post("/promotions/{promotion_id}/rollback", response_model=Envelope, tags=["promotions"])
+@router.post("/promotions/{promotion_id}/rollback", response_model=Envelope, tags=["promotions"],
+             responses={501: {"model": ErrorResponse, "description": "this build's tuning loop cannot roll back"}})
 async def rollback(who: Operator, request: Request, promotion_id: RowId, body: DecisionBody | None = None) -> Any:
     """Undo an applied promotion: the backup taken at the apply is restored and the reload command runs."""
     from healing.errors import InputError
