@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.config:
         os.environ["SELFHEAL_CONFIG"] = args.config
     try:
-        _configure_logging()
+        _apply_configuration()
         return int(args.func(args) or 0)
     except SelfHealError as exc:
         return _fail(args, str(exc), exc.exit_code, getattr(exc, "lines", None))
@@ -110,13 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, f"internal error: {type(exc).__name__}: {msg} (set SELFHEAL_DEBUG=1 for a traceback)", EXIT_UNKNOWN)
 
 
-def _configure_logging() -> None:
-    """Apply the config file's ``logging`` section (level, file, format) to every command that logs."""
+def _apply_configuration() -> None:
+    """Validate the whole configuration file before any command runs, and apply its ``logging`` section
+    (level, file, format) to every command that logs."""
     if not os.environ.get("SELFHEAL_CONFIG"):
-        return  # logging is configured by the file only; without one, commands log as before
-    from healing.config import load_settings
+        return  # without a file: defaults and variables, which load_settings checks where they are read
+    from healing.config import load_settings, validate_configuration
 
     settings = load_settings()
+    validate_configuration(settings)
     if settings.raw.get("logging"):
         from healing.worker import configure_logging
 

@@ -2,9 +2,10 @@
 
 Precedence (highest first): environment variables, the YAML file named by ``--config`` /
 ``SELFHEAL_CONFIG``, built-in defaults. The whole configuration is validated at load
-(healing.config_schema: a pydantic schema plus the subsystems' own parsers, the same rules for the
-file and the environment): an unknown key is named with the nearest known one, and every problem is
-reported in one line of a :class:`ConfigError`.
+(healing.config_schema: a pydantic schema, the same rules for the file and the environment): an unknown
+key is named with the nearest known one, and every problem is reported in one line of a
+:class:`ConfigError`. :func:`validate_configuration` adds the values of the sections other subsystems
+parse, by their parsers (the CLI runs it before every command).
 
 Sections follow the image guide's YAML (``vision_model``, ``health_check``, ``monitoring``,
 ``healing``, ``logging``) plus ``pixelrts``, ``tuning`` and ``dashboard``. Sections that a
@@ -14,7 +15,6 @@ subsystem validates itself (``tuning``) stay available as plain dicts in ``Setti
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,7 +253,6 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     raw = read_yaml(config_path) if config_path else {}
     from healing.config_schema import (
         ConfigValidationError,
-        delegated_lines,
         known_valid,
         remember_valid,
         schema_lines,
@@ -261,11 +260,11 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     )
 
     stamp = validation_stamp(raw, env)
-    checked = known_valid(stamp) or getattr(_validating, "active", False)
-    if not checked:
+    if not known_valid(stamp):
         problems = schema_lines(raw, env)
         if problems:
             raise ConfigValidationError(problems)
+        remember_valid(stamp)
 
     home = Path(env.get("SELFHEAL_HOME") or raw.get("home") or Path.home() / ".selfheal").expanduser()
     database_url = env.get("SELFHEAL_DATABASE_URL") or raw.get("database_url") or f"sqlite:///{home / 'selfheal.db'}"
@@ -368,17 +367,15 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     s.pixelrts.max_metadata_bytes = _as_number(
         "pixelrts.max_metadata_bytes", px.get("max_metadata_bytes", s.pixelrts.max_metadata_bytes), int, 1024, 1 << 30
     )
-    if not checked:
-        # The sections other subsystems parse (tuning, api, dashboard, worker, database, audit), by their parsers.
-        _validating.active = True
-        try:
-            problems = delegated_lines(s)
-        finally:
-            _validating.active = False
-        if problems:
-            raise ConfigValidationError(problems)
-        remember_valid(stamp)
     return s
 
 
-_validating = threading.local()  # a subsystem parser that loads the settings itself must not recurse
+def validate_configuration(settings: Settings) -> None:
+    """Also the values of the sections other subsystems parse (tuning, api, dashboard, worker, database,
+    audit), by their own parsers; every problem one line of a ConfigError. The CLI calls this before any
+    command runs; ``load_settings`` alone checks the schema (every key known, the values of its sections)."""
+    from healing.config_schema import ConfigValidationError, delegated_lines
+
+    problems = delegated_lines(settings)
+    if problems:
+        raise ConfigValidationError(problems)

@@ -13,6 +13,10 @@ the subsystems' own parsers for theirs, and the same rules for the file and the 
   (storage.engine), ``audit`` (storage.audit). For the parsers that do not reject unknown keys,
   the known keys are the fields of their settings dataclass.
 - All problems are reported together, one line each (:class:`ConfigValidationError`).
+
+``load_settings`` runs the schema (:func:`schema_lines`, cached per file content and environment);
+the subsystems' parsers run in :func:`healing.config.validate_configuration`, which the CLI calls
+before every command, so a library user who never touches tuning does not import it.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from healing.config import (
     PixelRTSSettings,
     VisionModelSettings,
     load_settings,
+    validate_configuration,
 )
 from healing.config_schema import ConfigValidationError, _models
 from healing.errors import ConfigError
@@ -113,14 +114,27 @@ def test_a_misspelled_variable_is_reported_and_unrelated_ones_are_not(tmp_path: 
 
 
 def test_delegated_sections_are_checked_by_their_parsers(tmp_path: Path) -> None:
+    # Unknown keys of sections whose parsers accept any key: at load, like every other key.
     assert problems(tmp_path, {"worker": {"threds": 2}}) == [
         "config: unknown key worker.threds (did you mean worker.threads?)"]
     assert problems(tmp_path, {"dashboard": {"page_sise": 20}}) == [
         "config: unknown key dashboard.page_sise (did you mean dashboard.page_size?)"]
-    assert problems(tmp_path, {"worker": {"threads": 0}}) == ["config: worker.threads must be ≥ 1, got 0"]
-    assert problems(tmp_path, {"database": {"busy_timeout_ms": 5}}) == ["config: database.busy_timeout_ms must be ≥ 100 ms, got 5"]
-    [tuning] = problems(tmp_path, {"tuning": {"mode": "dev", "max_params_per_candidate": "two"}})
-    assert tuning.startswith("config: tuning.max_params_per_candidate must be an integer")
+
+    # Values: by each subsystem's parser, all sections at once (the CLI does this before every command).
+    def validated(document: dict) -> list[str]:
+        path = tmp_path / "delegated.yaml"
+        path.write_text(yaml.safe_dump(document), encoding="utf-8")
+        settings_ = load_settings(path, env={"SELFHEAL_HOME": str(tmp_path)})
+        with pytest.raises(ConfigValidationError) as info:
+            validate_configuration(settings_)
+        return info.value.lines
+
+    lines = validated({"worker": {"threads": 0}, "database": {"busy_timeout_ms": 5},
+                       "tuning": {"mode": "dev", "max_params_per_candidate": "two"}, "api": {"max_batch_file": 3}})
+    assert lines[0].startswith("config: tuning.max_params_per_candidate must be an integer")
+    assert lines[1].startswith("config: api.max_batch_file is not a known key")
+    assert lines[2:] == ["config: worker.threads must be ≥ 1, got 0", "config: database.busy_timeout_ms must be ≥ 100 ms, got 5"]
+    validate_configuration(load_settings(env={"SELFHEAL_HOME": str(tmp_path)}))  # defaults are valid
 
 
 def test_the_cli_prints_each_problem_on_its_own_line_and_exits_3(tmp_path: Path) -> None:
@@ -233,3 +247,14 @@ def _load(document: dict) -> None:
         path = Path(tmp) / "c.yaml"
         path.write_text(yaml.safe_dump(document), encoding="utf-8")
         load_settings(path, env={"SELFHEAL_HOME": tmp})
+
+
+def test_every_command_refuses_a_bad_subsystem_section(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("tuning:\n  mode: dev\n  canary:\n    comand: [vllm, serve]\nworker:\n  threads: 0\n", encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "healing", "--config", str(config), "daemon", "status"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "SELFHEAL_HOME": str(tmp_path / "h")})
+    assert proc.returncode == 3 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("selfheal: config: tuning.canary has unknown key(s) comand (expected ")
+    assert lines[1] == "selfheal: config: worker.threads must be ≥ 1, got 0"
