@@ -121,7 +121,7 @@ def test_daemon_start_status_stop(home, image, tmp_path):
     assert run("register", str(image), home=home).returncode == 0
     assert run("daemon", "status", home=home).returncode == 3
     try:
-        out = run("--config", str(config), "daemon", "start", home=home)
+        out = run("daemon", "start", "--config", str(config), home=home)  # the guide's order: --config after start
         assert out.returncode == 0 and out.stdout.startswith("worker started (pid "), out.stderr
         pid = int((home / "worker.pid").read_text())
         out = run("daemon", "status", home=home)
