@@ -39,6 +39,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 from healing.tuning.actuators import GMU, MAX_MODEL_LEN, to_decimal
+from healing.tuning.catalogue import version_tuple
 from healing.tuning.runner_config import GpuProfileSettings, RunnerSettings
 
 MIB_PER_GIB = Decimal(1024)
@@ -175,13 +176,10 @@ class KvModel:
         return self.version is not None and self.version >= (0, 33)
 
 
-def version_tuple(text: Any) -> tuple[int, int] | None:
-    """(major, minor) of a version string such as "0.33.0"; None when it is not one."""
-    parts = str(text or "").split(".")
-    try:
-        return int(parts[0]), int(parts[1])
-    except (ValueError, IndexError):
-        return None
+def _major_minor(text: Any) -> tuple[int, int] | None:
+    """(major, minor) of a version string such as "0.33.0" (the catalogue's reading); None when it is not one."""
+    parts = version_tuple(str(text)) if text else ()
+    return (parts[0], parts[1]) if len(parts) >= 2 else None
 
 
 def kv_model(values: Mapping[str, Any], current: Mapping[str, Decimal], profile: GpuProfileSettings | None) -> KvModel:
@@ -200,7 +198,7 @@ def kv_model(values: Mapping[str, Any], current: Mapping[str, Decimal], profile:
     gmu = to_decimal(gmu_raw) if gmu_raw is not None else None
     block = profile.block_size if profile is not None else 16
     # the log's own vLLM version first (the Observer's _version), else the profile's
-    version = version_tuple(values.get("_version")) or (version_tuple(profile.vllm_version) if profile is not None else None)
+    version = _major_minor(values.get("_version")) or (_major_minor(profile.vllm_version) if profile is not None else None)
     in_budget = profile.graph_in_budget if profile is not None else True
     if version is not None:
         in_budget = version >= (0, 20)
@@ -340,8 +338,9 @@ class Preflight:
         needed = tokens * bpt
         capacity = self.capacity_tokens(gmu) or 0
         if needed > budget:
+            approx = f" {kv.bytes_per_token_from}" if kv.bytes_per_token_from.startswith("≈") else ""
             return PreflightResult(False, (
-                f"max_model_len {int(mml)} needs {_gb(needed)} GiB of KV cache ({tokens:,} tokens × {_per_token(bpt)}), "
+                f"max_model_len {int(mml)} needs {_gb(needed)} GiB of KV cache ({tokens:,} tokens × {_per_token(bpt)}{approx}), "
                 f"gpu_memory_utilization {gmu.normalize()} leaves {_gb(budget)} GiB ({how}): {int(mml) - capacity:,} token{'s' if int(mml) - capacity != 1 else ''} short "
                 f"{where}"))
         return PreflightResult(True, f"{fits} ({capacity:,} tokens ≥ max_model_len {int(mml)}) {where}")

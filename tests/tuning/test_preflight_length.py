@@ -114,7 +114,8 @@ def test_the_printed_kv_size_is_scaled_to_the_candidates_gmu() -> None:
     assert (kv.bytes_per_token, kv.printed_kv_gib, kv.printed_gmu) == (131072, D("0.79"), D("0.85"))
     pre = Preflight(GpuMemory(D("15.75"), D("0.25"), None, None, "nvml"), current, kv)
     same = pre.check({})
-    assert same.reason == ("max_model_len 8192 needs 1.00 GiB of KV cache (8,192 tokens × 128 KiB/token), gpu_memory_utilization "
+    assert same.reason == ("max_model_len 8192 needs 1.00 GiB of KV cache (8,192 tokens × 128 KiB/token ≈ from the printed 1.00 GiB "
+                           "for 8,192 tokens), gpu_memory_utilization "
                            "0.85 leaves 0.78 GiB (printed KV cache 0.79 GiB at gpu_memory_utilization 0.85 less 0.005 GiB of print "
                            "rounding): 1,776 tokens short (nvml)")
     raised = pre.check({GMU: 0.9})
