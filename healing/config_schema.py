@@ -44,12 +44,10 @@ ENV_KEYS: dict[str, str] = {
     "VLM_BACKUP_BEFORE_HEAL": "healing.backup_before_heal",
     "VLM_MAX_HEAL_ATTEMPTS": "healing.max_heal_attempts",
     "SELFHEAL_MAX_PIXELS": "pixelrts.max_pixels",
-    "SELFHEAL_HOME": "home",
-    "SELFHEAL_DATABASE_URL": "database_url",
 }
 # Variables of the same families that are not configuration keys (still known: never "misspelled").
 OTHER_ENV_NAMES = (
-    "SELFHEAL_CONFIG", "SELFHEAL_MODE", "KLR_SELF_HEALING_MODE", "SELFHEAL_DB_BUSY_TIMEOUT_MS",
+    "SELFHEAL_HOME", "SELFHEAL_DATABASE_URL", "SELFHEAL_CONFIG", "SELFHEAL_MODE", "KLR_SELF_HEALING_MODE", "SELFHEAL_DB_BUSY_TIMEOUT_MS",
     "SELFHEAL_AUDIT_KEY_FILE", "SELFHEAL_AUDIT_CHECKPOINT_FILE", "SELFHEAL_DEBUG", "SELFHEAL_DASHBOARD_PASSWORD",
     "SELFHEAL_DASHBOARD_AUTH", "SELFHEAL_DASHBOARD_PORT", "SELFHEAL_API_PORT", "SELFHEAL_TEST_POSTGRES_URL",
     "SELFHEAL_BENCH_QUICK", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL",
@@ -305,11 +303,13 @@ def env_typo_lines(env: Mapping[str, str]) -> list[str]:
 
 def schema_lines(raw: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
     """Every problem the schema finds in the file + environment, one line each (empty when valid)."""
+    data, origins = effective_document(raw, env)
+    lines = env_typo_lines(env)
+    if not data:
+        return lines  # defaults only: valid by construction, and building the schema costs ~0.1 s
     from pydantic import ValidationError
 
     root = _models()["root"]
-    data, origins = effective_document(raw, env)
-    lines = env_typo_lines(env)
     try:
         root.model_validate(data)
     except ValidationError as exc:
