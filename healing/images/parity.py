@@ -18,7 +18,8 @@ Parity file layout (``$SELFHEAL_HOME/golden/<aa>/<sha256>.parity``, beside the g
 inside the image, so the image stays byte-exact)::
 
     MAGIC  u32 len(header)  header  sha256(header)        the header, first copy
-    shard 0 … shard G*r-1 (block_size bytes each, group-major)
+    the G*r parity shards (block_size bytes each), parity 0 of every group, then parity 1 of every
+    group, …: a burst in the parity file, too, costs each group few shards
     header  sha256(header)  u32 len(header)  MAGIC        the header, second copy (read from the end)
 
 ``header`` = u32 len(json) + JSON (version, block_size, k, r, groups, file_length, file_sha256, …)
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -88,6 +88,10 @@ class Layout:
     @property
     def parity_bytes(self) -> int:
         return self.n_shards * self.block_size
+
+    def shard_position(self, shard: int) -> int:
+        """Where shard ``shard`` (= group * r + j) sits among the stored shards (j-major order)."""
+        return (shard % self.r) * self.groups + shard // self.r
 
     @property
     def recoverable_burst_bytes(self) -> int:
@@ -176,7 +180,8 @@ def encode(data: bytes | memoryview, percent: float) -> bytes:
                      b"".join(_hash(s) for s in shards))
     digest = hashlib.sha256(header).digest()
     length = _U32.pack(len(header))
-    return b"".join([MAGIC, length, header, digest, *shards, header, digest, length, MAGIC])
+    stored = [shards[group * layout.r + j] for j in range(layout.r) for group in range(layout.groups)]
+    return b"".join([MAGIC, length, header, digest, *stored, header, digest, length, MAGIC])
 
 
 def _header(layout: Layout, percent: float, file_sha256: str, block_hashes: bytes, shard_hashes: bytes) -> bytes:
@@ -260,7 +265,8 @@ def parse(raw: bytes) -> Parity:
     size = layout.block_size
     shards: list[bytes | None] = []
     for i, expected in enumerate(shard_hashes):
-        shard = raw[base + i * size:base + (i + 1) * size]
+        at = base + layout.shard_position(i) * size
+        shard = raw[at:at + size]
         shards.append(shard if len(shard) == size and _hash(shard) == expected else None)
     return Parity(layout, file_sha, percent, block_hashes, shard_hashes, shards, sum(c is not None for c in copies))
 
