@@ -186,8 +186,9 @@ def kv_model(values: Mapping[str, Any], current: Mapping[str, Decimal], profile:
     """The KV model of one intent: the printed KV size of its message first, the GPU profile for the rest.
 
     The message's KV size at the running gmu: ``available_gib`` of "To serve at least one request …"
-    (with its ``needed_gib`` for ``max_model_len`` tokens), or minus ``deficit_gib`` of "No available
-    memory for the cache blocks" (a multimodal reservation's ``reserved_gib`` is not a KV budget).
+    (with its ``needed_gib`` for ``max_model_len`` tokens), minus ``deficit_gib`` of "No available
+    memory for the cache blocks" (a multimodal reservation's ``reserved_gib`` is not a KV budget), or
+    V0's ``kv_cache_tokens`` × bytes per token.
     """
     printed: Decimal | None = None
     if values.get("needed_gib") is not None and values.get("available_gib") is not None:
@@ -208,6 +209,9 @@ def kv_model(values: Mapping[str, Any], current: Mapping[str, Decimal], profile:
         needed = to_decimal(values["needed_gib"]) * GIB_BYTES
         if needed > 0:
             bpt, bpt_from = int(needed / tokens), f"≈ from the printed {_g(to_decimal(values['needed_gib']))} GiB for {tokens:,} tokens"
+    if printed is None and values.get("kv_cache_tokens") is not None and bpt:
+        # V0's "… larger than the maximum number of tokens that can be stored in KV cache (N)": N tokens of budget
+        printed = Decimal(int(values["kv_cache_tokens"]) * bpt) / GIB_BYTES
     return KvModel(bytes_per_token=bpt, bytes_per_token_from=bpt_from, block_size=block,
                    model_max_len=profile.model_max_len if profile is not None else None,
                    graph_gib=profile.graph_gib if profile is not None else None,

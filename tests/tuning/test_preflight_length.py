@@ -124,6 +124,9 @@ def test_the_printed_kv_size_is_scaled_to_the_candidates_gmu() -> None:
     # kv_cache_no_memory: minus the deficit is the budget; a multimodal reservation's numbers are not
     assert kv_model({"deficit_gib": 0.9, "gpu_memory_utilization": 0.8}, {}, None).printed_kv_gib == D("-0.9")
     assert kv_model({"deficit_gib": 0.1, "reserved_gib": 2.0, "available_gib": 1.9}, {GMU: D("0.8")}, None).printed_kv_gib is None
+    # V0: "max_model_len 8192 is larger than the maximum number of tokens that can be stored in KV cache (2608)"
+    v0 = kv_model({"max_model_len": 8192, "kv_cache_tokens": 2608}, {GMU: D("0.9")}, parse_gpu_profile("tight"))
+    assert (v0.printed_kv_gib, v0.printed_gmu) == (D("0.318359375"), D("0.9"))
 
 
 # --------------------------------------------------------------------------- canary beside production
