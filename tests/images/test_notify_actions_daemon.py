@@ -172,3 +172,28 @@ def test_daemon_api_as_in_the_guide(settings, make_image):
     assert [(h["outcome"], h["detail"]["action"].endswith("custom_heal")) for h in heals] == [("healed", True)]
     with WorkerLock(settings.home):  # stop() released it
         pass
+
+
+def test_daemon_start_runs_until_stop_is_awaited_from_another_task(settings, make_image):
+    image = make_image()
+    daemon = VLMSelfHealingDaemon(check_interval=300, auto_heal=False)
+    daemon.register_image(str(image))
+    events = []
+
+    async def main():
+        runner = asyncio.create_task(daemon.start())
+        for _ in range(200):  # the first cycle checks the image at once
+            if daemon.last_results:
+                break
+            await asyncio.sleep(0.05)
+        events.append(("checked", [r.status for r in daemon.last_results], runner.done()))
+        await asyncio.sleep(0.3)
+        events.append(("still running", runner.done()))
+        await daemon.stop()
+        await asyncio.wait_for(runner, 10)  # start() returns once stopped
+        events.append(("returned", runner.done(), daemon.running))
+
+    asyncio.run(main())
+    assert events == [("checked", ["healthy"], False), ("still running", False), ("returned", True, False)]
+    with WorkerLock(settings.home):  # released
+        pass
