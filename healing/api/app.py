@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from healing.api import guide, operator
-from healing.api.auth import Credentials, caller
+from healing.api.auth import Credentials, TokenGate, caller
 from healing.api.errors import ERROR_RESPONSES, install_handlers
 from healing.api.limits import BodyLimit
 from healing.api.metrics import ChainStatus, DatabaseCollector, render
@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def metrics_access(request: Request, credentials: Credentials) -> None:
         if not request.app.state.api.public_metrics:
-            await caller(credentials)
+            await caller(request, credentials)
 
     @app.get("/metrics", tags=["monitoring"], response_class=Response, dependencies=[Depends(metrics_access)],
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"},
@@ -83,4 +83,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(await run_in_threadpool(render, request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimit, limit_for=body_limits(api))
+    app.add_middleware(TokenGate)  # outermost: no token, no body read
     return app

@@ -6,9 +6,9 @@ whose role is too low → 403. The token is hashed before anything else touches 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
@@ -34,16 +34,57 @@ def _lookup(token: str) -> Principal | None:
 
 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+MISSING = ("missing bearer token: send 'Authorization: Bearer TOKEN' "
+           "(selfheal api token create NAME --role viewer|operator)")
+INVALID = "invalid or revoked token"
 
 
-async def caller(credentials: Credentials) -> Principal:
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise ApiError(401, "missing bearer token: send 'Authorization: Bearer TOKEN' "
-                            "(selfheal api token create NAME --role viewer|operator)", _CHALLENGE)
-    principal = await run_in_threadpool(_lookup, credentials.credentials)
+async def principal_for(scheme: str, token: str) -> Principal:
+    """The caller named by an Authorization header's scheme and token; ApiError 401 otherwise."""
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, MISSING, _CHALLENGE)
+    principal = await run_in_threadpool(_lookup, token)
     if principal is None:
-        raise ApiError(401, "invalid or revoked token", _CHALLENGE)
+        raise ApiError(401, INVALID, _CHALLENGE)
     return principal
+
+
+async def caller(request: Request, credentials: Credentials) -> Principal:
+    known = getattr(request.state, "principal", None)  # already proven by TokenGate
+    if isinstance(known, Principal):
+        return known
+    if credentials is None:
+        raise ApiError(401, MISSING, _CHALLENGE)
+    return await principal_for(credentials.scheme, credentials.credentials)
+
+
+class TokenGate:
+    """ASGI middleware: every /api/ request must carry a valid token before its body is read, so an
+    anonymous client cannot make the server receive and parse an upload. Roles are checked later, by
+    the endpoints' dependencies (which reuse the principal found here)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        from healing.api.errors import error_response, status_of
+        from healing.errors import SelfHealError
+
+        header = next((v for k, v in scope.get("headers", []) if k == b"authorization"), b"").decode("latin-1")
+        scheme, _, token = header.strip().partition(" ")
+        try:
+            principal = await principal_for(scheme, token.strip())
+        except ApiError as exc:  # the body is never read, so the connection cannot be reused: close it
+            await error_response(exc.status, exc.message, {**(exc.headers or {}), "Connection": "close"})(scope, receive, send)
+            return
+        except SelfHealError as exc:  # the database cannot be read: 503, one line
+            await error_response(status_of(exc), str(exc), {"Connection": "close"})(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
 
 
 def role(required: str):  # type: ignore[no-untyped-def]

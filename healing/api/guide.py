@@ -101,7 +101,7 @@ def version() -> str:
 async def health_access(request: Request, credentials: Credentials) -> None:
     """/health is open unless ``api.public_health`` is false; then any valid token may read it."""
     if not _api(request).public_health:
-        await caller(credentials)
+        await caller(request, credentials)
 
 
 def _database_state() -> str:

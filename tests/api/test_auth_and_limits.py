@@ -109,6 +109,16 @@ def test_a_declared_huge_body_is_refused_413_before_any_of_it_is_sent(api: ApiSe
     assert took < 5
 
 
+def test_an_anonymous_upload_is_refused_401_before_its_body_is_read(api: ApiServer) -> None:
+    head = (b"POST /api/v1/analyze HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 1048576\r\n\r\n")  # within the limit, but nothing of it is sent
+    answer, took = _raw_request(api, head)
+    assert answer.startswith(b"HTTP/1.1 401 ")
+    assert b"www-authenticate: Bearer" in answer.lower().replace(b"bearer", b"Bearer")
+    assert answer.endswith(b'{"success":false,"error":"' + MISSING.encode() + b'"}')
+    assert took < 5
+
+
 def test_a_chunked_body_is_cut_off_at_the_limit(api: ApiServer) -> None:
     def chunks() -> Iterator[bytes]:
         yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n"
