@@ -386,3 +386,25 @@ def test_cli_create_for_a_registered_image_uses_the_golden_copy_when_the_file_is
     assert out.returncode == 2
     assert "differs from its registered content and the golden copy is missing or damaged" in out.stderr
     assert os.path.exists(json.loads(run(_isolated_home, "parity", "verify", str(image), "--json").stdout)["parity_path"])
+
+
+def test_a_parity_repair_killed_after_the_replace_is_reconciled(settings, registered):
+    """A process killed between the atomic replace and its final heal row: the file is the repaired one,
+    the row stays "started", and the next start finishes it as restored (the file has the sha256 the
+    started row names)."""
+    import sys
+
+    image, good, out = registered
+    image.write_bytes(mutate(good, 100, 10))
+    script = ("import os, healing.images.healer as h\n"
+              "h.sha256_file = lambda *a, **k: os._exit(9)  # dies right after the replace\n"
+              "from healing.config import load_settings\n"
+              "from healing.images.service import ImageService\n"
+              f"ImageService(load_settings()).heal({str(image)!r})\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env=subprocess_env(SELFHEAL_HOME=str(settings.home)))
+    assert proc.returncode == 9, proc.stderr
+    assert image.read_bytes() == good
+    assert heal_rows(out["image"]["id"]) == [("repair_parity", "started")]
+    assert ImageService(settings).reconcile_heals() == [out["image"]["id"]]
+    assert heal_rows(out["image"]["id"]) == [("repair_parity", "restored")]
