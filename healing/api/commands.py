@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
     p.set_defaults(func=cmd_api)
-    asub = p.add_subparsers(dest="api_command", metavar="ACTION", parser_class=type(p))
+    asub = p.add_subparsers(dest="api_command", metavar="[token ...]", parser_class=type(p))
     token = asub.add_parser("token", help="create, list or revoke bearer tokens")
     tsub = token.add_subparsers(dest="token_command", metavar="ACTION", parser_class=type(p))
     tsub.required = True
