@@ -6,6 +6,7 @@ whose role is too low → 403. The token is hashed before anything else touches 
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -25,12 +26,19 @@ def _lookup(token: str) -> Principal | None:
     with session_scope(write=False) as session:
         principal, stale = authenticate(session, token)
     if principal is not None and stale:
-        try:
-            with session_scope() as session:
-                touch(session, principal.name)
-        except Exception:  # a busy database must not refuse a valid token; last_used_at is a convenience
-            pass
+        # In the background: a writer holding the database must not delay (or refuse) a valid token.
+        threading.Thread(target=_touch, args=(principal.name,), name="api-token-touch", daemon=True).start()
     return principal
+
+
+def _touch(name: str) -> None:
+    from storage.engine import session_scope
+
+    try:
+        with session_scope() as session:
+            touch(session, name)
+    except Exception:  # last_used_at is a convenience; a busy database skips one refresh
+        pass
 
 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]

@@ -197,3 +197,17 @@ def test_openapi_and_docs_are_served(api: ApiServer) -> None:
 def test_httpx_default_client_sees_json_errors_for_unknown_methods(api: ApiServer) -> None:
     response = httpx.request("PATCH", f"{api.base}/health")
     assert one_line_error(response, 405) == "Method Not Allowed"
+
+
+def test_a_used_token_gets_its_last_used_time(api: ApiServer) -> None:
+    import sqlite3
+
+    def last_used() -> str | None:
+        with sqlite3.connect(api.home / "selfheal.db") as db:
+            return db.execute("SELECT last_used_at FROM api_tokens WHERE name = 'watcher'").fetchone()[0]
+
+    assert api.client(api.tokens["watcher"]).get("/api/v1/models").status_code == 200
+    deadline = time.monotonic() + 5
+    while last_used() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert last_used() is not None
