@@ -199,14 +199,23 @@ def test_httpx_default_client_sees_json_errors_for_unknown_methods(api: ApiServe
     assert one_line_error(response, 405) == "Method Not Allowed"
 
 
-def test_a_used_token_gets_its_last_used_time(api: ApiServer) -> None:
+def test_a_used_token_gets_its_last_used_time(server_home: ApiServer) -> None:
     import sqlite3
+
+    from healing.api.tokens import create_token
+    from storage.engine import session_scope
+
+    api = server_home
+    with session_scope() as session:
+        token, row = create_token(session, "fresh", "viewer", actor="test")
+    assert row["last_used_at"] is None
 
     def last_used() -> str | None:
         with sqlite3.connect(api.home / "selfheal.db") as db:
-            return db.execute("SELECT last_used_at FROM api_tokens WHERE name = 'watcher'").fetchone()[0]
+            return db.execute("SELECT last_used_at FROM api_tokens WHERE name = 'fresh'").fetchone()[0]
 
-    assert api.client(api.tokens["watcher"]).get("/api/v1/models").status_code == 200
+    assert last_used() is None
+    assert api.client(token).get("/api/v1/models").status_code == 200
     deadline = time.monotonic() + 5
     while last_used() is None and time.monotonic() < deadline:
         time.sleep(0.05)
