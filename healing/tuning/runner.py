@@ -2,10 +2,10 @@
 
 ``process_pending_intents(settings)`` is one cycle (the worker's ``tune`` hook and ``selfheal tune run``):
 
+0. poll the post-promotion watches (healing.tuning.watch: verified or rolled back);
 1. read the configured log sources (new lines only) and record intents / escalations;
-2. expire promotions that waited longer than ``tuning.promotion_ttl_s``, close work a killed
-   process left behind (runs still "running" after ``tuning.stale_after_s`` fail as "interrupted"),
-   and poll the post-promotion watches (healing.tuning.watch: verified or rolled back);
+2. expire promotions that waited longer than ``tuning.promotion_ttl_s`` and close work a killed
+   process left behind (runs still "running" after ``tuning.stale_after_s`` fail as "interrupted");
 3. take the open intents (oldest first) and, per intent, honour the mode:
    ``disabled`` → archived HEALING_DISABLED (observed and recorded only);
    otherwise a run slot is claimed transactionally (storage.ratelimit.claim_run_slot: 3 runs/24 h,
@@ -122,6 +122,9 @@ class TuningRunner:
         from storage import tuning_queries as tq
         from storage.engine import session_scope
 
+        # the watches first: a failure of a just-applied config is the promotion's (rolled back, and the
+        # main follower skips those lines) rather than a new intent against the restored values
+        watches = self.check_watches(now)
         observed: list[dict[str, Any]] = []
         if observe:
             from healing.tuning.promotions import read_target_values
@@ -132,7 +135,6 @@ class TuningRunner:
             self._alerts += [o["alert_id"] for o in observed if o.get("alert_id")]
         expired = [p["id"] for p in expire_promotions(now)] if expire else []
         recovered = self.recover_interrupted(now)
-        watches = self.check_watches(now)
         with session_scope() as session:
             intents = tq.claim_open_intents(session, limit=self.runner.intents_per_call, now=now, subsystems=subsystems)
         outcomes = [self.process_intent(intent, now=now) for intent in intents]

@@ -153,6 +153,33 @@ def record_event(settings: Settings, event: ObserverEvent, *, source: str, subsy
     return {"action": "escalated", "class": cls, "intent_id": intent["id"], "alert_id": alert["id"], "reason": reason}
 
 
+def skip_to(settings: Settings, positions: dict[str, Any]) -> list[str]:
+    """Move the saved read positions of these sources forward to ``positions`` ({path: {inode, offset}}).
+
+    After an automatic rollback the lines the watch read were the rolled-back config's: the Observer must
+    not turn them into an intent against the restored values. A position is only moved forward within
+    the same file (inode); returns the paths moved.
+    """
+    directory = tuning_dir(settings)
+    state_path = directory / STATE_FILE
+    moved: list[str] = []
+    with _locked(directory / (STATE_FILE + ".lock")):
+        state = _load_state(state_path)
+        for path, pos in positions.items():
+            if not isinstance(pos, dict) or pos.get("inode") is None:
+                continue
+            saved = state.get(path)
+            if isinstance(saved, dict) and saved.get("inode") == pos["inode"] and int(saved.get("offset") or 0) >= int(pos["offset"]):
+                continue
+            if isinstance(saved, dict) and saved.get("inode") not in (None, pos["inode"]):
+                continue  # the main follower is on another file (rotated): leave it
+            state[path] = {**(saved if isinstance(saved, dict) else {}), "inode": pos["inode"], "offset": int(pos["offset"])}
+            moved.append(path)
+        if moved:
+            _save_state(state_path, state)
+    return moved
+
+
 def observe_log_sources(settings: Settings, runner: RunnerSettings, tuning: TuningSettings,
                         current: dict[str, Any] | None = None, now: datetime | None = None) -> list[dict[str, Any]]:
     """Read what the configured sources appended since the last call; returns one record per event."""

@@ -18,8 +18,9 @@ Flagger) applied to one service:
   on ``regression_polls`` consecutive polls → rollback.
 
 A rollback restores the backup taken at the apply, runs the reload command, marks the promotion
-``rolled_back`` with the reason and raises a critical ``tuning_rollback`` alert; a window that passes
-marks the watch ``verified``. Each step is an audit event (promotion.watch_started, watch_failed,
+``rolled_back`` with the reason and raises a critical ``tuning_rollback`` alert; the main log follower
+is moved past the lines the watch read (they were the rolled-back config's failure, not a new intent
+against the restored values). A window that passes marks the watch ``verified``. Each step is an audit event (promotion.watch_started, watch_failed,
 file_restored, reload, rolled_back, watch_rolled_back / watch_verified).
 
 Nothing here blocks for the window: the watch is a database row (promotion, until, baseline, probe
@@ -290,7 +291,11 @@ def check_watch(settings: Settings, watch: Mapping[str, Any], runner: RunnerSett
                     reason="rollback_failed", message=f"watch failed ({reason}) and the rollback failed: {exc}",
                     webhook=settings.healing.notification.enabled, actor=ACTOR, now=now)
                 return {"promotion_id": pid, "state": "stopped", "reason": f"rollback failed: {exc}", "alert_id": alert["id"]}
-            return {"promotion_id": pid, "state": "rolled_back", "reason": reason,
+            from healing.tuning.sources import skip_to
+
+            # the lines read so far were the rolled-back config's: not an intent against the restored values
+            skipped = skip_to(settings, progress.get("logs") or {})
+            return {"promotion_id": pid, "state": "rolled_back", "reason": reason, "skipped_logs": skipped,
                     "alert_id": promo["rollback"].get("alert_id"), "reload_problem": promo["rollback"].get("reload_problem")}
         if now >= row["until"] and healthy_now:
             text = (f"verified: {(now - started).total_seconds():.0f} s after the apply without a failure"

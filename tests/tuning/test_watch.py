@@ -338,3 +338,25 @@ def test_no_watch_when_the_window_is_zero_and_tune_watch_says_so(tmp_path: Path,
     second = _apply(settings, datetime.now(UTC))
     with session_scope(write=False) as session:
         assert session.get(PromotionWatch, second) is None
+
+
+def test_after_a_rollback_the_observer_does_not_blame_the_restored_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                          db_url: str, service: Service) -> None:  # noqa: F811
+    from healing.tuning.runner import process_pending_intents
+
+    settings, target, log, _marker = _setup(tmp_path, monkeypatch, service)
+    assert process_pending_intents(settings, now=T0)["observed"] == []  # the main follower is at the end of the log
+    pid = _apply(settings)
+    with log.open("a") as fh:
+        fh.write(OOM)
+
+    summary = process_pending_intents(settings, now=T0 + timedelta(seconds=5))  # the watches go first
+
+    [watch] = summary["watches"]
+    assert (watch["promotion_id"], watch["state"], watch["skipped_logs"]) == (pid, "rolled_back", [str(log)])
+    # the OOM was the promoted config's: no intent to lower gmu from the restored 0.8
+    assert summary["observed"] == [] and summary["intents"] == []
+    assert target.read_bytes() == TARGET.encode()
+    with log.open("a") as fh:  # a failure after the rollback is the restored config's own: observed as usual
+        fh.write(OOM)
+    assert [o["class"] for o in process_pending_intents(settings, now=T0 + timedelta(seconds=10))["observed"]] == ["cuda_oom_torch"]
