@@ -129,7 +129,6 @@ def repair_from_parity(
     from healing.images import parity as parity_mod
     from healing.images.golden import atomic_write_bytes
     from healing.pixelrts import verify
-    from healing.safeio import read_regular
 
     image = Path(image)
     outcome = HealOutcome(str(image), "repair_parity", False, "")
@@ -143,7 +142,7 @@ def repair_from_parity(
     data = b""
     if kind == "a regular file":
         try:
-            data = read_regular(image, follow_symlinks=False)
+            data = parity_mod.read_image_bytes(image, parity.layout.file_length)
         except InputError:
             data = b""  # replaced while we looked: nothing of it is trusted
         outcome.before_sha256 = hashlib.sha256(data).hexdigest()

@@ -420,6 +420,15 @@ def _state_path(path: Path) -> Path:
         path.with_name(path.name + STATE_SUFFIX)
 
 
+def read_image_bytes(path: str | os.PathLike[str], expected_length: int, *, follow_symlinks: bool = False) -> bytes:
+    """The bytes of the image at ``path`` that a repair can use: at most ``expected_length`` + 1 (one
+    more than recorded says "longer than recorded"; a file grown to any size is never read whole)."""
+    from healing.safeio import open_regular
+
+    with open_regular(path, follow_symlinks=follow_symlinks, what="an image file") as fh:
+        return fh.read(expected_length + 1)
+
+
 def write_parity(data: bytes, target: str | os.PathLike[str], percent: float) -> Parity:
     """Compute the parity of ``data`` and write it atomically to ``target`` (owner read-only; a symlink
     at ``target`` is refused). Returns the parsed parity."""

@@ -9,6 +9,7 @@ the file cannot be read. ``create`` exits 0, or 2 when only damaged content is a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -68,15 +69,21 @@ def _registered(settings: Any, image: str) -> dict[str, Any] | None:
         return queries.get_image(session, path=normalise_path(image))
 
 
-def _image_bytes(path: str, *, registered: bool) -> tuple[bytes, str | None]:
-    """The file's bytes; a registered image's entry is never followed (a link or FIFO there counts as
-    lost content, with a note), an ad-hoc path must be a regular file."""
+def _image_bytes(path: str, *, registered: bool, limit: int | None = None) -> tuple[bytes, str | None]:
+    """The file's bytes (at most ``limit`` + 1 when given: all a repair can use); a registered image's
+    entry is never followed (a link or FIFO there counts as lost content, with a note), an ad-hoc path
+    must be a regular file."""
+    from healing.images.parity import read_image_bytes
     from healing.safeio import lstat_kind, read_regular
 
     if not registered:
+        if limit is not None:
+            return read_image_bytes(path, limit, follow_symlinks=True), None
         return read_regular(path, what="an image file"), None
     kind = lstat_kind(path)
     if kind == "a regular file":
+        if limit is not None:
+            return read_image_bytes(path, limit), None
         return read_regular(path, follow_symlinks=False, what="an image file"), None
     return b"", f"registered image is {kind or 'missing'}: all of its content counts as lost"
 
@@ -92,7 +99,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.out:
         data, _ = _image_bytes(args.image, registered=False)
-        target, sha = Path(args.out), None
+        target = Path(args.out)
         parity = P.write_parity(data, target, percent)
         sha = parity.file_sha256
     else:
@@ -101,8 +108,6 @@ def cmd_create(args: argparse.Namespace) -> int:
             raise InputError(f"{args.image}: not registered; register it, or pass --out FILE for parity of any file")
         sha = str(image["golden_sha256"])
         data, _ = _image_bytes(image["path"], registered=True)
-        import hashlib
-
         if hashlib.sha256(data).hexdigest() != sha:
             store = GoldenStore(settings.golden_dir)
             ref = store.ref(sha)
@@ -139,7 +144,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         path, parity_file = args.image, Path(args.parity)
     parity = P.load(parity_file)  # ParityError: exit 3 (no usable parity)
-    data, note = _image_bytes(path, registered=registered)
+    data, note = _image_bytes(path, registered=registered, limit=parity.layout.file_length)
     diagnosis = P.diagnose(data, parity)
     if registered:
         P.record_verified(parity_file, diagnosis)
