@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import replace
-from typing import Annotated, Any
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from pydantic import BaseModel
@@ -210,16 +210,67 @@ def _overlays(loaded: Any, methods: tuple[str, ...], edge_method: str, block_siz
     return out
 
 
+@dataclass(frozen=True)
+class Parameters:
+    """The methods' parameters listed by GET /api/v1/models (the guide's detector arguments); None: the default."""
+
+    threshold: float | None = None
+    low_threshold: float | None = None
+    high_threshold: float | None = None
+    max_frequencies: int | None = None
+    eps: float | None = None
+    min_samples: int | None = None
+    feature_type: str | None = None
+    block_size: int | None = None
+
+    def check(self) -> Parameters:
+        low = 50.0 if self.low_threshold is None else self.low_threshold
+        high = 150.0 if self.high_threshold is None else self.high_threshold
+        if low > high:
+            raise ApiError(400, f"low_threshold ({low:g}) must not exceed high_threshold ({high:g})")
+        if self.block_size is not None and self.block_size % 4:
+            raise ApiError(400, f"block_size must be a multiple of 4 bytes (one pixel), got {self.block_size}")
+        return self
+
+
+def _apply_parameters(result: dict[str, Any], loaded: Any, methods: tuple[str, ...], edge_method: str,
+                      params: Parameters) -> None:
+    """Recompute the methods whose parameters were given, on the same reduced picture analyze_image uses."""
+    from healing.analysis.edges import canny_edges, sobel_edges
+    from healing.analysis.engine import DEFAULT_ANALYSIS_SIZE
+    from healing.analysis.fourier import analyze_fourier
+    from healing.analysis.imaging import downscale
+
+    edges_given = params.threshold is not None or params.low_threshold is not None or params.high_threshold is not None
+    if not ((edges_given and "edges" in methods) or (params.max_frequencies is not None and "fourier" in methods)):
+        return
+    small, scale = downscale(loaded.pixels, DEFAULT_ANALYSIS_SIZE)
+    if edges_given and "edges" in methods:
+        if edge_method == "canny":
+            low = 50.0 if params.low_threshold is None else params.low_threshold
+            high = 150.0 if params.high_threshold is None else params.high_threshold
+            result["edges"] = canny_edges(small, low, high, scale=scale).to_dict()
+        else:
+            result["edges"] = sobel_edges(small, params.threshold, scale=scale).to_dict()
+    if params.max_frequencies is not None and "fourier" in methods:
+        result["fourier"] = analyze_fourier(small, params.max_frequencies, scale=scale).to_dict()
+
+
 def analyze_bytes(name: str, data: bytes, methods: tuple[str, ...], edge_method: str, overlay: bool,
-                  settings: Settings, api: ApiSettings) -> dict[str, Any]:
+                  settings: Settings, api: ApiSettings, params: Parameters | None = None) -> dict[str, Any]:
     """{"image": facts, "analysis": per method} of one upload (InputError/CorruptedError when unreadable)."""
     from healing.analysis.engine import analyze_image
     from healing.analysis.loading import load_image
 
-    block_size = settings.health_check.block_size
+    params = params or Parameters()
+    block_size = params.block_size or settings.health_check.block_size
+    clustering = {k: v for k, v in (("eps", params.eps), ("min_samples", params.min_samples)) if v is not None}
     with temporary_file(name, data) as path:
         loaded = load_image(path, max_pixels=api.max_upload_pixels, max_metadata_bytes=api.max_metadata_bytes)
-        result = analyze_image(loaded, methods, edge_method=edge_method, block_size=block_size)
+        result = analyze_image(loaded, methods, edge_method=edge_method, block_size=block_size, **clustering)
+        _apply_parameters(result, loaded, methods, edge_method, params)
+        if params.feature_type and "clusters" in methods:
+            result["clusters"] = {params.feature_type: result["clusters"][params.feature_type]}
         pictures = _overlays(loaded, methods, edge_method, block_size) if overlay else {}
     analysis = {}
     for method in methods:
@@ -236,16 +287,30 @@ async def analyze(request: Request, file: Annotated[UploadFile, File(description
                   _who: Viewer,
                   methods: Annotated[str | None, Form(description='JSON list, e.g. ["edges", "fourier"]; default all')] = None,
                   edge_method: Annotated[str, Form(description="sobel or canny")] = "sobel",
-                  return_overlay: Annotated[bool, Form(description="add data:image/png;base64 overlays")] = False) -> Any:
+                  return_overlay: Annotated[bool, Form(description="add data:image/png;base64 overlays")] = False,
+                  threshold: Annotated[float | None, Form(ge=0, le=1e6, description="sobel: gradient magnitude of an "
+                                                          "edge (default mean + 2·std)")] = None,
+                  low_threshold: Annotated[float | None, Form(ge=0, le=1e6, description="canny (default 50)")] = None,
+                  high_threshold: Annotated[float | None, Form(ge=0, le=1e6, description="canny (default 150)")] = None,
+                  max_frequencies: Annotated[int | None, Form(ge=1, le=100, description="fourier (default 10)")] = None,
+                  eps: Annotated[float | None, Form(gt=0, le=1e4, description="clusters: DBSCAN radius (default 5)")] = None,
+                  min_samples: Annotated[int | None, Form(ge=1, le=10_000, description="clusters (default 10)")] = None,
+                  feature_type: Annotated[Literal["position", "color"] | None, Form(description="clusters: one kind "
+                                                                                    "(default both)")] = None,
+                  block_size: Annotated[int | None, Form(ge=64, le=1 << 24, description="entropy: bytes per block "
+                                                         "(default health_check.block_size)")] = None) -> Any:
     """Entropy, edges, Fourier and clusters of one uploaded image (the numbers of `selfheal analyze`)."""
     from healing.errors import CorruptedError, InputError
 
     api = _api(request)
     chosen, edge = parse_methods(methods), _edge_method(edge_method)
+    params = Parameters(threshold, low_threshold, high_threshold, max_frequencies, eps, min_samples, feature_type,
+                        block_size).check()
     name, data = await read_upload(file, api)
     require_png(data, api, name)
     try:
-        result = await run_in_threadpool(analyze_bytes, name, data, chosen, edge, return_overlay, _settings(request), api)
+        result = await run_in_threadpool(analyze_bytes, name, data, chosen, edge, return_overlay, _settings(request), api,
+                                         params)
     except CorruptedError as exc:
         raise ApiError(422, f"{name}: damaged image: {_strip_path(exc, name)}") from None
     except InputError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 from healing.api.guide import version
@@ -161,3 +162,47 @@ def test_analyze_errors_are_one_line(api: ApiServer) -> None:
 def make_png_truncated() -> bytes:
     data = rgba_png(64, 64)
     return data[: len(data) - 20]
+
+
+def test_analyze_takes_the_parameters_models_lists(api: ApiServer, tmp_path: Path) -> None:
+    from healing.analysis.edges import canny_edges, sobel_edges
+    from healing.analysis.fourier import analyze_fourier
+    from healing.analysis.imaging import downscale
+    from healing.analysis.loading import load_image
+
+    image = make_image(tmp_path / "kernel.rts.png")
+    small, scale = downscale(load_image(image).pixels, 1024)
+    client = api.client(api.tokens["watcher"])
+
+    def analysis(**fields: str) -> dict:
+        response = client.post("/api/v1/analyze", files={"file": ("k.rts.png", image.read_bytes())}, data=fields)
+        assert response.status_code == 200, response.text
+        return response.json()["analysis"]
+
+    sobel = analysis(methods='["edges"]', threshold="100")["edges"]
+    assert (sobel["threshold"], sobel["edge_count"]) == (100.0, sobel_edges(small, 100.0, scale=scale).edge_count)
+    canny = analysis(methods='["edges"]', edge_method="canny", low_threshold="10", high_threshold="20")["edges"]
+    assert (canny["low_threshold"], canny["high_threshold"]) == (10.0, 20.0)
+    assert canny["edge_count"] == canny_edges(small, 10, 20, scale=scale).edge_count != \
+        canny_edges(small, scale=scale).edge_count
+    fourier = analysis(methods='["fourier"]', max_frequencies="3")["fourier"]
+    assert fourier == json.loads(json.dumps(analyze_fourier(small, 3, scale=scale).to_dict()))
+    clusters = analysis(methods='["clusters"]', feature_type="color", eps="7.5", min_samples="4")["clusters"]
+    assert list(clusters) == ["color"] and (clusters["color"]["eps"], clusters["color"]["min_samples"]) == (7.5, 4)
+    entropy = analysis(methods='["entropy"]', block_size="1024")["entropy"]
+    assert entropy["block_size"] == 1024
+
+
+def test_analyze_parameter_errors_are_one_line(api: ApiServer) -> None:
+    client = api.client(api.tokens["watcher"])
+    png = rgba_png(16, 16)
+
+    def error(status: int, **fields: str) -> str:
+        return one_line_error(client.post("/api/v1/analyze", files={"file": ("a.png", png)}, data=fields), status)
+
+    assert error(400, edge_method="canny", low_threshold="200", high_threshold="100") == \
+        "low_threshold (200) must not exceed high_threshold (100)"
+    assert error(400, block_size="1026") == "block_size must be a multiple of 4 bytes (one pixel), got 1026"
+    assert error(422, block_size="32") == "block_size: Input should be greater than or equal to 64"
+    assert error(422, feature_type="texture") == "feature_type: Input should be 'position' or 'color'"
+    assert error(422, max_frequencies="0") == "max_frequencies: Input should be greater than or equal to 1"
