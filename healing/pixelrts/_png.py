@@ -1,11 +1,16 @@
 """Just enough PNG structure handling for PixelRTS: walk and check chunks, read IHDR and text chunks,
 prove the pixel data sound before libpng sees it, splice a tEXt chunk into an encoded file.
 
-Pixel (de)compression itself is left to OpenCV's libpng, which prints its own "libpng error/warning"
-lines on the process's stderr (from any thread) and inflates whatever it is given. So hostile input
-never reaches it: IHDR is checked field by field, text chunks are inflated only up to a limit, the
-IDAT stream is inflated here first — bounded by what the declared image needs, filter bytes checked —
-and libpng gets only the chunks it needs to draw the pixels (no ancillary chunk to warn about).
+OpenCV's libpng prints its own "libpng error/warning" lines on the process's stderr (from any thread)
+and inflates whatever it is given. So hostile input never reaches it: IHDR is checked field by field,
+text chunks are inflated only up to a limit, the IDAT stream is inflated here first — bounded by what
+the declared image needs, filter bytes checked — and libpng gets only the chunks it needs to draw the
+pixels (no ancillary chunk to warn about).
+
+That proof inflates every scanline anyway, so for unfiltered 8-bit RGBA (filter type None on every
+row, what our encoder writes) it also yields the pixels (:func:`decode_unfiltered`,
+:func:`stream_unfiltered`) and libpng is not needed at all; any other image is proven, then left to
+libpng, which unfilters it in C.
 """
 
 from __future__ import annotations
