@@ -254,7 +254,7 @@ class _BandGather:
         for block in self._blocks_of[first_row // side]:
             np.subtract(self._table[block * area : (block + 1) * area], base, out=self._local, casting="unsafe")
             np.take(flat, self._local, out=out[block * area : (block + 1) * area])
-        self.progress("reading pixels", (first_row + len(rows)) / n)
+        self.progress("decoding PNG", (first_row + len(rows)) / n)  # inflating and gathering are one stage here
 
 
 # ----------------------------------------------------------------------------- encoding
