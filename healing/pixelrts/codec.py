@@ -352,9 +352,10 @@ def encode(
     progress("compressing PNG", 0.0)
     # Unfiltered scanlines: PNG's pixel-neighbour filters do not fit bytes laid along a curve (the same or
     # smaller files in our measurements, faster to write), and decoding them needs no libpng pass after
-    # the inflate that proves the data (healing.pixelrts._png.decode_unfiltered).
-    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, compression_level,
-                                                cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE])
+    # the inflate that proves the data (healing.pixelrts._png.decode_unfiltered). An OpenCV without the
+    # parameter chooses filters itself: such files decode through libpng, as any other PNG does.
+    unfiltered = [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE] if hasattr(cv2, "IMWRITE_PNG_FILTER") else []
+    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, compression_level, *unfiltered])
     if not ok:
         raise InputError("OpenCV could not encode the PNG")
     progress("compressing PNG", 1.0)
