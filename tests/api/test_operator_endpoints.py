@@ -226,3 +226,17 @@ def test_a_locked_database_answers_503_with_one_line(api: ApiServer, tmp_path: P
         holder.execute("ROLLBACK")
         holder.close()
     assert api.client(api.tokens["ops"]).post(f"/api/v1/images/{image['id']}/heal").status_code == 202
+
+
+@pytest.mark.slow  # a worker subprocess
+def test_a_check_requested_through_the_api_is_carried_out_by_the_worker(api: ApiServer, tmp_path: Path) -> None:
+    image = _register(api, make_image(tmp_path / "w.rts.png", seed=21))["image"]
+    ops = api.client(api.tokens["ops"])
+    request = ops.post(f"/api/v1/images/{image['id']}/check").json()["request"]
+    done = api.cli("worker", "--once", "--json")
+    assert done.returncode == 0, done.stderr
+    polled = api.client(api.tokens["watcher"]).get(f"/api/v1/requests/{request['id']}").json()["request"]
+    assert (polled["status"], polled["kind"], polled["requested_by"]) == ("done", "check", "api:ops")
+    detail = api.client(api.tokens["watcher"]).get(f"/api/v1/images/{image['id']}").json()
+    assert detail["image"]["last_status"] == "healthy"
+    assert detail["latest_check"]["status"] == "healthy" and detail["findings"] == []
