@@ -60,9 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim = sub.add_parser("simulate", help="run a simulated service (vLLM) for demos and canary tests")
     ssub = sim.add_subparsers(dest="simulate_command", metavar="SERVICE", parser_class=type(sim))
     ssub.required = True
-    v = ssub.add_parser("vllm", help="a vLLM 0.10-style server with modelled GPU memory",
-                        description="Accepts vLLM's flags, prints vLLM 0.10.2 log lines, fails like vLLM when the "
-                                    "modelled GPU memory does not fit, else serves /health, /v1/models, /v1/completions.")
+    v = ssub.add_parser("vllm", help="a vLLM 0.33 server with modelled GPU memory (0.20/0.10 log formats on request)",
+                        description="Accepts `vllm serve` 0.33's flags (and --config YAML), prints vLLM 0.33.0 log lines "
+                                    "(0.20.0 or 0.10.2 with --log-format), fails like vLLM when the modelled GPU memory "
+                                    "does not fit, else serves /health, /v1/models, /v1/completions, "
+                                    "/v1/chat/completions, /version and /metrics (docs/simulator.md).")
     add_simulator_arguments(v)
     v.set_defaults(func=cmd_simulate_vllm)
 

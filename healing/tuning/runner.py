@@ -470,7 +470,7 @@ def demo_tuning_section(workdir: Path, log_path: Path, target: Path) -> dict[str
         "rate_limits": {"max_runs": 1000, "cooldown_s": 0, "backoff_base_s": 0},
         "canary": {
             "command": ["{python}", "-m", "healing.tuning.simulator", "--model", "demo", "--profile", "tight",
-                        "--startup-delay", "0", "--gpu-memory-utilization", "{vllm.gpu_memory_utilization}",
+                        "--startup-delay", "0", "--log-format", "0.10", "--gpu-memory-utilization", "{vllm.gpu_memory_utilization}",
                         "--max-num-seqs", "{vllm.max_num_seqs}", "--max-model-len", "{vllm.max_model_len}",
                         "--host", "{host}", "--port", "{port}"],
             "start_timeout_s": 30, "stop_grace_s": 5, "baseline": True,
@@ -505,7 +505,7 @@ def run_demo_tuning(settings: Settings) -> dict[str, Any]:
     log_path = workdir / "vllm.log"
     out = io.StringIO()
     simulate(["--model", "demo", "--profile", "tight", "--startup-delay", "0", "--gpu-memory-utilization", "0.8",
-              "--max-num-seqs", "16", "--max-model-len", "4096"], out=out, err=out)
+              "--max-num-seqs", "16", "--max-model-len", "4096", "--log-format", "0.10"], out=out, err=out)
     with open(log_path, "a", encoding="utf-8") as fh:  # appended: the follower reads only what is new
         fh.write(out.getvalue())
     demo = replace(settings, raw={**settings.raw, "tuning": {**settings.section("tuning"),

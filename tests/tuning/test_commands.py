@@ -94,7 +94,7 @@ def test_missing_argument_is_usage_error(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_simulate_vllm_failure_through_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
     rc = cli.main(["simulate", "vllm", "Qwen/Qwen2.5-1.5B-Instruct", "--profile", "seed", "--gpu-memory-utilization", "0.6",
-                   "--startup-delay", "0"])
+                   "--startup-delay", "0", "--log-format", "0.10"])
     assert rc == 1
     captured = capsys.readouterr()
     assert "Free memory on device (6.07/12.0 GiB)" in captured.out

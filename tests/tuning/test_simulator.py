@@ -26,32 +26,38 @@ from healing.tuning.observer import (
     observe_text,
 )
 from healing.tuning.simulator import PROFILES, SimConfig, build_parser, load_profile, main, plan_memory
+from healing.tuning.simulator import SimConfig as SimConfig_
 from tests.conftest import subprocess_env
 
 GIB = 1024**3
 
 
 def test_seed_profile_reproduces_the_1155_mib_deficit() -> None:
-    plan = plan_memory(PROFILES["seed"], SimConfig(Decimal("0.6")))
+    plan = plan_memory(PROFILES["seed"], SimConfig(Decimal("0.6"), log_format="0.10"))
     assert plan.failure == "D"
     assert (plan.requested_bytes - plan.free_bytes) // 2**20 == 1155
     assert plan.message == ("Free memory on device (6.07/12.0 GiB) on startup is less than desired GPU memory utilization "
                             "(0.6, 7.2 GiB). Decrease GPU memory utilization or reduce GPU memory used by other processes.")
     # 0.55 would be needed and 0.50 fits, both below the actuator bound 0.60
-    assert plan_memory(PROFILES["seed"], SimConfig(Decimal("0.55"))).failure == "D"
-    assert plan_memory(PROFILES["seed"], SimConfig(Decimal("0.5"), max_num_seqs=8, enforce_eager=True)).ok
+    assert plan_memory(PROFILES["seed"], SimConfig(Decimal("0.55"), log_format="0.10")).failure == "D"
+    assert plan_memory(PROFILES["seed"], SimConfig(Decimal("0.5"), max_num_seqs=8, enforce_eager=True, log_format="0.10")).ok
 
 
 def test_default_profile_is_healthy_at_vllm_defaults() -> None:
-    plan = plan_memory(PROFILES["default"], SimConfig(max_model_len=4096))
-    assert plan.ok and plan.message is None
+    plan = plan_memory(PROFILES["default"], SimConfig(max_model_len=4096, log_format="0.10"))
+    assert plan.ok and plan.message is None and plan.gpu_memory_utilization == Decimal("0.9")
     assert (plan.num_gpu_blocks, plan.kv_tokens) == (36641, 586256)
     assert round(plan.max_concurrency, 2) == 143.13
     assert plan.kv_tokens == plan.num_gpu_blocks * 16
 
 
 def test_each_failure_condition() -> None:
+    """The 0.10 format's arithmetic (CUDA graphs outside the budget, gmu < 1)."""
     d, tight = PROFILES["default"], PROFILES["tight"]
+
+    def SimConfig(gmu: Decimal | None = None, **kw: object) -> SimConfig_:  # noqa: N802 - pins the format
+        return SimConfig_(gmu, **kw, log_format="0.10")  # type: ignore[arg-type]
+
     a = plan_memory(tight, SimConfig(Decimal("0.8")))
     assert a.failure == "A" and a.kv_available_bytes < 0
     assert plan_memory(tight, SimConfig(Decimal("0.9"), max_model_len=4096, max_num_seqs=16)).ok
@@ -92,8 +98,10 @@ def test_load_profile_from_file(tmp_path: Path) -> None:
     (["--max-model-len", "40000"], KV_MAX_LEN, None, True),
 ])
 def test_simulated_failures_read_back_by_the_observer(argv: list[str], cls: str, fix: dict | None, escalate: bool) -> None:
+    argv = argv + ["--log-format", "0.10"]
     args = build_parser().parse_args(argv)  # guard: a healthy configuration would start serving in-process
-    config = SimConfig(args.gpu_memory_utilization, args.max_num_seqs, args.max_model_len, args.enforce_eager)
+    config = SimConfig(args.gpu_memory_utilization, args.max_num_seqs, args.max_model_len, args.enforce_eager,
+                       log_format="0.10")
     assert not plan_memory(load_profile(args.profile), config).ok
     out, err = io.StringIO(), io.StringIO()
     assert main(argv + ["--startup-delay", "0"], out=out, err=err) == 1
@@ -112,10 +120,10 @@ def test_simulated_failures_read_back_by_the_observer(argv: list[str], cls: str,
 def test_the_tight_fix_really_fixes_the_simulated_server() -> None:
     out = io.StringIO()
     main(["--profile", "tight", "--gpu-memory-utilization", "0.8", "--max-model-len", "4096", "--max-num-seqs", "16",
-          "--startup-delay", "0"], out=out, err=out)
+          "--startup-delay", "0", "--log-format", "0.10"], out=out, err=out)
     [e] = observe_text(out.getvalue())
     new = Decimal(repr(e.seed_fix[GMU]))
-    assert plan_memory(PROFILES["tight"], SimConfig(new, max_num_seqs=16, max_model_len=4096)).ok
+    assert plan_memory(PROFILES["tight"], SimConfig(new, max_num_seqs=16, max_model_len=4096, log_format="0.10")).ok
 
 
 def test_bad_flags_exit_2() -> None:
@@ -138,7 +146,8 @@ def test_server_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     with log.open("w") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "healing.tuning.simulator", "Qwen/Qwen2.5-1.5B-Instruct", "--port", str(port),
-             "--max-model-len", "4096", "--max-num-seqs", "8", "--startup-delay", "0.2", "--stats-interval", "0.3"],
+             "--max-model-len", "4096", "--max-num-seqs", "8", "--startup-delay", "0.2", "--stats-interval", "0.3",
+             "--log-format", "0.10"],
             stdout=fh, stderr=subprocess.STDOUT, env=subprocess_env())
     try:
         base = f"http://127.0.0.1:{port}"
@@ -180,7 +189,7 @@ def test_server_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_failing_process_output_through_the_observer() -> None:
     res = subprocess.run([sys.executable, "-m", "healing.tuning.simulator", "--profile", "seed", "--gpu-memory-utilization",
-                          "0.6", "--startup-delay", "0"], capture_output=True, text=True, env=subprocess_env(), timeout=30)
+                          "0.6", "--startup-delay", "0", "--log-format", "0.10"], capture_output=True, text=True, env=subprocess_env(), timeout=30)
     assert res.returncode == 1
     [e] = observe_text(res.stdout + res.stderr)
     assert e.event_class == STARTUP_FREE_MEMORY and e.escalate and e.seed_fix is None
