@@ -123,3 +123,34 @@ def test_a_port_in_use_is_one_line_and_exit_3(tmp_path: Path) -> None:
     assert done.stderr.splitlines()[-1] == (f"selfheal: cannot serve on http://127.0.0.1:{port}: the address is in use "
                                             "or not available (see above)")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("how", ["uvicorn", "python -m"])
+def test_the_guide_ways_of_starting_the_server(tmp_path: Path, how: str) -> None:
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.api.conftest import free_port
+    from tests.conftest import subprocess_env
+
+    port = free_port()
+    argv = ([sys.executable, "-m", "uvicorn", "healing.api.main:app", "--host", "127.0.0.1", "--port", str(port)]
+            if how == "uvicorn" else [sys.executable, "-m", "healing.api.main", "--port", str(port)])
+    proc = subprocess.Popen(argv, env=subprocess_env(SELFHEAL_HOME=str(tmp_path / "home")), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert response.json()["status"] == "healthy"
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == -15  # uvicorn stops gracefully, then re-raises the SIGTERM it caught
