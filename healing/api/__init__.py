@@ -12,6 +12,7 @@ Modules
   operator   images, run-now requests, promotions, tuning status, tune observe, audit
   metrics    the Prometheus collector that reads the database on each scrape
   server     serve(host, port): uvicorn in the foreground
+  main       ``app`` for `uvicorn healing.api.main:app` and `python -m healing.api.main` (the guide's ways)
 
 Nothing heavy is imported here: the CLI imports ``healing.api.commands`` at start-up.
 """
