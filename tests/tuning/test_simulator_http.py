@@ -1,0 +1,179 @@
+"""The simulator's endpoints over real HTTP on 127.0.0.1: vLLM 0.33's shapes, /metrics that react to load, and an
+engine that dies after it came up (--sim-fail-after): /health 503, requests 500, exit after the watchdog."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from healing.tuning.observer import observe_text
+from tests.conftest import subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(tmp_path: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    port = _free_port()
+    log = tmp_path / "sim.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "healing.tuning.simulator", "--host", "127.0.0.1", "--port",
+                                 str(port), "--startup-delay", "0.1", *flags],
+                                stdout=fh, stderr=subprocess.STDOUT, env=subprocess_env())
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return proc, base, log
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the simulator did not become healthy"
+        time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _samples(text: str) -> dict[str, float]:
+    """name{sorted labels} → value, for the samples of the engine's metrics."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k not in ("model_name", "engine"))
+            out[f"{s.name}{{{labels}}}"] = s.value
+    return out
+
+
+@pytest.mark.timeout(90)
+def test_endpoints_in_vllm_033_shapes_and_metrics_under_load(tmp_path: Path) -> None:
+    # 12 blocks of 16 tokens (one is vLLM's null block): six requests of ~104 tokens cannot all stay resident
+    proc, base, log = _start(tmp_path, "org/model-7b", "--served-model-name", "alpha", "beta", "--max-model-len", "128",
+                             "--kv-cache-memory-bytes", str(12 * 16 * 28672), "--stats-interval", "0.2")
+    try:
+        with httpx.Client(timeout=30) as client:
+            health = client.get(f"{base}/health")
+            assert (health.status_code, health.content) == (200, b"")
+            assert client.get(f"{base}/version").json() == {"version": "0.33.0"}
+            models = client.get(f"{base}/v1/models").json()
+            assert [(m["id"], m["root"], m["max_model_len"], m["owned_by"]) for m in models["data"]] == [
+                ("alpha", "org/model-7b", 128, "vllm"), ("beta", "org/model-7b", 128, "vllm")]
+
+            metrics = client.get(f"{base}/metrics")
+            assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+            before = _samples(metrics.text)
+            assert before["vllm:kv_cache_usage_perc{}"] == 0.0 and before["vllm:num_preemptions_total{}"] == 0.0
+            assert before["vllm:num_requests_waiting{}"] == 0.0 and before["vllm:num_requests_running{}"] == 0.0
+            assert before["vllm:e2e_request_latency_seconds_count{}"] == 0.0
+            assert before["vllm:cache_config_info{block_size=16,cache_dtype=auto,gpu_memory_utilization=0.92,"
+                          "kv_cache_memory_bytes=5505024,num_gpu_blocks=12}"] == 1.0
+            [family] = [f for f in text_string_to_metric_families(metrics.text) if f.name == "vllm:num_preemptions"]
+            assert family.type == "counter" and family.samples[0].labels == {"model_name": "alpha", "engine": "0"}
+
+            text = client.post(f"{base}/v1/completions", json={"model": "beta", "prompt": "the canary says hi",
+                                                               "max_tokens": 5}).json()
+            assert (text["object"], text["model"], text["usage"]) == (
+                "text_completion", "beta", {"prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9})
+            assert len(text["choices"][0]["text"].split()) == 5 and text["choices"][0]["finish_reason"] == "length"
+            chat = client.post(f"{base}/v1/chat/completions", json={
+                "model": "alpha", "messages": [{"role": "user", "content": "say three words"}], "max_tokens": 3}).json()
+            assert (chat["object"], chat["model"], chat["usage"]["completion_tokens"]) == ("chat.completion", "alpha", 3)
+            assert chat["choices"][0]["message"]["role"] == "assistant" and len(chat["choices"][0]["message"]["content"].split()) == 3
+            missing = client.post(f"{base}/v1/completions", json={"model": "gamma", "prompt": "x"})
+            assert missing.status_code == 404 and missing.json() == {"error": {
+                "message": "The model `gamma` does not exist.", "type": "NotFoundError", "param": None, "code": 404}}
+            too_long = client.post(f"{base}/v1/completions", json={"model": "alpha", "prompt": "x", "max_tokens": 200})
+            assert too_long.status_code == 400 and "maximum context length is 128 tokens" in too_long.json()["error"]["message"]
+
+            def one(i: int) -> int:
+                return client.post(f"{base}/v1/completions", json={
+                    "model": "alpha", "prompt": f"request number {i} here", "max_tokens": 100}).status_code
+
+            peak_waiting = peak_usage = 0.0
+            with ThreadPoolExecutor(6) as pool:
+                futures = [pool.submit(one, i) for i in range(6)]
+                while not all(f.done() for f in futures):
+                    now = _samples(client.get(f"{base}/metrics").text)
+                    peak_waiting = max(peak_waiting, now["vllm:num_requests_waiting{}"])
+                    peak_usage = max(peak_usage, now["vllm:kv_cache_usage_perc{}"])
+                    time.sleep(0.01)
+                assert [f.result() for f in futures] == [200] * 6
+            after = _samples(client.get(f"{base}/metrics").text)
+    finally:
+        _stop(proc)
+    assert peak_waiting >= 1 and 0.5 < peak_usage <= 1.0
+    assert after["vllm:num_preemptions_total{}"] >= 1
+    assert after["vllm:e2e_request_latency_seconds_count{}"] == 8.0  # 6 + the completion and the chat above
+    assert after["vllm:request_success_total{finished_reason=length}"] == 8.0
+    assert after["vllm:generation_tokens_total{}"] >= 608  # 600 + 5 + 3; a preempted request recomputes, never loses
+    assert after["vllm:e2e_request_latency_seconds_sum{}"] > after["vllm:time_to_first_token_seconds_sum{}"] > 0
+    assert after["vllm:num_requests_waiting{}"] == 0.0 and after["vllm:kv_cache_usage_perc{}"] == 0.0
+    text = log.read_text()
+    assert "Starting vLLM server on http://127.0.0.1:" in text and "Preemptions: " in text
+    # a loaded but healthy server: at most the Observer's soft KV-pressure event, never a memory failure
+    assert {e.event_class for e in observe_text(text)} <= {"kv_cache_preemption"}
+
+
+@pytest.mark.timeout(60)
+def test_the_engine_dies_after_serving_then_health_503_requests_500_and_exit(tmp_path: Path) -> None:
+    proc, base, log = _start(tmp_path, "--max-model-len", "4096", "--sim-fail-after", "0.5",
+                             "--sim-watchdog-interval", "30")
+    try:
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{base}/health", timeout=2).status_code == 200:
+            assert time.monotonic() < deadline, "the engine did not die"
+            time.sleep(0.05)
+        dead = httpx.get(f"{base}/health", timeout=2)
+        assert (dead.status_code, dead.content) == (503, b"")
+        failed = httpx.post(f"{base}/v1/completions", json={"prompt": "hello", "max_tokens": 4}, timeout=5)
+        assert failed.status_code == 500 and failed.json() == {"error": {
+            "message": "The server had an error while processing your request.", "type": "InternalServerError",
+            "param": None, "code": 500}}
+        # the failed request stops the API server at once (vLLM's terminate_if_errored), not after the watchdog
+        assert proc.wait(timeout=10) == 0
+    finally:
+        _stop(proc)
+    text = log.read_text()
+    assert "[core.py:1586] EngineCore encountered a fatal error." in text
+    assert "[async_llm.py:943] AsyncLLM output_handler failed." in text
+    assert "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) for the " \
+           "root cause." in text
+    [event] = observe_text(text)
+    assert event.event_class == "cuda_oom_torch" and event.values["tried_gib"] == 2.4 and event.values["total_gib"] == 22.05
+
+
+@pytest.mark.timeout(60)
+def test_without_requests_the_watchdog_stops_the_dead_server(tmp_path: Path) -> None:
+    proc, base, _log = _start(tmp_path, "--max-model-len", "4096", "--sim-fail-after", "0.3",
+                              "--sim-watchdog-interval", "1.5", "--log-format", "0.20")
+    try:
+        started = time.monotonic()
+        while httpx.get(f"{base}/health", timeout=2).status_code == 200:
+            time.sleep(0.05)
+        died = time.monotonic()
+        assert httpx.get(f"{base}/health", timeout=2).status_code == 503
+        assert proc.wait(timeout=10) == 0
+        assert 1.2 < time.monotonic() - died < 5 and died - started < 3
+    finally:
+        _stop(proc)
