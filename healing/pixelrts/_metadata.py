@@ -1,5 +1,5 @@
 """PixelRTS v2 metadata: grid-size rules, the metadata dict in the order the existing tools write it,
-sidecar names, and the code-mode opcode weights (PIXELRTS_V2.md §2–§4, §6)."""
+segment tables, and sidecar names (PIXELRTS_V2.md §2–§4)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from healing.pixelrts._hilbert import is_power_of_two
 FORMAT = "PixelRTS-2.0"
 TEXT_PREFIX = "PixelRTS"
 MAPPING = "Hilbert space-filling curve"
-WASM_MAGIC = b"\x00asm"
 MODES = {"standard": "RGBA-dense", "code": "RGBA-code"}
 
 
@@ -59,6 +58,9 @@ def build_metadata(
 ) -> dict[str, Any]:
     """Assemble the metadata dict with keys in the order the Geometry OS writer uses."""
     encoding_type = MODES[mode]
+    reserved = RESERVED_SEGMENT_NAMES.intersection(segments)
+    if reserved:
+        raise UsageError(f"segment name {sorted(reserved)[0]!r} is reserved (hashes.data is the whole-input hash)")
     hashes: dict[str, str] = {name: seg["sha256"] for name, seg in segments.items()}
     hashes["data"] = data_hash  # their signer and consistency checker look here
     meta: dict[str, Any] = {
@@ -101,16 +103,42 @@ def sidecar_candidates(image: Path) -> list[Path]:
     return names
 
 
-# Code mode (PIXELRTS_V2.md §6): the red channel carries a weight for the WebAssembly opcode in b0.
-def _opcode_weights() -> dict[int, int]:
-    weights: dict[int, int] = {0x00: 255, 0x01: 0}  # unreachable, nop
-    weights.update({op: 200 for op in (0x02, 0x03, 0x04)})  # block, loop, if
-    weights.update({op: 150 for op in (0x0C, 0x0D, 0x0F, 0x10)})  # br, br_if, return, call
-    weights.update({op: 100 for op in (0x05, 0x0B, 0x0E, 0x11, 0x12, 0x13, 0x1A, 0x1B, 0x1C)})  # other control
-    weights.update({op: 50 for op in range(0x20, 0x41)})  # variable and memory access
-    weights.update({op: 30 for op in range(0x41, 0x45)})  # i32/i64/f32/f64.const
-    weights.update({op: 80 for op in range(0x45, 0xC5)})  # comparison, arithmetic, conversion
-    return weights
+
+# Segments (PIXELRTS_V2.md §3): named byte ranges of the input, each with its sha256 in ``offsets`` and
+# ``hashes``. ``hashes["data"]`` is the whole-input hash their signer reads, so no segment may take that name.
+RESERVED_SEGMENT_NAMES = frozenset({"data"})
 
 
-OPCODE_WEIGHTS = _opcode_weights()
+def parse_segment(text: str) -> tuple[str, int | None, int | None]:
+    """``NAME`` (the whole input) or ``NAME:START:SIZE`` (decimal or 0x… byte counts) → (name, start, size)."""
+    name, start, size = text, None, None
+    if ":" in text:
+        parts = text.rsplit(":", 2)
+        if len(parts) != 3:
+            raise UsageError(f"--segment {text!r}: expected NAME or NAME:START:SIZE")
+        name = parts[0]
+        try:
+            start, size = int(parts[1], 0), int(parts[2], 0)
+        except ValueError:
+            raise UsageError(f"--segment {text!r}: START and SIZE must be byte counts, got {parts[1]!r} and {parts[2]!r}") from None
+        if start < 0 or size < 0:
+            raise UsageError(f"--segment {text!r}: START and SIZE must not be negative")
+    if not name.strip():
+        raise UsageError(f"--segment {text!r}: the segment needs a name")
+    if name in RESERVED_SEGMENT_NAMES:
+        raise UsageError(f"--segment {text!r}: {name!r} is reserved (hashes.data is the whole-input hash)")
+    return name, start, size
+
+
+def segment_ranges(specs: list[tuple[str, int | None, int | None]], length: int) -> dict[str, dict[str, int]]:
+    """{name: {"start", "size"}} for parsed --segment values over an input of ``length`` bytes; a name
+    without a range covers the whole input. Repeated names and ranges past the end are usage errors."""
+    table: dict[str, dict[str, int]] = {}
+    for name, start, size in specs:
+        if name in table:
+            raise UsageError(f"--segment {name!r} is given twice")
+        start, size = (0, length) if start is None or size is None else (start, size)
+        if start + size > length:
+            raise UsageError(f"--segment {name}:{start}:{size} ends at byte {start + size}, past the {length}-byte input")
+        table[name] = {"start": start, "size": size}
+    return table

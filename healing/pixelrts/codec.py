@@ -14,7 +14,6 @@ import binascii
 import errno
 import hashlib
 import os
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,9 +23,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from healing.errors import CorruptedError, DependencyError, InputError, UsageError
+from healing.errors import CorruptedError, InputError, UsageError
+from healing.pixelrts import _compress, _png, _wasm
 from healing.pixelrts import _metadata as md
-from healing.pixelrts import _png
 from healing.pixelrts._hilbert import is_power_of_two, linear_table
 from healing.pixelrts._schema import parse_metadata
 from healing.safeio import describe_oserror, open_regular, read_regular, refuse_symlink, write_atomic
@@ -78,6 +77,7 @@ class PixelRTSImage:
     png_info: dict[str, Any] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)  # found while reading (sidecar mismatch, …)
     payload_limit: int = 4 * DEFAULT_MAX_PIXELS  # a compressed payload is never inflated past this
+    compression_note: str | None = None  # set with ``payload``: the label disagreed with the stream (informational)
     _buffer: bytearray | None = field(default=None, repr=False)  # owner of ``stream`` on the decode() path
 
     @property
@@ -97,7 +97,9 @@ class PixelRTSImage:
     @cached_property
     def payload(self) -> bytes:
         """The original data: the stored bytes, decompressed, or the code-mode base64 copy."""
-        return _payload_from(self.metadata, self.stream, self.stored_length, self.payload_limit)
+        unpacked = _payload_from(self.metadata, self.stream, self.stored_length, self.payload_limit)
+        self.compression_note = unpacked.note
+        return unpacked.data
 
     @property
     def _stored_verbatim(self) -> bool:
@@ -137,6 +139,7 @@ class VerifyReport:
     hash_verified: bool | None
     problems: list[Problem]
     image: PixelRTSImage
+    notes: list[str] = field(default_factory=list)  # informational, never a reason to fail
 
     def to_dict(self) -> dict[str, Any]:
         img = self.image
@@ -150,6 +153,7 @@ class VerifyReport:
             "capacity": img.capacity,
             "metadata_source": img.metadata_source,
             "problems": [p.to_dict() for p in self.problems],
+            "notes": list(self.notes),
         }
 
 
@@ -259,24 +263,6 @@ class _BandGather:
 
 # ----------------------------------------------------------------------------- encoding
 
-def _code_mode_stream(data: bytes) -> np.ndarray:
-    groups = -(-len(data) // 4)
-    padded = np.zeros(groups * 4, dtype=np.uint8)
-    padded[: len(data)] = np.frombuffer(data, dtype=np.uint8)
-    quads = padded.reshape(-1, 4)
-    lut_weight = np.zeros(256, dtype=np.uint8)
-    lut_alpha = np.zeros(256, dtype=np.uint8)
-    for op, weight in md.OPCODE_WEIGHTS.items():
-        lut_weight[op] = weight
-        lut_alpha[op] = 255
-    out = np.empty_like(quads)
-    out[:, 0] = lut_weight[quads[:, 0]]
-    out[:, 1] = quads[:, 1]
-    out[:, 2] = quads[:, 2]
-    out[:, 3] = lut_alpha[quads[:, 0]]
-    return out.reshape(-1)
-
-
 def encode(
     data: bytes,
     *,
@@ -293,8 +279,10 @@ def encode(
 
     ``metadata`` holds caller keys (``type``, ``name``, ``description``, …; ``version`` is stored as
     ``content_version``). ``segments`` maps names to ``{"start", "size", ...}`` ranges of ``data``;
-    each gets a sha256 in ``offsets`` and ``hashes``. ``compression`` ("zlib") compresses the payload
-    before it is placed in the pixels. ``compression_level`` is the PNG zlib level (0–9).
+    each gets a sha256 in ``offsets`` and ``hashes``. ``compression`` ("zlib", or "zstd" with the optional
+    zstandard package, labelled "zstd-h5") compresses the payload before it is placed in the pixels; in code
+    mode ``original_data_b64`` then holds the compressed bytes, as their writer does. ``compression_level``
+    is the PNG zlib level (0–9).
     """
     progress = progress or _noop
     if mode not in md.MODES:
@@ -316,19 +304,10 @@ def encode(
     comp_meta = None
     stored = data
     if compression not in (None, "none"):
-        if compression != "zlib":
-            raise UsageError(f"compression must be zlib or none when writing, got {compression!r}")
-        stored = zlib.compress(data, 9)
-        comp_meta = {
-            "type": "zlib",
-            "level": 9,
-            "original_size": len(data),
-            "compressed_size": len(stored),
-            "ratio": round(len(stored) / len(data), 4) if data else 1.0,
-        }
+        stored, comp_meta = _compress.compress(data, str(compression))
 
-    code_pixels = mode == "code" and stored.startswith(md.WASM_MAGIC)
-    stream_bytes = _code_mode_stream(stored) if code_pixels else np.frombuffer(stored, dtype=np.uint8)
+    code_pixels = mode == "code" and stored.startswith(_wasm.WASM_MAGIC)
+    stream_bytes = _wasm.code_pixels(stored) if code_pixels else np.frombuffer(stored, dtype=np.uint8)
     needed = len(stream_bytes)
     n = md.check_grid_size(grid_size, needed) if grid_size is not None else md.grid_size_for(needed, legacy=legacy_grid)
 
@@ -341,7 +320,7 @@ def encode(
         segments=seg_meta,
         compression=comp_meta,
         encoded_size=len(stored) if comp_meta else None,
-        original_b64=base64.b64encode(data).decode("ascii") if mode == "code" else None,
+        original_b64=base64.b64encode(stored).decode("ascii") if mode == "code" else None,
     )
 
     buf = np.zeros(4 * n * n, dtype=np.uint8)
@@ -646,45 +625,22 @@ def read_image(
     )
 
 
-def _decompress(meta: dict[str, Any], stored: bytes, limit: int) -> bytes:
-    """The decompressed payload, never inflated past ``limit`` bytes (its declared data_size)."""
-    comp = meta.get("compression")
-    if not comp:
-        return stored
-    kind = str(comp.get("type", "none")).lower()
-    if kind == "none":
-        return stored
-    if kind == "zlib":
-        inflater = zlib.decompressobj()
-        try:
-            out = inflater.decompress(stored, limit + 1)
-        except zlib.error as exc:
-            raise CorruptedError(f"compressed payload is damaged (zlib: {exc})") from None
-        if len(out) > limit:
-            raise CorruptedError(f"compressed payload inflates to more than the {limit} bytes declared")
-        if not inflater.eof:
-            raise CorruptedError("compressed payload is damaged (zlib: incomplete or truncated stream)")
-        return out
-    if kind.startswith("zstd"):
-        try:
-            import zstandard
-        except ImportError:
-            raise DependencyError("this image is zstd-compressed: install the 'zstandard' package (pip install zstandard)") from None
-        try:
-            return zstandard.ZstdDecompressor().decompress(stored, max_output_size=limit)
-        except zstandard.ZstdError as exc:
-            raise CorruptedError(f"compressed payload is damaged (zstd: {exc})") from None
-    raise CorruptedError(f"unknown compression type {kind!r} in PixelRTS metadata")
+def _payload_from(meta: dict[str, Any] | None, stream: np.ndarray, stored_length: int,
+                  limit: int) -> _compress.Decompressed:
+    """The payload, decompressed by its stream's magic whatever the label says (PIXELRTS_V2.md §3).
 
-
-def _payload_from(meta: dict[str, Any] | None, stream: np.ndarray, stored_length: int, limit: int) -> bytes:
+    Code mode reads ``original_data_b64``: with compression their writer (and ours) put the compressed
+    bytes there; a copy that is already the original (our earlier files) is taken as it is."""
+    label = _compress.label_of(meta)
     if meta is not None and meta.get("original_data_b64") is not None:
         try:
-            return base64.b64decode(meta["original_data_b64"], validate=True)
+            raw = base64.b64decode(meta["original_data_b64"], validate=True)
         except (binascii.Error, TypeError, ValueError):
             raise CorruptedError("PixelRTS metadata field original_data_b64 is not valid base64") from None
-    stored = stream[:stored_length].tobytes()
-    return _decompress(meta, stored, limit) if meta is not None else stored
+        if label is not None and len(raw) == meta.get("data_size") and hashlib.sha256(raw).hexdigest() == meta["data_hash"].lower():
+            label = None
+        return _compress.decompress(label, raw, limit)
+    return _compress.decompress(label, stream[:stored_length].tobytes(), limit)
 
 
 # ----------------------------------------------------------------------------- verification
@@ -733,7 +689,8 @@ def verify_image(image: PixelRTSImage) -> VerifyReport:
                     problems.append(Problem("segment_mismatch", f"segment {name!r} [{start}, {start + size}) does not match its sha256",
                                             (start, start + size)))
     ok = meta is not None and hash_verified is True and not problems
-    return VerifyReport(ok=ok, hash_verified=hash_verified, problems=problems, image=image)
+    notes = [image.compression_note] if image.compression_note else []
+    return VerifyReport(ok=ok, hash_verified=hash_verified, problems=problems, image=image, notes=notes)
 
 
 def verify(path: str | os.PathLike[str], **read_options: Any) -> VerifyReport:

@@ -27,6 +27,15 @@ def _grid_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer power of two, got {text!r}") from None
 
 
+def _segment(text: str) -> tuple[str, int | None, int | None]:
+    from healing.pixelrts._metadata import parse_segment
+
+    try:
+        return parse_segment(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--segment {text!r}: ")) from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="pack a binary file into a PixelRTS v2 PNG",
                        description="Pack INPUT into OUTPUT (a .rts.png) plus an OUTPUT.meta.json sidecar.")
@@ -39,6 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--description", help="description stored in the metadata")
     p.add_argument("--compression-level", type=int, choices=range(10), default=None, metavar="0-9",
                    help="PNG zlib level (default: pixelrts.compression_level, 6)")
+    p.add_argument("--segment", action="append", type=_segment, default=[], metavar="NAME[:START:SIZE]",
+                   help="record a named byte range of INPUT with its sha256 (repeatable; NAME alone: the whole input)")
+    p.add_argument("--compress", choices=["zlib", "zstd"], default=None,
+                   help="compress the payload before it goes into the pixels (zstd needs the optional zstandard package)")
     p.add_argument("--no-sidecar", action="store_true", help="do not write OUTPUT.meta.json")
     p.set_defaults(func=cmd_encode)
 
@@ -78,10 +91,15 @@ def _size_of(path: str) -> int:
 def cmd_encode(args: argparse.Namespace) -> int:
     from healing.config import load_settings
     from healing.pixelrts import write_image
+    from healing.pixelrts._metadata import segment_ranges
     from healing.progress import for_terminal
     from healing.safeio import read_regular
 
     settings = load_settings()
+    if args.compress == "zstd":
+        from healing.pixelrts._compress import require_zstandard
+
+        require_zstandard()  # before a large input is read
     if args.input == "-":
         data = sys.stdin.buffer.read()
     else:
@@ -93,15 +111,22 @@ def cmd_encode(args: argparse.Namespace) -> int:
         caller["name"] = args.name
     if args.description:
         caller["description"] = args.description
+    segments = segment_ranges(args.segment, len(data))
     progress = for_terminal(len(data))
     level = settings.pixelrts.compression_level if args.compression_level is None else args.compression_level
     meta = write_image(data, args.output, grid_size=args.grid_size, mode=args.mode, metadata=caller,
-                       compression_level=level, progress=progress, sidecar=not args.no_sidecar,
-                       max_metadata_bytes=settings.pixelrts.max_metadata_bytes)
+                       segments=segments, compression=args.compress, compression_level=level, progress=progress,
+                       sidecar=not args.no_sidecar, max_metadata_bytes=settings.pixelrts.max_metadata_bytes)
     if progress:
         progress.done()
     n = meta["grid_size"]
-    print(printable(f"wrote {args.output}: {len(data)} bytes in a {n}x{n} grid, sha256 {meta['data_hash']}"))
+    extras = []
+    if meta.get("compression"):
+        extras.append(f"{meta['compression']['type']}-compressed to {meta['encoded_size']} bytes")
+    if segments:
+        extras.append(f"{len(segments)} segment(s)")
+    print(printable(f"wrote {args.output}: {len(data)} bytes in a {n}x{n} grid, sha256 {meta['data_hash']}"
+                    + "".join(f", {e}" for e in extras)))
     return EXIT_OK
 
 
@@ -211,6 +236,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     elif report.ok:
         code, status = EXIT_OK, "valid"
         message = f"{args.image}: valid PixelRTS v2, {image.data_size} bytes, sha256 verified"
+        message += "".join(f" (note: {note})" for note in report.notes)
     else:
         code, status = EXIT_CRITICAL, "corrupted"
         message = f"{args.image}: corrupted: " + "; ".join(p.message for p in report.problems)
