@@ -283,7 +283,7 @@ class TuningRunner:
                                  log_excerpt=result.log_excerpt, argv=result.argv, now=now)
             for s in summary:
                 if s["id"] == row["id"]:
-                    s.update(gates=result.gates, score=score, verdict=verdict)
+                    s.update(gates=result.gates, score=score, verdict=verdict, canary_why=breakdown.get("why"))
             if verdict == "pass":
                 winner = (row, cand, float(score or 0.0))
                 break
@@ -297,7 +297,8 @@ class TuningRunner:
             score, row, cand = best
             return self._promote(intent, run_id, row, cand.params, current, score, True, baseline_score, summary, now)
         reason = "every candidate failed the canary: " + "; ".join(
-            f"{_params_text(s['params'])}: {s.get('verdict', 'not run')}" for s in summary if s["preflight_ok"])
+            f"{_params_text(s['params'])}: {s.get('verdict', 'not run')}" + (f" ({s['canary_why']})" if s.get("canary_why") else "")
+            for s in summary if s["preflight_ok"])
         return self._escalate(intent, run_id, "all_failed", reason, now, summary, baseline_score)
 
     # ------------------------------------------------------------------ canary helpers

@@ -216,6 +216,7 @@ def test_a_canary_that_fails_its_gates_escalates_all_failed(tmp_path: Path, monk
     assert (outcome["outcome"], outcome["decision"]) == ("ESCALATED", "all_failed")
     [cand] = outcome["candidates"]
     assert cand["gates"] == {"started": False, "healthy": False, "no_memory_error": False, "probe_passed": False}
+    assert cand["canary_why"] == "hard gate(s) failed: started, healthy, no_memory_error, probe_passed"
     with session_scope(write=False) as session:
         [row] = tq.run_candidates(session, outcome["run_id"])
     assert row["score"] is None and row["score_breakdown"]["failed_gates"] == ["started", "healthy", "no_memory_error", "probe_passed"]
@@ -223,6 +224,7 @@ def test_a_canary_that_fails_its_gates_escalates_all_failed(tmp_path: Path, monk
     assert "No available memory for the cache blocks" in row["log_excerpt"]
     [alert] = _all(Alert)
     assert alert["reason"] == "all_failed"
+    assert alert["message"].endswith(": failed (hard gate(s) failed: started, healthy, no_memory_error, probe_passed)")
     assert _all(Promotion) == []
 
 
