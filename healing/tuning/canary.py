@@ -510,12 +510,11 @@ def judge_metric(name: str, rule: MetricRule, value: Any, baseline_value: Any) -
         entry.update(classification="nodata", why="no value" if v is None else "no baseline value and no target")
         entry["against"] = None if ref is None else source
         return entry
-    slack_hi = ref * rule.tolerance + rule.margin if source == "baseline" else 0.0
-    slack_lo = abs(ref) * rule.tolerance + rule.margin if source == "baseline" else 0.0
+    slack = abs(ref) * rule.tolerance + rule.margin if source == "baseline" else 0.0
     if rule.direction in ("increase_is_bad", "either_is_bad"):
-        entry["max"] = round(ref + abs(slack_hi), 6)
+        entry["max"] = round(ref + slack, 6)
     if rule.direction in ("decrease_is_bad", "either_is_bad"):
-        entry["min"] = round(ref - slack_lo, 6)
+        entry["min"] = round(ref - slack, 6)
     if entry["max"] is not None and v > entry["max"]:
         entry.update(classification="high", why=f"{_fmt(v)} > allowed {_fmt(entry['max'])} ({source} {_fmt(ref)})")
     elif entry["min"] is not None and v < entry["min"]:
