@@ -364,7 +364,6 @@ class SimulatedServer:
         try:
             self.engine.submit(prompt_tokens, max_tokens)
         except EngineDead:
-            self._engine_error_response()
             return 500, self._error(ENGINE_DEAD_CLIENT_MESSAGE, "InternalServerError", 500)
         text = deterministic_text(prompt, max_tokens)
         digest = hashlib.sha256(f"{prompt}|{max_tokens}|{time.monotonic_ns()}".encode()).hexdigest()[:32]
@@ -464,10 +463,6 @@ class SimulatedServer:
         # vLLM's API server watchdog (VLLM_WATCHDOG_TIME_S) stops uvicorn once the engine errored
         if not self._stop.wait(self.args.sim_watchdog_interval):
             self.shutdown()
-
-    def _engine_error_response(self) -> None:
-        """vLLM's engine_error_handler: answer 500, then stop the server (terminate_if_errored)."""
-        self.shutdown()
 
     def _print_engine_death(self) -> None:
         from healing.tuning.simulator import _bytes, _traceback, _where, torch_oom
@@ -577,5 +572,7 @@ def _make_handler(server: SimulatedServer) -> type[BaseHTTPRequestHandler]:
                 return
             code, payload = server.generate(body, chat=path == "/v1/chat/completions")
             self._send(code, payload)
+            if code == 500 and server.engine.dead:
+                server.shutdown()  # vLLM's engine_error_handler: answer, then stop the server (terminate_if_errored)
 
     return Handler

@@ -920,6 +920,22 @@ def _engine_startup(args: argparse.Namespace, profile: GpuProfile, config: SimCo
                                                     f"{_r2(plan.graph_bytes)} GiB (estimated), difference: 0.0 GiB (0.0%).")
     if plan.failure == "E":
         return _engine_failure(log, plan, profile, workers)
+    if fmt == "0.33" and not plan.kv_from_flag:
+        consumed = plan.weights_bytes + _bytes(profile.non_torch_gib)
+        peak = _bytes(profile.activation_peak_gib) + plan.graph_bytes  # the estimate counts as activation
+        non_kv = consumed + peak + plan.graph_bytes
+        to_requested = plan.requested_bytes - plan.external_bytes - non_kv - 150 * (1 << 20)
+        to_gpu = plan.free_bytes - non_kv - 150 * (1 << 20)
+        for proc in workers:
+            log.log(proc, "INFO", w("suggest"),
+                    f"Free memory on device ({_r2(plan.free_bytes)}/{_r2(plan.total_bytes)} GiB) on startup. Desired GPU "
+                    f"memory utilization is ({_flag_float(plan.gpu_memory_utilization)}, "
+                    f"{_r2(plan.requested_bytes - plan.external_bytes)} GiB). Actual usage is {_r2(consumed)} GiB for "
+                    f"consumed memory (weights + non-torch), {_r2(peak)} GiB for peak activation, and "
+                    f"{_r2(plan.graph_bytes)} GiB for CUDAGraph memory. Replace gpu_memory_utilization config with "
+                    f"`--kv-cache-memory={to_requested}` ({_r2(to_requested)} GiB) to fit into requested memory, or "
+                    f"`--kv-cache-memory={to_gpu}` ({_r2(to_gpu)} GiB) to fully utilize gpu memory. Current kv cache "
+                    f"memory in use is {_r2(plan.kv_available_bytes)} GiB.")
     log.log(core, "INFO", w("init_done"),
             f"init engine (profile, create kv cache, warmup model) took {profile.startup_delay_s:.2f} s"
             if fmt == "0.33" else
