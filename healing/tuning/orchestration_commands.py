@@ -190,7 +190,8 @@ def cmd_tune_status(args: argparse.Namespace) -> int:
               + (f", last probe {w['last_probe']}" if w["last_probe"] else ""))
     for b in status["blocked"]:
         until = f" until {b['until']:%Y-%m-%d %H:%M} UTC" if b["until"] else ""
-        print(f"BLOCKED {b['subsystem']}: {b['error_class']} seen {b['count']}x while {b['cause'].replace('_', ' ')}{until}, "
+        why = "during the Observer cooldown" if b["cause"] == "cooldown" else "while rate limited"
+        print(f"BLOCKED {b['subsystem']}: {b['error_class']} seen {b['count']}x {why}{until}, "
               f"last {b['last_seen']:%Y-%m-%d %H:%M:%S} UTC — {b['reason']}")
     return EXIT_OK
 

@@ -186,7 +186,7 @@ def test_dev_mode_heals_then_the_watch_rolls_back_and_the_blocked_loop_is_not_si
         assert [o["action"] for o in again["observed"]] == ["suppressed"] and again["intents"] == [], again
         status = subprocess.run([sys.executable, "-m", "healing", "tune", "status"], env=env, cwd=ROOT,
                                 capture_output=True, text=True, timeout=60)
-        assert "BLOCKED vllm: kv_cache_no_memory seen 1x while cooldown until " in status.stdout, status.stdout
+        assert "BLOCKED vllm: kv_cache_no_memory seen 1x during the Observer cooldown until " in status.stdout, status.stdout
         with session_scope(write=False) as session:
             alerts = [(a.kind, a.severity) for a in session.exec(select(Alert).order_by(Alert.id))]
         assert alerts == [("tuning_rollback", "critical"), ("tuning_blocked", "warning")]
