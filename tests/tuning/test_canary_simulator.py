@@ -9,8 +9,17 @@ import pytest
 
 from healing.tuning.actuators import GMU, MAX_MODEL_LEN, MAX_NUM_SEQS, default_settings
 from healing.tuning.canary import run_canary, score_result
+from healing.tuning.runner import process_pending_intents
 from healing.tuning.runner_config import parse_runner_settings
-from tests.tuning._orchestration import canary_command
+from storage import tuning_queries as tq
+from storage.engine import session_scope
+from tests.tuning._orchestration import (
+    canary_command,
+    configure,
+    db_url,  # noqa: F401 - fixture
+    tight_tuning,
+    write_target,
+)
 
 SETTINGS = default_settings()
 BASELINE = {GMU: Decimal("0.6"), MAX_NUM_SEQS: Decimal(16), MAX_MODEL_LEN: Decimal(4096)}
@@ -57,3 +66,33 @@ def test_baseline_and_candidates_judged_on_metrics_from_the_simulator(tmp_path: 
     _score, breakdown, _verdict = score_result(narrow, baseline, rs.scoring)
     assert breakdown["per_metric"]["requests_waiting"]["classification"] == "high"
     assert "requests_waiting" not in breakdown["passed"]
+
+
+@pytest.mark.slow
+def test_the_stored_breakdown_judges_the_canarys_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        db_url: str) -> None:  # noqa: F811
+    # the running config starts (a soft signal: KV cache pressure), so it is the baseline of the candidate
+    target = write_target(tmp_path / "vllm.yaml", gpu_memory_utilization=0.6, max_num_seqs=16, max_model_len=4096)
+    section = tight_tuning(tmp_path, tmp_path / "unused.log", target, gpu_profile="default")
+    section["canary"].update(command=sim_033("default"), metrics_interval_s=0.05)
+    # four requests on two shared cores: wall-clock latency and throughput swing more than the defaults allow
+    section["scoring"] = {"metrics": {"latency_p95": {"tolerance": 4}, "throughput": {"tolerance": 0.9}}}
+    settings = configure(tmp_path, monkeypatch, section, mode="prod")
+    with session_scope() as session:
+        tq.create_intent(session, subsystem="vllm", error_class="kv_cache_preemption", values={"signals": 3},
+                         seed_fix={GMU: 0.65}, evidence=[], source="test", reason="3 stats lines with a full KV cache")
+
+    [outcome] = process_pending_intents(settings)["intents"]
+
+    assert (outcome["outcome"], outcome["decision"]) == ("CONFIG_TUNED", "pending_review")
+    with session_scope(write=False) as session:
+        row, *_others = tq.run_candidates(session, outcome["run_id"])
+    b = row["score_breakdown"]
+    assert (b["verdict"], b["against"], b["baseline_ran"], b["no_data"]) == ("pass", "baseline", True, [])
+    assert b["metrics"]["api"] == "chat" and b["metrics"]["metrics_source"] == "scraped"
+    for name in ("kv_cache_usage", "preemptions", "requests_waiting"):
+        entry = b["per_metric"][name]
+        assert isinstance(entry["value"], float) and isinstance(entry["reference"], float), name
+        assert entry["against"] == "baseline" and entry["classification"] == "pass", name
+    assert b["score"] == row["score"] == 1.0
+    assert b["why"] == "6 of 6 metrics pass (1 ≥ pass threshold 0.8)"
