@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from healing.tuning.simargs import EXPLICIT, add_arguments, config_file_argv, normalize_argv
 
@@ -551,7 +551,7 @@ def run_from_args(args: argparse.Namespace, out: TextIO | None = None, err: Text
         except ValueError as exc:
             err.write(f"error: {exc}\n")
             return 2
-    args.model_name = args.model or args.model_tag or DEFAULT_MODEL
+    args.model_name = args.model_tag or args.model or DEFAULT_MODEL  # vllm serve: the positional wins
     try:
         profile = load_profile(args.profile)
     except ValueError as exc:
@@ -602,10 +602,12 @@ def _merge_config(args: argparse.Namespace, err: TextIO) -> argparse.Namespace:
     argv, ignored = config_file_argv(args.vllm_config, known)
     for key in ignored:
         err.write(f"simulator: --config key {key!r} is not modelled by the simulator; ignored\n")
-    try:
-        from_file = parser.parse_args(argv)
-    except SystemExit:
-        raise ValueError(f"--config: {args.vllm_config} has a value the flags do not accept") from None
+
+    def refuse(message: str) -> NoReturn:
+        raise ValueError(f"--config: {args.vllm_config}: {message}")
+
+    parser.error = refuse  # type: ignore[method-assign] - one line, not argparse's usage text
+    from_file = parser.parse_args(argv)
     cli = set(getattr(args, EXPLICIT, None) or ())
     merged = argparse.Namespace(**vars(args))
     for dest in set(getattr(from_file, EXPLICIT, None) or ()) - cli - {"vllm_config", "model_tag"}:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -54,9 +55,7 @@ def test_default_profile_is_healthy_at_vllm_defaults() -> None:
 def test_each_failure_condition() -> None:
     """The 0.10 format's arithmetic (CUDA graphs outside the budget, gmu < 1)."""
     d, tight = PROFILES["default"], PROFILES["tight"]
-
-    def SimConfig(gmu: Decimal | None = None, **kw: object) -> SimConfig_:  # noqa: N802 - pins the format
-        return SimConfig_(gmu, **kw, log_format="0.10")  # type: ignore[arg-type]
+    SimConfig = partial(SimConfig_, log_format="0.10")  # noqa: N806 - the 0.10 format's SimConfig
 
     a = plan_memory(tight, SimConfig(Decimal("0.8")))
     assert a.failure == "A" and a.kv_available_bytes < 0

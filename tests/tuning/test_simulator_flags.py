@@ -84,7 +84,8 @@ def test_bad_config_and_flags_are_one_line_errors(tmp_path: Path) -> None:
                                                          "json supplied\n")
     bad = tmp_path / "bad.yaml"
     bad.write_text("max-num-seqs: many\n")
-    assert _run(["--config", str(bad)])[0:3:2] == (2, f"error: --config: {bad} has a value the flags do not accept\n")
+    assert _run(["--config", str(bad)])[0:3:2] == (2, f"error: --config: {bad}: argument --max-num-seqs: invalid int "
+                                                      f"value: 'many'\n")
     assert _run(["--config", str(tmp_path / "missing.yaml")])[0] == 2
     assert _run(["--max-model-len", "0"])[0:3:2] == (2, "error: --max-model-len must be a positive number of tokens, "
                                                         "or auto / -1\n")
@@ -146,3 +147,11 @@ def test_kv_cache_memory_bytes_bypasses_profiling() -> None:
     # the gmu check still runs at device init
     assert plan_memory(PROFILES["seed"], SimConfig(Decimal("0.6"), kv_cache_memory_bytes=GIB)).failure == "D"
     assert plan_memory(PROFILES["default"], SimConfig(max_model_len=4096, kv_cache_memory_bytes=30 * GIB)).failure == "kv_alloc"
+
+
+def test_the_positional_model_wins_over_the_config_files(tmp_path: Path) -> None:
+    cfg = tmp_path / "vllm.yml"
+    cfg.write_text("model: from/config\nprofile: seed\ngpu_memory_utilization: 0.6\n")
+    code, out, _err = _run(["from/cli", "--config", str(cfg)])
+    assert code == 1 and _non_default_line(out) == ("{'model_tag': 'from/cli', 'port': 0, 'model': 'from/cli', "
+                                                    "'gpu_memory_utilization': 0.6}")

@@ -177,3 +177,40 @@ def test_without_requests_the_watchdog_stops_the_dead_server(tmp_path: Path) -> 
         assert 1.2 < time.monotonic() - died < 5 and died - started < 3
     finally:
         _stop(proc)
+
+
+HEALTHY_LINES = {
+    "0.33": ["] GPU KV cache size: 586,672 tokens, Maximum concurrency for 4,096 tokens per request: 143.23x",
+             "(EngineCore pid=", "] Starting vLLM server on http://127.0.0.1:", "  version 0.33.0",
+             "] Available KV cache memory: 15.67 GiB", "] Estimated CUDA graph memory: 0.43 GiB total",
+             "The current --gpu-memory-utilization=0.9200 is equivalent to --gpu-memory-utilization=0.9005 without "
+             "CUDA graph memory profiling."],
+    "0.20": ["] GPU KV cache size: 586,672 tokens\n", "] Maximum concurrency for 4,096 tokens per request: 143.23x",
+             "(EngineCore pid=", "] Starting vLLM server on http://127.0.0.1:", "  version 0.20.0"],
+    "0.10": ["] GPU KV cache size: 586,256 tokens", "(EngineCore_DP0 pid=", "] Starting vLLM API server 0 on http://127.0.0.1:",
+             "] vLLM API server version 0.10.2", "] Available KV cache memory: 15.66 GiB"],
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fmt", sorted(HEALTHY_LINES))
+def test_a_healthy_start_in_each_format_has_no_failure_for_the_observer(fmt: str, tmp_path: Path) -> None:
+    proc, _base, log = _start(tmp_path, "--max-model-len", "4096", "--log-format", fmt)
+    proc.terminate()
+    assert proc.wait(timeout=10) == 0
+    text = log.read_text()
+    for line in HEALTHY_LINES[fmt]:
+        assert line in text, line
+    assert observe_text(text) == []
+
+
+@pytest.mark.timeout(60)
+def test_the_banner_without_logo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_DISABLE_LOG_LOGO", "1")
+    res = subprocess.run([sys.executable, "-m", "healing.tuning.simulator", "org/m", "--profile", "seed",
+                          "--gpu-memory-utilization", "0.6", "--startup-delay", "0"],
+                         capture_output=True, text=True, env=subprocess_env(), timeout=30)
+    assert res.returncode == 1
+    assert "[startup.py:38] vLLM server version 0.33.0, serving model org/m\n" in res.stdout and "█" not in res.stdout
+    [event] = observe_text(res.stdout + res.stderr)
+    assert (event.event_class, event.version) == ("startup_free_memory_below_request", "0.33.0")
