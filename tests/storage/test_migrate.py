@@ -108,3 +108,55 @@ def test_0002_widens_heal_actions_and_keeps_existing_rows(db_url: str, request: 
         [action] = [c for c in sa.inspect(conn).get_columns("heals") if c["name"] == "action"]
         assert action["type"].length == 255 and action["nullable"] is False
     dispose_engines()
+
+
+def test_head_revision_constant_matches_the_migration_scripts() -> None:
+    from storage.migrate import HEAD_REVISION
+
+    assert HEAD_REVISION == head_revision()
+
+
+SCHEMA_CHECK = """
+import sys
+from storage.migrate import upgrade
+print(upgrade(sys.argv[1]), "alembic" in sys.modules)
+"""
+
+
+def test_upgrade_at_head_does_not_import_alembic_and_runs_when_behind(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import subprocess_env
+
+    url = f"sqlite:///{tmp_path / 'selfheal.db'}"
+
+    def run(url: str) -> str:
+        out = subprocess.run([sys.executable, "-c", SCHEMA_CHECK, url], env=subprocess_env(), capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert run(url) == "0005 True"  # a new database: Alembic creates the schema
+    assert run(url) == "0005 False"  # current: one query, no Alembic
+    behind = f"sqlite:///{tmp_path / 'old.db'}"  # as after installing a newer selfheal: Alembic migrates
+    assert upgrade(behind, "0004") == "0004"
+    assert run(behind) == "0005 True"
+    with get_read_engine(behind).connect() as conn:
+        assert "promotion_watches" in sa.inspect(conn).get_table_names()
+    assert run(behind) == "0005 False"
+
+
+def test_schema_is_current_on_both_backends(db_url: str) -> None:
+    from storage.migrate import schema_is_current
+
+    assert schema_is_current(db_url) is True
+    with get_engine(db_url).begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0004'")
+    assert schema_is_current(db_url) is False
+    with get_engine(db_url).begin() as conn:
+        conn.exec_driver_sql("DELETE FROM alembic_version")
+    assert schema_is_current(db_url) is False
+    with get_engine(db_url).begin() as conn:
+        conn.exec_driver_sql("DROP TABLE alembic_version")
+    assert schema_is_current(db_url) is False
