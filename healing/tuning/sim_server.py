@@ -324,6 +324,7 @@ class SimulatedServer:
         self.engine = Engine(plan, profile, self.metrics)
         self._stop = threading.Event()
         self._exit_code = 0
+        self._terminating = False
         self.httpd: ThreadingHTTPServer | None = None
 
     # -- requests
@@ -449,6 +450,19 @@ class SimulatedServer:
         log.raw(api, "INFO:     Application shutdown complete.", log.out)
         if self.fmt != "0.10":
             log.raw(api, f"INFO:     Finished server process [{log.pid}]", log.out)
+
+    def terminate(self) -> None:
+        """SIGTERM/SIGINT: vLLM 0.33's API server logs its shutdown steps (launcher.py serve_http)."""
+        if self.fmt != "0.10" and not self._terminating:
+            from healing.tuning.simulator import _where
+
+            self._terminating = True
+            for line, message in ((256, "[shutdown] API server: shutdown triggered"),
+                                  (273, "[shutdown] API server: stopping engine client mode=abort timeout=0s"),
+                                  (281, "[shutdown] API server: engine client stopped"),
+                                  (284, "[shutdown] API server: signalling HTTP server shutdown")):
+                self.log.log("APIServer", "INFO", f"{_where(self.fmt, 'shutdown').split(':')[0]}:{line}", message)
+        self.shutdown()
 
     def shutdown(self) -> None:
         if self.httpd is not None:

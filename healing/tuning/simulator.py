@@ -1015,7 +1015,7 @@ def _serve(args: argparse.Namespace, profile: GpuProfile, plan: MemoryPlan, log:
     server = SimulatedServer(args, profile, plan, log, sock)
 
     def stop(signum: int, _frame: Any) -> None:
-        server.shutdown()
+        server.terminate()
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)

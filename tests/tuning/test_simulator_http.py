@@ -184,7 +184,8 @@ HEALTHY_LINES = {
              "(EngineCore pid=", "] Starting vLLM server on http://127.0.0.1:", "  version 0.33.0",
              "] Available KV cache memory: 15.67 GiB", "] Estimated CUDA graph memory: 0.43 GiB total",
              "The current --gpu-memory-utilization=0.9200 is equivalent to --gpu-memory-utilization=0.9005 without "
-             "CUDA graph memory profiling."],
+             "CUDA graph memory profiling.", "[launcher.py:256] [shutdown] API server: shutdown triggered",
+             "[launcher.py:306] [shutdown] API server: shutting down FastAPI HTTP server"],
     "0.20": ["] GPU KV cache size: 586,672 tokens\n", "] Maximum concurrency for 4,096 tokens per request: 143.23x",
              "(EngineCore pid=", "] Starting vLLM server on http://127.0.0.1:", "  version 0.20.0"],
     "0.10": ["] GPU KV cache size: 586,256 tokens", "(EngineCore_DP0 pid=", "] Starting vLLM API server 0 on http://127.0.0.1:",
