@@ -36,6 +36,7 @@ Post-promotion watch and blocked failures (issue 12)
   create_watch(session, *, promotion_id, subsystem, until, baseline, progress, detail, actor, now) -> dict
                                                                            audit: promotion.watch_started
   active_watches(session) -> list[dict]                                   state "watching", oldest first
+  later_applied(session, promotion_id, target_file) -> list[int]          applied later to the same file
   get_watch(session, promotion_id) -> dict | None
   update_watch(session, promotion_id, *, progress, now) -> dict           probe state (not audited)
   finish_watch(session, promotion_id, state, *, reason, detail, actor, now) -> dict | None
@@ -433,6 +434,14 @@ def create_watch(
     append_event(session, KIND_WATCH_STARTED, subsystem, audit_safe({
         "promotion_id": promotion_id, "until": until, "baseline": baseline, **(detail or {})}), actor, now=now)
     return watch.model_dump()
+
+
+def later_applied(session: Session, promotion_id: int, target_file: str) -> list[int]:
+    """Ids of promotions applied to the same file after this one (still applied): a rollback of this one
+    would undo them too."""
+    c = Promotion.__table__.c
+    return [row[0] for row in session.execute(
+        sa.select(c.id).where(c.target_file == target_file, c.status == "applied", c.id > promotion_id).order_by(c.id))]
 
 
 def active_watches(session: Session) -> list[dict[str, Any]]:

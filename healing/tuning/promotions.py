@@ -473,6 +473,11 @@ def rollback_promotion(session: Session | None, promotion_id: int, actor: str, *
             raise InputError(f"promotion {promotion_id} is {promo['status']}, not applied")
         if not promo.get("target_file"):
             raise RollbackError(f"promotion {promotion_id} has no target file to restore")
+        later = tq.later_applied(s, promotion_id, str(promo["target_file"]))
+        if later:
+            # its backup predates them: restoring it would silently undo a newer change as well
+            raise InputError(f"promotion {promotion_id} cannot be rolled back before promotion {later[-1]}, applied later "
+                             f"to the same file {promo['target_file']}: roll that back first")
         path, backup = Path(promo["target_file"]), promo.get("backup_path")
         before = path.read_bytes() if path.is_file() and not path.is_symlink() else None
         try:

@@ -134,6 +134,11 @@ def start_watch(session: Session, promo: Mapping[str, Any], runner: RunnerSettin
     from storage import tuning_queries as tq
 
     settings = runner.watch
+    for other in tq.active_watches(session):
+        if other["subsystem"] == promo["subsystem"] and int(other["promotion_id"]) != int(promo["id"]):
+            # a newer change to the same service: the older watch's verdict (and rollback) no longer applies
+            tq.finish_watch(session, int(other["promotion_id"]), "stopped", now=now,
+                            reason=f"superseded by promotion {promo['id']} before its window ended")
     if settings.verify_window_s <= 0:
         return None
     progress = {"logs": dict(baseline.get("logs") or {}), "failures": 0, "probes": 0, "healthy_at": None,

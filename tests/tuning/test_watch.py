@@ -360,3 +360,29 @@ def test_after_a_rollback_the_observer_does_not_blame_the_restored_config(tmp_pa
     with log.open("a") as fh:  # a failure after the rollback is the restored config's own: observed as usual
         fh.write(OOM)
     assert [o["class"] for o in process_pending_intents(settings, now=T0 + timedelta(seconds=10))["observed"]] == ["cuda_oom_torch"]
+
+
+def test_a_newer_promotion_supersedes_the_watch_and_rollbacks_go_newest_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str, service: Service) -> None:  # noqa: F811
+    from healing.errors import InputError
+    from healing.tuning.promotions import rollback_promotion
+
+    settings, target, _log, _marker = _setup(tmp_path, monkeypatch, service)
+    first = _apply(settings)
+    with session_scope() as session:
+        second = int(tq.create_promotion(session, run_id=None, candidate_id=None, subsystem="vllm", old_values={GMU: 0.9},
+                                         new_values={GMU: 0.95}, status="pending_review", reason="canary passed",
+                                         expires_at=T0 + timedelta(hours=2), target_file=str(target), now=T0)["id"])
+    approve_promotion(None, second, "alice", settings=settings, now=T0 + timedelta(seconds=30))
+    assert target.read_text() == TARGET.replace("0.8   #", "0.95   #")
+    assert (_watch(first)["state"], _watch(first)["reason"]) == ("stopped", f"superseded by promotion {second} before its window ended")
+    assert _watch(second)["state"] == "watching"
+
+    with pytest.raises(InputError) as info:
+        rollback_promotion(None, first, "bob", settings=settings)
+    assert str(info.value) == (f"promotion {first} cannot be rolled back before promotion {second}, applied later to the same "
+                               f"file {target}: roll that back first")
+    rollback_promotion(None, second, "bob", settings=settings)
+    assert target.read_text() == APPLIED
+    rollback_promotion(None, first, "bob", settings=settings)
+    assert target.read_bytes() == TARGET.encode()
