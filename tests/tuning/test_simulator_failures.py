@@ -46,6 +46,7 @@ CASES: dict[str, tuple[tuple[str, ...], list[str]]] = {
     "mamba": (MODERN, ["--profile", "hybrid", "--max-model-len", "32768"]),
     "mamba_tp2": (MODERN, ["--profile", "hybrid", "--max-model-len", "32k", "-tp", "2", "--gpu-memory-utilization", "0.48"]),
     "free_memory_tp2": (("0.33",), ["--profile", "seed", "--gpu-memory-utilization", "0.6", "-tp", "2"]),
+    "sampler_tp2": (("0.33",), ["--max-num-seqs", "1024", "--max-model-len", "4096", "-tp", "2"]),
     "external_weights": (("0.33",), ["--profile", "{external}", "--max-model-len", "4096"]),
     "external_free_memory": (("0.33",), ["--profile", "{crowded}", "--max-model-len", "4096"]),
 }
@@ -72,6 +73,8 @@ EXPECTED: dict[str, tuple[str, bool, dict[str, float] | None, dict[str, Any]]] =
     "mamba_tp2": ("mamba_cache_blocks_below_max_num_seqs", False, {MAX_NUM_SEQS: 16},
                   {"max_num_seqs": 1024, "mamba_cache_blocks": 468}),
     "free_memory_tp2": ("startup_free_memory_below_request", True, None, {"free_gib": 6.07, "total_gib": 12.0}),
+    # the ranks' error re-raised by the engine as "Worker failed with error '…'": still one event
+    "sampler_tp2": ("sampler_warmup_oom", False, {MAX_NUM_SEQS: 16}, {"num_dummy_requests": 1024, "cause_tried_gib": 4.0}),
     "external_weights": ("external_weights_exceed_budget", True, None,
                          {"external_gib": 21.0, "total_gib": 22.05, "gpu_memory_utilization": 0.92, "requested_gib": 20.29}),
     "external_free_memory": ("startup_free_memory_below_request", True, None,
