@@ -94,3 +94,57 @@ def test_with_gmu_headroom_max_model_len_is_kept(tmp_path: Path, monkeypatch: py
     assert [c["params"] for c in outcome["candidates"][1:]] == [{MAX_MODEL_LEN: 6144}, {MAX_MODEL_LEN: 5632}]
     written = read_target_values(target)
     assert (written[GMU], written[MAX_MODEL_LEN]) == (Decimal("0.9"), 8192)
+
+
+# --------------------------------------------------------------------------- the same in vLLM 0.33's arithmetic
+
+def _card(tmp_path: Path, weights: float) -> str:
+    """The tight card with other weights; 0.33 counts its 0.50 GiB of CUDA graphs inside the KV budget."""
+    card = tmp_path / f"card-{weights}.json"
+    card.write_text(json.dumps({"base": "tight", "weights_gib": weights, "startup_delay_s": 0}), encoding="utf-8")
+    return str(card)
+
+
+def _run_033(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, card: str, gmu: str) -> tuple[dict, Path]:
+    log = tmp_path / "vllm.log"
+    log.write_text(simulator_log(_flags(card, gmu, 8192) + ["--log-format", "0.33"]))
+    target = write_target(tmp_path / "vllm.yaml", gpu_memory_utilization=float(gmu), max_num_seqs=16, max_model_len=8192)
+    section = tight_tuning(tmp_path, log, target, gpu_profile=card)
+    command = canary_command(card)
+    command[command.index("--log-format") + 1] = "0.33"
+    section["canary"]["command"] = command
+    settings = configure(tmp_path, monkeypatch, section, mode="dev")
+    [outcome] = process_pending_intents(settings)["intents"]
+    return outcome, target
+
+
+def test_033_without_headroom_the_two_parameter_candidate_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                db_url: str) -> None:  # noqa: F811
+    # 11.4 GiB of weights: at 0.8 the budget is 12.6 − 11.4 − 1.6 − 0.5 (graphs) = −0.9 GiB; at 0.9 it is 0.675 GiB
+    card = _card(tmp_path, 11.4)
+    assert plan_memory(load_profile(card), SimConfig(Decimal("0.9"), 16, 8192, log_format="0.33")).failure == "C'"
+    outcome, target = _run_033(tmp_path, monkeypatch, card, "0.8")
+
+    assert (outcome["outcome"], outcome["decision"]) == ("CONFIG_TUNED", "applied")
+    first, second = outcome["candidates"]
+    assert (first["params"], first["verdict"], second["params"], second["preflight_ok"]) == (
+        {GMU: 0.9, MAX_MODEL_LEN: 5120}, "pass", {GMU: 0.9}, False)
+    assert second["preflight_reason"].startswith("max_model_len 8192 needs 1.00 GiB of KV cache (8,192 tokens × 128 KiB/token), "
+                                                 "gpu_memory_utilization 0.9 leaves 0.67 GiB (printed KV cache -0.90 GiB")
+    assert second["preflight_reason"].endswith("− one null block of 2.00 MiB): 2,720 tokens short (profile card-11.4)")
+    written = read_target_values(target)
+    assert (written[GMU], written[MAX_MODEL_LEN]) == (Decimal("0.9"), 5120)
+
+
+def test_033_with_headroom_gmu_is_raised_and_max_model_len_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 db_url: str) -> None:  # noqa: F811
+    # 10.5 GiB of weights: at 0.85 one 8192-token request needs 1.00 GiB and 0.79 GiB are there; 0.9 gives 1.57 GiB
+    card = _card(tmp_path, 10.5)
+    outcome, target = _run_033(tmp_path, monkeypatch, card, "0.85")
+
+    assert (outcome["outcome"], outcome["decision"]) == ("CONFIG_TUNED", "applied")
+    ran = [c for c in outcome["candidates"] if c.get("verdict")]
+    assert [(c["rank"], c["params"], c["verdict"]) for c in ran] == [(1, {GMU: 0.9}, "pass")]
+    assert ran[0]["why"] == "keeps max_model_len 8192; raises gpu_memory_utilization 0.85→0.9 (+0.79 GiB of the GPU)"
+    written = read_target_values(target)
+    assert (written[GMU], written[MAX_MODEL_LEN]) == (Decimal("0.9"), 8192)
