@@ -308,8 +308,7 @@ def parse_gpu_profile(value: Any) -> GpuProfileSettings | None:
         from healing.tuning import simulator
 
         # the simulator's default log format is the vLLM whose arithmetic its profile follows
-        fmt = getattr(simulator.SimConfig(), "log_format", None)
-        version = getattr(simulator, "VERSIONS", {}).get(fmt, simulator.VERSION)
+        version = simulator.VERSIONS[simulator.SimConfig().log_format]
         inside = tuple(int(x) for x in version.split(".")[:2]) >= (0, 20)
         return GpuProfileSettings(total_gib=p.total_gib, resident_gib=p.other_processes_gib, weights_gib=p.weights_gib,
                                   overhead_gib=p.non_torch_gib + p.activation_peak_gib, name=p.name,

@@ -169,13 +169,7 @@ def test_gpu_profile_keys_and_preflight_keys() -> None:
 # --------------------------------------------------------------------------- the simulator agrees
 
 EXPECTED_FAILURES = {"D", "A", "C'", "graph", "J"}  # what pre-flight foresees; "E" (sampler warm-up) is the canary's
-# the vLLM versions the simulator models (log format → version); one format before it learnt several
-FORMATS = getattr(simulator, "VERSIONS", {"0.10": simulator.VERSION})
-
-
-def _sim_config(gmu: Decimal, seqs: int, mml: int, eager: bool, fmt: str) -> SimConfig:
-    config = SimConfig(gmu, seqs, mml, eager)
-    return replace(config, log_format=fmt) if hasattr(config, "log_format") else config
+FORMATS = simulator.VERSIONS  # the vLLM versions the simulator models: log format → version
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -199,7 +193,7 @@ def test_preflight_fits_iff_the_simulators_plan_starts(tmp_path: Path, data: st.
               "non_torch_gib": non_torch * cents, "activation_peak_gib": activation * cents,
               "graph_capture_gib": (0 if eager else graph) * cents, "kv_bytes_per_token": per_token, "model_max_len": max_len}
     card = replace(PROFILES["default"], **fields)
-    plan = plan_memory(card, _sim_config(gmu * cents, seqs, mml, eager, fmt))
+    plan = plan_memory(card, SimConfig(gmu * cents, seqs, mml, eager, log_format=fmt))
     event(f"simulator {fmt}: {plan.failure or 'starts'}")
     path = tmp_path / "card.json"
     path.write_text(json.dumps({k: str(v) if isinstance(v, Decimal) else v for k, v in fields.items()}), encoding="utf-8")
