@@ -435,7 +435,8 @@ class VllmLog:
     """Writes vLLM's lines: ``(Proc pid=N) LEVEL MM-DD HH:MM:SS [file:line] message``.
 
     Formats 0.10 and 0.20 prefix raw writes (tracebacks, uvicorn lines) too, as their stdout/stderr decoration
-    does; 0.33 prefixes only logging records, and continues a multi-line record with ``\\r\\n`` + prefix.
+    does; 0.33 prefixes only logging records. 0.20 and 0.33 continue a multi-line record with ``\\r\\n`` +
+    prefix (vLLM's NewLineFormatter); the 0.10 format keeps the simulator's original ``\\n``.
     """
 
     def __init__(self, out: TextIO, err: TextIO, pid: int, log_format: str = "0.10") -> None:
@@ -446,7 +447,7 @@ class VllmLog:
         stamp = datetime.now().strftime("%m-%d %H:%M:%S")
         head = f"({proc} pid={self.pid}) {level} {stamp} [{where.rsplit('/', 1)[-1]}] "
         with self._lock:
-            if self.format == "0.33":
+            if self.format != "0.10":  # NewLineFormatter; 0.20's stream decoration prefixes after the \r\n too
                 self.out.write(head + message.replace("\n", "\r\n" + head) + "\n")
             else:
                 for piece in message.split("\n"):  # the formatter repeats the prefix on every line
