@@ -155,3 +155,16 @@ def test_the_positional_model_wins_over_the_config_files(tmp_path: Path) -> None
     code, out, _err = _run(["from/cli", "--config", str(cfg)])
     assert code == 1 and _non_default_line(out) == ("{'model_tag': 'from/cli', 'port': 0, 'model': 'from/cli', "
                                                     "'gpu_memory_utilization': 0.6}")
+
+
+def test_selfheal_simulate_vllm_reads_vllms_config_not_selfheals(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from healing import cli
+
+    cfg = tmp_path / "vllm.yaml"
+    cfg.write_text("profile: seed\ngpu-memory-utilization: 0.6\nmax-num-seqs: 16\n")
+    code = cli.main(["simulate", "vllm", "--config", str(cfg), "--startup-delay", "0", "--port", "0"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert _non_default_line(out) == "{'model_tag': None, 'port': 0, 'model': 'Qwen/Qwen2.5-1.5B-Instruct', " \
+                                     "'gpu_memory_utilization': 0.6, 'max_num_seqs': 16}"
