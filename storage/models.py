@@ -2,7 +2,9 @@
 
 Tables
   images              registered PixelRTS images: policy, golden copy reference, baseline, status
-  checks              one row per health check of a file (registered image or ad-hoc)
+  checks              one row per health check of a file (registered image or ad-hoc); unchanged checks
+                      of an image are summarised in check_summaries, sampled into checks periodically
+  check_summaries     per image: how many unchanged checks were counted instead of stored, and when
   heals               one row per healing action (restore, quarantine, escalate, accept_change …)
   alerts              operator alerts with acknowledgement and webhook delivery state
   audit_events        the append-only, hash-chained audit trail (see storage.audit)
@@ -152,6 +154,22 @@ class Check(SQLModel, table=True):
     file_mtime_ns: int | None = Field(default=None, sa_type=sa.BigInteger)
     reused_analysis: bool = False
     created_at: datetime = _ts(index=True)
+
+
+class CheckSummary(SQLModel, table=True):
+    """Unchanged checks of one image counted instead of stored (storage.retention.record_unchanged): a
+    healthy image whose file did not change costs this row's update, and a sampled check row in
+    ``checks`` every ``storage.retention.samples_every_s`` for the trend charts."""
+
+    __tablename__ = "check_summaries"
+
+    image_id: int = Field(foreign_key="images.id", ondelete="CASCADE", primary_key=True)
+    unchanged_checks: int = Field(default=0, sa_type=sa.BigInteger)  # counted since the image was registered
+    sampled_checks: int = Field(default=0, sa_type=sa.BigInteger)  # of which written as sampled check rows
+    first_unchanged_at: datetime | None = _ts(nullable=True)
+    last_unchanged_at: datetime | None = _ts(nullable=True)
+    last_sample_at: datetime | None = _ts(nullable=True)
+    last_sample_check_id: int | None = None
 
 
 class Heal(SQLModel, table=True):
