@@ -22,6 +22,26 @@ from PIL import Image, PngImagePlugin
 
 from tests.pixelrts.spec_writer import spec_d2xy
 
+
+# ---------------------------------------------------------------------------- a sample module
+def _section(section_id: int, payload: bytes) -> bytes:
+    assert len(payload) < 128  # one-byte LEB128 sizes keep the module readable
+    return bytes([section_id, len(payload)]) + payload
+
+
+# A real module, written by hand: func 0 (exported "add") = local.get 0, local.get 1, i32.add; func 1 loops
+# with i32.clz (0x67), local.tee, i32.eqz, br_if and drop (0x1A): opcodes their tables get wrong.
+_ADD_BODY = bytes.fromhex("00" "2000" "2001" "6a" "0b")
+_LOOP_BODY = bytes.fromhex("00" "0340" "2000" "67" "4101" "6b" "2200" "45" "0d00" "2000" "1a" "0b" "2000" "0b")
+LOOP_WASM = (
+    b"\x00asm\x01\x00\x00\x00"
+    + _section(1, bytes.fromhex("01" "60" "02" "7f7f" "01" "7f"))  # one type: (i32, i32) -> i32
+    + _section(3, bytes.fromhex("02" "00" "00"))  # two functions of type 0
+    + _section(7, bytes.fromhex("01" "03") + b"add" + bytes.fromhex("00" "00"))  # export "add" = func 0
+    + _section(10, b"\x02" + bytes([len(_ADD_BODY)]) + _ADD_BODY + bytes([len(_LOOP_BODY)]) + _LOOP_BODY)
+)
+
+
 # ---------------------------------------------------------------------------- §6, transcribed
 # R weight per first byte of a 4-byte group, exactly the spec's list; the "parametric" entries only
 # switch alpha on.

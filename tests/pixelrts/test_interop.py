@@ -22,6 +22,7 @@ from healing.pixelrts import _wasm, decode, encode, read_image, verify, write_im
 from tests.conftest import ROOT, selfheal_cmd, subprocess_env
 
 from .geometry_writer import (
+    LOOP_WASM,
     code_stream,
     read_geometry,
     their_alpha,
@@ -32,22 +33,6 @@ from .spec_writer import write_spec_image
 
 zstandard = pytest.importorskip("zstandard")  # a test extra (pyproject [test]); the zstd paths need it
 
-def _section(section_id: int, payload: bytes) -> bytes:
-    assert len(payload) < 128  # one-byte LEB128 sizes keep the module readable
-    return bytes([section_id, len(payload)]) + payload
-
-
-# A real module, written by hand: func 0 (exported "add") = local.get 0, local.get 1, i32.add; func 1 loops
-# with i32.clz (0x67), local.tee, i32.eqz, br_if and drop (0x1A): opcodes their tables get wrong.
-_ADD_BODY = bytes.fromhex("00" "2000" "2001" "6a" "0b")
-_LOOP_BODY = bytes.fromhex("00" "0340" "2000" "67" "4101" "6b" "2200" "45" "0d00" "2000" "1a" "0b" "2000" "0b")
-LOOP_WASM = (
-    b"\x00asm\x01\x00\x00\x00"
-    + _section(1, bytes.fromhex("01" "60" "02" "7f7f" "01" "7f"))  # one type: (i32, i32) -> i32
-    + _section(3, bytes.fromhex("02" "00" "00"))  # two functions of type 0
-    + _section(7, bytes.fromhex("01" "03") + b"add" + bytes.fromhex("00" "00"))  # export "add" = func 0
-    + _section(10, b"\x02" + bytes([len(_ADD_BODY)]) + _ADD_BODY + bytes([len(_LOOP_BODY)]) + _LOOP_BODY)
-)
 WEBP_WASM = ROOT / ".venv/lib/python3.11/site-packages/playwright/driver/package/lib/webp_codec.wasm"
 TEXTISH = b"".join(b"line %05d of a boot log: service ready\n" % i for i in range(120))
 NOTE = ("payload labelled 'zstd-h5' holds a zlib stream (Geometry OS's encoder writes zlib under 'zstd-h5' "
