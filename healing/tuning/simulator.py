@@ -8,7 +8,8 @@ a non-zero exit under the same conditions vLLM would, computed from a GPU profil
 * max_model_len above the model's limit (J); max_num_batched_tokens below max_model_len without chunked
   prefill, or below max_num_seqs (batched_len, batched_seqs)
 * weights held by another process ≥ the budget (external, 0.33) or free memory below the engine's budget (D'')
-* free memory (total − other processes) < gmu × total → "Free memory on device …" (D)
+* free memory (total − other processes) < gmu × total → "Free memory on device …" (D); the weights do not fit
+  in what is free → "Failed to load model - not enough GPU memory" (weights, 0.20+)
 * KV budget (gmu × total − weights − non-torch − activation peak − CUDA graph estimate from 0.20) ≤ 0 →
   "No available memory …" (A); one max_model_len request does not fit → "To serve at least one request …" (C');
   ``--max-model-len auto`` with no room for one token → "Cannot auto-fit max_model_len …" (auto_fit)
@@ -178,8 +179,8 @@ class SimConfig:
 class MemoryPlan:
     """What vLLM would compute at startup (per rank); ``failure`` is None when the server comes up."""
 
-    failure: str | None  # "I", "J", "batched_len", "batched_seqs", "external", "D''", "D", "A", "C'",
-    #                      "auto_fit", "kv_alloc", "graph", "mamba", "E" or None
+    failure: str | None  # "I", "J", "batched_len", "batched_seqs", "external", "D''", "D", "weights", "A",
+    #                      "C'", "auto_fit", "kv_alloc", "graph", "mamba", "E" or None
     message: str | None  # vLLM's exact error text
     total_bytes: int
     free_bytes: int
@@ -359,6 +360,10 @@ def plan_memory(profile: GpuProfile, config: SimConfig) -> MemoryPlan:
         return fail("D", f"Free memory on device{device} ({_r2(free)}/{_r2(total)} GiB) on startup is less than desired GPU "
                          f"memory utilization ({g}, {_r2(requested)} GiB). Decrease GPU memory utilization "
                          f"or reduce GPU memory used by other processes.")
+    if modern and weights + _bytes(profile.non_torch_gib) > free:
+        return fail("weights", "Failed to load model - not enough GPU memory. Try lowering --gpu-memory-utilization to "
+                               "free memory for weights, increasing --tensor-parallel-size, or using --quantization. See "
+                               "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more tips.")
     if auto and modern and fit_len <= 0:  # 0.20+: auto-fit runs before the capacity check
         return fail("auto_fit", "Cannot auto-fit max_model_len: not enough GPU memory available to serve even a single "
                                 "token. Try increasing `gpu_memory_utilization`.")
@@ -502,10 +507,18 @@ _FRAMES_033: dict[str, list[Frame]] = {
               ("v1/engine/core.py", 1195, "__init__", "super().__init__(")],
     "init_device": [("v1/engine/core.py", 150, "__init__", "self.model_executor = executor_class(vllm_config)"),
                     ("v1/executor/abstract.py", 109, "__init__", "self._init_executor()"),
-                    ("v1/executor/uniproc_executor.py", 52, "_init_executor", "self.driver_worker.init_device()"),
+                    ("v1/executor/uniproc_executor.py", 69, "_init_executor", "self.driver_worker.init_device()"),
                     ("v1/worker/worker_base.py", 326, "init_device", "self.worker.init_device()  # type: ignore"),
                     ("v1/worker/gpu_worker.py", 542, "init_device", "self.requested_memory = request_memory("),
                     ("v1/worker/utils.py", 0, "request_memory", "raise ValueError(")],
+    "load": [("v1/engine/core.py", 150, "__init__", "self.model_executor = executor_class(vllm_config)"),
+             ("v1/executor/abstract.py", 109, "__init__", "self._init_executor()"),
+             ("v1/executor/uniproc_executor.py", 74, "_init_executor", "self.driver_worker.load_model()"),
+             ("v1/worker/gpu_worker.py", 601, "load_model", "self.model_runner.load_model(load_dummy_weights=load_dummy_weights)"),
+             ("v1/worker/gpu_model_runner.py", 5087, "load_model", "raise e"),
+             ("v1/worker/gpu_model_runner.py", 4996, "load_model", "self.model = model or model_loader.load_model("),
+             ("model_executor/model_loader/base_loader.py", 56, "load_model", "model = initialize_model("),
+             ("model_executor/layers/linear.py", 382, "__init__", "torch.empty(")],
     "kv_check": [("v1/engine/core.py", 163, "__init__", "kv_cache_config = self._initialize_kv_caches(vllm_config)"),
                  ("v1/engine/core.py", 321, "_initialize_kv_caches", "kv_cache_configs = get_kv_cache_configs("),
                  ("v1/core/kv_cache_planning.py", 1551, "get_kv_cache_configs", "_check_enough_kv_cache_memory("),
@@ -536,7 +549,8 @@ _FRAMES_033: dict[str, list[Frame]] = {
           ("v1/worker/gpu_worker.py", 1090, "compile_or_warm_up_model", "self.model_runner._dummy_sampler_run(hidden_states=last_hidden_states)"),
           ("v1/worker/gpu_model_runner.py", 5929, "_dummy_sampler_run", "raise RuntimeError(")],
 }
-_STAGE = {"external": "init_device", "D''": "init_device", "D": "init_device", "A": "kv_check", "C'": "kv_check",
+_STAGE = {"external": "init_device", "D''": "init_device", "D": "init_device", "weights": "load", "A": "kv_check",
+          "C'": "kv_check",
           "auto_fit": "auto_fit", "kv_alloc": "kv_alloc", "mamba": "mamba", "graph": "graph", "E": "E"}
 _RAISE_LINE = {"external": 731, "D''": 741, "D": 762, "A": 57, "C'": 77}
 
@@ -745,6 +759,7 @@ def _where(fmt: str, key: str) -> str:
     table_033 = {"banner": "startup.py:38", "args": "startup.py:96", "maxlen": "model.py:2170",
                  "chunked": "scheduler.py:310", "init": "core.py:139", "rank": "parallel_state.py:2385",
                  "load_start": "gpu_model_runner.py:4978", "load_done": "gpu_model_runner.py:5088",
+                 "load_failed": "gpu_model_runner.py:5086",
                  "external": "utils.py:751", "kv_flag": "gpu_worker.py:676", "cg_profile": "gpu_model_runner.py:6304",
                  "cg_estimate": "gpu_model_runner.py:6409", "kv_avail": "gpu_worker.py:772",
                  "cg_enabled": "gpu_worker.py:787", "autofit_full": "kv_cache_planning.py:1395",
@@ -756,7 +771,8 @@ def _where(fmt: str, key: str) -> str:
                  "shutdown": "launcher.py:306"}
     table_020 = {"banner": "utils.py:297", "args": "utils.py:233", "maxlen": "model.py:1713",
                  "init": "core.py:105", "rank": "parallel_state.py:1395", "load_start": "gpu_model_runner.py:4735",
-                 "load_done": "gpu_model_runner.py:4829", "cg_estimate": "gpu_model_runner.py:6042",
+                 "load_done": "gpu_model_runner.py:4829", "load_failed": "gpu_model_runner.py:4877",
+                 "cg_estimate": "gpu_model_runner.py:6042",
                  "kv_avail": "gpu_worker.py:440", "cg_enabled": "gpu_worker.py:455", "kv_size": "kv_cache_utils.py:1711",
                  "kv_conc": "kv_cache_utils.py:1716", "init_done": "core.py:281", "fatal": "core.py:1100",
                  "start_failed": "core.py:1098", "serving": "api_server.py:602", "stats": "loggers.py:271",
@@ -860,6 +876,11 @@ def _engine_startup(args: argparse.Namespace, profile: GpuProfile, config: SimCo
     time.sleep(pause)
     log.log(workers[0], "INFO", w("load_start"), f"Starting to load model {args.model_name}...")
     time.sleep(pause * 2)
+    if plan.failure == "weights":
+        for proc in workers:
+            log.log(proc, "ERROR", w("load_failed"), f"{plan.message} (original error: "
+                                                     f"{_weights_oom(plan, profile).split(': ', 1)[1]})")
+        return _engine_failure(log, plan, profile, workers)
     for proc in workers:
         log.log(proc, "INFO", w("load_done"),
                 f"Model loading took {_r2(plan.weights_bytes)} GiB memory and {pause * 2:.6f} seconds")
@@ -946,6 +967,13 @@ def _engine_startup(args: argparse.Namespace, profile: GpuProfile, config: SimCo
     return _serve(args, profile, plan, log, sock)
 
 
+def _weights_oom(plan: MemoryPlan, profile: GpuProfile) -> str:
+    """Torch's OOM while loading: the weights loaded so far (whole GiB) and the rest that did not fit."""
+    room = plan.free_bytes - _bytes(profile.non_torch_gib)
+    loaded = max(room, 0) // GIB * GIB
+    return torch_oom(plan.weights_bytes - loaded, plan.total_bytes, room - loaded, loaded + _bytes(profile.non_torch_gib))
+
+
 def _served(args: argparse.Namespace) -> list[str]:
     return list(args.served_model_name) if args.served_model_name else [args.model_name]
 
@@ -967,6 +995,8 @@ def _engine_failure(log: VllmLog, plan: MemoryPlan, profile: GpuProfile, workers
             torch_oom(plan.sampler_bytes, plan.total_bytes, plan.sampler_free_bytes, this))
         body = cause + "\n\nThe above exception was the direct cause of the following exception:\n\n"
         exc = f"RuntimeError: {plan.message}"
+    elif plan.failure == "weights":
+        exc = _weights_oom(plan, profile)
     elif plan.failure == "kv_alloc":
         in_use = plan.weights_bytes + _bytes(profile.non_torch_gib)
         exc = torch_oom(plan.kv_available_bytes, plan.total_bytes, plan.free_bytes - in_use, in_use)
@@ -977,10 +1007,10 @@ def _engine_failure(log: VllmLog, plan: MemoryPlan, profile: GpuProfile, workers
     else:
         exc = f"ValueError: {plan.message}"
     text = body + _traceback(frames, exc)
-    if len(workers) > 1 and stage != "kv_check" and stage != "auto_fit":
+    if len(workers) > 1 and stage not in ("kv_check", "auto_fit"):
         # multiproc executor: the ranks raise, the engine re-raises (v1/executor/multiproc_executor.py)
         worker_frames = [("v1/executor/multiproc_executor.py", 1040, "worker_main", "worker = WorkerProc(*args, **kwargs)")]
-        if stage == "init_device":
+        if stage in ("init_device", "load"):
             worker_text = _traceback(worker_frames + [f for f in frames if f[0] != "v1/engine/core.py"
                                                       and "executor" not in f[0]], exc)
             for proc in workers:
