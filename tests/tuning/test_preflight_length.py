@@ -172,7 +172,7 @@ EXPECTED_FAILURES = {"D", "A", "C'", "graph", "J"}  # what pre-flight foresees; 
 FORMATS = simulator.VERSIONS  # the vLLM versions the simulator models: log format → version
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), total=st.integers(800, 8000), gmu=st.integers(5, 99), non_torch=st.integers(0, 50),
        activation=st.integers(0, 300), graph=st.integers(0, 100), per_token=st.sampled_from([16384, 28672, 131072, 196608]),
        max_len=st.sampled_from([4096, 65536, 131072]), seqs=st.integers(1, 256), eager=st.booleans(), fmt=st.sampled_from(sorted(FORMATS)))
