@@ -372,8 +372,13 @@ class Worker:
             return report.healthy, report.to_dict()
         if kind == "accept_change":
             outcome = register_image(path, settings=self.settings, accept_current=True, actor=actor)
+            # Judge the accepted file against its new golden copy now: the last check (warning, judged
+            # against the old one) must not be what later checks of the unchanged file reuse.
+            record = self.bounded_check(outcome["image"]["id"])
             return True, {"golden_sha256": outcome["golden_sha256"], "changed": outcome["changed"],
-                          "accepted_with_problems": outcome["accepted_current"]}
+                          "accepted_with_problems": outcome["accepted_current"],
+                          "status": record.status if record is not None else None,
+                          "check_id": record.check_id if record is not None else None}
         return False, {"error": f"unknown request kind {kind!r}"}
 
     def beat(self, state: str = "running") -> None:

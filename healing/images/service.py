@@ -2,8 +2,8 @@
 
 One check of a registered image:
   1. stat and hash the file (always: bit rot that keeps size and mtime must still be caught);
-  2. if size and sha256 equal the last check's, reuse that analysis (``reused_analysis``), else run
-     the checker with the image's baseline;
+  2. if size and sha256 equal the last check's and the image (golden copy, baseline) was not updated
+     since, reuse that analysis (``reused_analysis``), else run the checker with the image's baseline;
   3. a file that differs from its golden copy but verifies (its own data hash holds) is a
      ``security`` finding — an unexpected change, not corruption — and the status is at least warning;
   4. record the check (audited); alert when the status turns critical, turns unknown (cannot be
@@ -146,6 +146,14 @@ def _nonregular_findings(result: dict[str, Any] | None) -> set[str]:
             str(f.get("description"))}
 
 
+def _judged_before_update(last: dict[str, Any], image: dict[str, Any]) -> bool:
+    """True when the image row (golden copy, baseline, policy) changed after ``last`` was checked: an
+    accepted change or a re-registration. That analysis was judged against the old golden copy and
+    baseline, so it must not be reused for the unchanged file (record_check never touches updated_at)."""
+    checked, updated = last.get("created_at"), image.get("updated_at")
+    return checked is not None and updated is not None and checked < updated
+
+
 class ImageService:
     """Checks and heals registered images; thread-safe (the worker runs jobs in a thread pool)."""
 
@@ -262,7 +270,7 @@ class ImageService:
 
         if image is not None:
             if (last is not None and last["status"] != "unknown" and last["file_sha256"] == facts["file_sha256"]
-                    and last["file_size"] == facts["file_size"]):
+                    and last["file_size"] == facts["file_size"] and not _judged_before_update(last, image)):
                 data = {
                     "image_path": path, "status": last["status"], "confidence": last["confidence"],
                     "metrics": dict(last["metrics"] or {}), "findings": list(last["findings"] or []),
