@@ -29,7 +29,7 @@ Reads
   list_runs(session, *, subsystem=None, limit=50) -> list[dict]           newest first
   list_promotions_detail(session, *, status=None, limit=100) -> list[dict]
       promotions newest first, each with ``inconclusive`` and ``verdict`` from its candidate's score
-      breakdown and ``error_class`` from its run's intent
+      breakdown, ``error_class`` from its run's intent and ``watch`` ({state, until, reason} or None)
   tuning_counts(session) -> {"open_intents", "processing_intents", "pending_promotions", "subsystems"}
 
 Post-promotion watch and blocked failures (issue 12)
@@ -391,6 +391,12 @@ def list_promotions_detail(session: Session, *, status: str | None = None, limit
         row["score"] = cand.score if cand else None
         row["error_class"] = intent.error_class if intent else None
         out.append(row)
+    ids = [row["id"] for row in out]
+    watches = {w.promotion_id: w for w in session.exec(
+        select(PromotionWatch).where(PromotionWatch.promotion_id.in_(ids)))} if ids else {}  # type: ignore[attr-defined]
+    for row in out:
+        w = watches.get(row["id"])
+        row["watch"] = {"state": w.state, "until": w.until, "reason": w.reason} if w else None
     return out
 
 

@@ -245,7 +245,10 @@ def cmd_promotions_list(args: argparse.Namespace) -> int:
     for r in rows:
         change = ", ".join(f"{k.split('.', 1)[-1]} {r['old_values'].get(k)}→{v}" for k, v in (r["new_values"] or {}).items())
         expires = f"{r['expires_at']:%Y-%m-%d %H:%M}" if r.get("expires_at") else "-"
-        note = "INCONCLUSIVE" if r["inconclusive"] else (r.get("reason") or "")
+        watch = r.get("watch") or {}
+        note = ("INCONCLUSIVE" if r["inconclusive"] else
+                f"watching until {watch['until']:%H:%M:%S} UTC" if watch.get("state") == "watching" else
+                "verified" if watch.get("state") == "verified" and r["status"] == "applied" else (r.get("reason") or ""))
         print(f"{r['id']:>4}  {r['status']:<15} {r['subsystem']:<12} {change:<48} {expires:<17} {note[:80]}")
     return EXIT_OK
 

@@ -160,6 +160,7 @@ def test_a_healthy_service_is_verified_after_the_window(tmp_path: Path, monkeypa
 
     assert (result["state"], result["reason"]) == ("verified", "verified: 60 s after the apply without a failure (3 health probes)")
     assert _watch(pid)["state"] == "verified" and _promotion(pid)["status"] == "applied"
+    assert _promotion(pid)["watch"] == {"state": "verified", "until": T0 + timedelta(seconds=60), "reason": result["reason"]}
     assert check_watches(settings, T0 + timedelta(seconds=65)) == []  # nothing left to watch
     assert target.read_text() == APPLIED and marker.read_text() == repr(APPLIED) + "\n"  # one reload: the apply
     assert _kinds() == ["promotion.created", "promotion.approved", "promotion.applied", "promotion.watch_started",
@@ -325,6 +326,9 @@ def test_no_watch_when_the_window_is_zero_and_tune_watch_says_so(tmp_path: Path,
     assert cli.main(["tune", "watch"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"promotion {pid}: watching — HTTP 200")
+    assert cli.main(["promotions", "list"]) == 0
+    until = _watch(pid)["until"]
+    assert capsys.readouterr().out.splitlines()[1].endswith(f"watching until {until:%H:%M:%S} UTC")
     service.health = 503
     assert cli.main(["tune", "watch"]) == 0  # 1 of 2 failed probes
     capsys.readouterr()
