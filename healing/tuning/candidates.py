@@ -257,7 +257,7 @@ def _cost(params: Mapping[str, Decimal], current: Mapping[str, Decimal]) -> tupl
 
 
 def _why(error_class: str, params: Mapping[str, Decimal], current: Mapping[str, Decimal], settings: TuningSettings,
-         total_gib: Decimal | None) -> str:
+         total_gib: Decimal | None, length_resolved: bool = False) -> str:
     parts: list[str] = []
     mml = current.get(MAX_MODEL_LEN)
     if error_class in KV_LENGTH_CLASSES and MAX_MODEL_LEN not in params and mml is not None and mml > 0:
@@ -288,12 +288,19 @@ def _why(error_class: str, params: Mapping[str, Decimal], current: Mapping[str, 
         else:
             lost = old - new
             parts.append(f"lowers {short} {change}: {int(lost)} fewer concurrent sequences" if lost > 0 else f"raises {short} {change}")
+    if length_resolved and mml is not None and (MAX_MODEL_LEN in params or error_class in KV_LENGTH_CLASSES):
+        parts.append(f"the running max_model_len {int(mml)} is the length vLLM resolved (the target config sets none, or auto)")
     return "; ".join(parts)
 
 
 def generate_candidates(intent: Mapping[str, Any], current: Mapping[str, Decimal], settings: TuningSettings,
-                        max_candidates: int = 3, preflight: Preflight | None = None) -> list[Candidate]:
-    """Ranked candidates for one intent (see the module docstring); [] when the class has no actuator and no seed."""
+                        max_candidates: int = 3, preflight: Preflight | None = None,
+                        length_resolved: bool = False) -> list[Candidate]:
+    """Ranked candidates for one intent (see the module docstring); [] when the class has no actuator and no seed.
+
+    ``length_resolved``: the running max_model_len is the one vLLM resolved (the target config sets none or
+    ``auto``); the why of each candidate that keeps or cuts it says so.
+    """
     error_class = str(intent.get("error_class") or intent.get("class") or "")
     values = dict(intent.get("values") or {})
     seed = intent.get("seed_fix") or None
@@ -344,5 +351,5 @@ def generate_candidates(intent: Mapping[str, Any], current: Mapping[str, Decimal
         acts = {p: settings.actuators[p] for p in params}
         out.append(Candidate({p: acts[p].python_value(v) for p, v in params.items()},
                              {p: acts[p].python_value(uncapped.get(p, v)) for p, v in params.items()}, origin,
-                             rank, _why(error_class, params, current, settings, total)))
+                             rank, _why(error_class, params, current, settings, total, length_resolved)))
     return out

@@ -223,6 +223,7 @@ class TuningRunner:
         from healing.tuning.canary import TemplateError, missing_placeholders, render_argv
         from healing.tuning.candidates import generate_candidates
         from healing.tuning.preflight import preflight_for
+        from healing.tuning.promotions import read_target_values
         from storage import tuning_queries as tq
         from storage.engine import session_scope
 
@@ -231,7 +232,11 @@ class TuningRunner:
         current = running_values(self.runner, values)
         # one pre-flight for the run: candidates are planned and ranked with its arithmetic, then each is checked
         preflight = preflight_for(self.runner, values, current)
-        candidates = generate_candidates(intent, current, self.tuning, self.runner.max_candidates, preflight)
+        target = self.runner.target_config
+        # a length the config leaves to vLLM (unset, auto, -1) came from the log: the candidates say so
+        resolved = (MAX_MODEL_LEN in current and target is not None and target.exists()
+                    and MAX_MODEL_LEN not in read_target_values(target))
+        candidates = generate_candidates(intent, current, self.tuning, self.runner.max_candidates, preflight, resolved)
         if not candidates:
             return self._escalate(intent, run_id, "no_actuator", "no candidate: no parameter of ours moves in the direction this "
                                   f"failure ({intent['error_class']}) needs from the running values", now)

@@ -206,6 +206,20 @@ def test_the_new_classes_step_in_their_direction_without_a_seed(error_class: str
 
 # --------------------------------------------------------------------------- max_model_len auto
 
+def test_a_length_vllm_resolved_is_named_as_such() -> None:
+    intent = {"error_class": "kv_cache_one_request_does_not_fit", "seed_fix": {MAX_MODEL_LEN: 6144},
+              "values": {"max_model_len": 8192, "needed_gib": 1.0, "available_gib": 0.79, "_alternatives": [{GMU: 0.9}]}}
+    current = {GMU: D("0.85"), MAX_NUM_SEQS: D(16), MAX_MODEL_LEN: D(8192)}
+    first, second, _third = generate_candidates(intent, current, SETTINGS, 3, _preflight(current, intent["values"], weights=11.0),
+                                                length_resolved=True)
+    note = "the running max_model_len 8192 is the length vLLM resolved (the target config sets none, or auto)"
+    assert first.why == f"keeps max_model_len 8192; raises gpu_memory_utilization 0.85→0.9 (+0.79 GiB of the GPU); {note}"
+    assert second.why == f"cuts max_model_len 8192→6144 alone: gives up 2,048 tokens of context (25%); {note}"
+    sampler = generate_candidates({"error_class": "sampler_warmup_oom", "seed_fix": {MAX_NUM_SEQS: 16}, "values": {}},
+                                  {**current, MAX_NUM_SEQS: D(256)}, SETTINGS, 1, length_resolved=True)
+    assert sampler[0].why == "lowers max_num_seqs 256→16: 240 fewer concurrent sequences"  # the length is not its business
+
+
 def test_a_running_max_model_len_of_auto_is_what_vllm_resolved(tmp_path: Path) -> None:
     target = tmp_path / "vllm.yaml"
     target.write_text(yaml.safe_dump({"vllm": {"gpu_memory_utilization": 0.9, "max_model_len": -1}}), encoding="utf-8")
