@@ -3,7 +3,12 @@
 Creates a few PixelRTS images under $SELFHEAL_HOME/demo/ (compressed data, text, real machine code
 from this Python installation, a WebAssembly module in code mode), registers them, checks them, damages
 one and heals it from its golden copy, and runs one config-tuning cycle against the vLLM simulator that
-leaves a promotion waiting for review. Running it again reuses what is there (idempotent).
+leaves a promotion waiting for review.
+
+The demo loads only into an empty home: when the database already holds images, tuning runs,
+promotions or alerts (an earlier demo, or real use), nothing is written — replaying it would rewrite
+the demo's target file under an applied promotion, propose the same change again and raise new
+alerts. ``make run`` runs it at every start, so a restart keeps every decision.
 """
 
 from __future__ import annotations
@@ -102,11 +107,33 @@ def load_tuning(settings: Settings) -> dict[str, Any] | None:
     return result
 
 
+def existing_state(settings: Settings) -> dict[str, int]:
+    """Rows already in the database that the demo would add to or overwrite: non-zero counts only."""
+    import sqlalchemy as sa
+
+    from storage.engine import session_scope
+    from storage.models import Alert, Image, Promotion, TuningIntent, TuningRun
+
+    counts = {}
+    with session_scope(settings.database_url, write=False) as session:
+        for label, model in (("images", Image), ("tuning intents", TuningIntent), ("tuning runs", TuningRun),
+                             ("promotions", Promotion), ("alerts", Alert)):
+            counts[label] = int(session.execute(sa.select(sa.func.count()).select_from(model.__table__)).scalar_one())
+    return {label: n for label, n in counts.items() if n}
+
+
 def run_demo(settings: Settings) -> dict[str, Any]:
+    """Load the demo into an empty home; anything else is left exactly as it is (``{"skipped": {...}}``)."""
     from storage.migrate import upgrade
 
     upgrade(settings.database_url)
-    summary = {"images": load_images(settings)}
+    found = existing_state(settings)
+    if found:
+        what = ", ".join(f"{n} {label}" for label, n in found.items())
+        _say(f"not loaded: {settings.home} already has data ({what}); the demo loads only into an empty home "
+             "(point SELFHEAL_HOME at a new folder for a fresh one)")
+        return {"skipped": found}
+    summary: dict[str, Any] = {"images": load_images(settings)}
     summary["tuning"] = load_tuning(settings)
     _say(f"done; data under {settings.home}")
     return summary

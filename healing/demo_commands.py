@@ -9,7 +9,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="load demo images, a healed corruption and a pending promotion",
                        description="Create demo PixelRTS images under $SELFHEAL_HOME/demo, register and check them, "
                                    "damage one and heal it, and run one config-tuning cycle against the vLLM "
-                                   "simulator that leaves a promotion pending review. Safe to run again.")
+                                   "simulator that leaves a promotion pending review. Loads only into an empty home: "
+                                   "with data already there it changes nothing.")
     p.set_defaults(func=cmd_demo)
 
 
