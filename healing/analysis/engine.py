@@ -146,12 +146,14 @@ class PixelRTSVisionAnalyzer(PatternDetector):
 
     def vision_context(self) -> Any:
         """What a vision model is given about this image: pixels, entropy overlay, metrics, outliers."""
-        from healing.analysis.anomaly import AnomalyModel, assess
+        from healing.analysis.anomaly import AnomalyModel, assess, assess_stream
         from healing.analysis.overlays import entropy_heatmap
         from healing.vision import AnalysisContext
 
         emap = image_entropy(self.loaded, self.settings.health_check.block_size)
-        report = assess(emap, AnomalyModel())
+        stream = self.loaded.stream
+        report = (assess_stream(stream, emap, AnomalyModel()) if stream is not None and emap.grid_size is not None
+                  else assess(emap, AnomalyModel()))
         small = self.image
         hash_verified = self.loaded.report.hash_verified if self.loaded.report is not None else None
         metrics = {"mean_entropy": emap.stats["mean"], "entropy_std": emap.stats["std"],

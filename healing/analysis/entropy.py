@@ -133,6 +133,11 @@ class EntropyMap:
     tile: int | None = None
     excluded_tail: int = 0  # trailing blocks treated as padding (not in the statistics)
     stats: dict[str, Any] = field(default_factory=dict)
+    # Curve streams only (healing.analysis.ranges reads them): where the data ends, each block's
+    # chi-square distance from a flat byte histogram, and its count of zero bytes.
+    data_length: int | None = None
+    uniformity: np.ndarray | None = None
+    zero_bytes: np.ndarray | None = None
 
     @property
     def considered(self) -> np.ndarray:
@@ -158,6 +163,20 @@ def _stats(values: np.ndarray) -> dict[str, Any]:
         "std": round(float(values.std()), 4),
         "bands": {name: round(float(c) / values.size, 4) for (name, _), c in zip(BANDS, counts, strict=True)},
     }
+
+
+def uniformity_from_histograms(hist: np.ndarray) -> np.ndarray:
+    """Pearson's chi-square of each row of a (blocks, 256) histogram against a flat histogram.
+
+    Random bytes give 255 ± 23 whatever the block size (255 degrees of freedom); code, text and
+    tables give thousands. Written as ``256·Σh²/t − t`` so that no (blocks, 256) float array is made.
+    """
+    totals = hist.sum(axis=1).astype(np.float64)
+    squares = np.einsum("ij,ij->i", hist, hist, dtype=np.float64)
+    out = np.full(hist.shape[0], np.inf)
+    nonempty = totals > 0
+    out[nonempty] = 256.0 * squares[nonempty] / totals[nonempty] - totals[nonempty]
+    return out
 
 
 def entropy_map(stream: np.ndarray, grid_size: int, block_size: int = DEFAULT_BLOCK_SIZE, *,
@@ -189,7 +208,8 @@ def entropy_map(stream: np.ndarray, grid_size: int, block_size: int = DEFAULT_BL
     cells, c = block_index_grid(grid_size, block_size)
     image = blocks.astype(np.float32)[np.minimum(cells, blocks.size - 1)]
     emap = EntropyMap(blocks=blocks, image=image, block_size=block_size, cell=c, grid_size=grid_size,
-                      excluded_tail=excluded)
+                      excluded_tail=excluded, data_length=data_length if data_length is not None else 0 if exclude_padding else int(stream.size),
+                      uniformity=uniformity_from_histograms(hist), zero_bytes=hist[:, 0].copy())
     emap.stats = _stats(emap.considered)
     return emap
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from healing.analysis.anomaly import AnomalyModel, AnomalyReport, assess
+from healing.analysis.anomaly import AnomalyModel, AnomalyReport, assess, assess_stream
 from healing.analysis.entropy import EntropyMap, entropy_map, tiled_entropy_map
 from healing.analysis.geometry import range_region
 from healing.analysis.loading import LoadedImage, load_image
@@ -130,12 +130,14 @@ def assess_image(loaded: LoadedImage, block_size: int, model: AnomalyModel, cont
         data_length = loaded.image.stored_length if loaded.is_pixelrts else None
         emap = entropy_map(loaded.stream, loaded.grid_size, block_size, data_length=data_length,
                            exclude_padding=not loaded.is_pixelrts)
+        report = assess_stream(loaded.stream, emap, model)
     else:
         tile = max(1, int(round((block_size / 4) ** 0.5)))
         emap = tiled_entropy_map(loaded.pixels, tile)
+        report = assess(emap, model)
     small, scale = loaded.downscaled(context_size)
     edges = sobel_edges(small, strongest=0)
-    return Assessment(emap, assess(emap, model), small, scale, edges.edge_density)
+    return Assessment(emap, report, small, scale, edges.edge_density)
 
 
 class VLMHealthChecker(EnsembleCheckMixin):
@@ -407,12 +409,31 @@ class VLMHealthChecker(EnsembleCheckMixin):
         if compared == "compared" and changed:
             self._range_findings(result, loaded, changed)
         elif compared != "compared":
-            for outlier in anomaly.outliers[:MAX_LIKELY_PLACES]:
-                result.findings.append(make_finding(
-                    "anomaly", "medium",
-                    f"likely place of the damage (entropy outlier, not confirmed: no baseline): entropy "
-                    f"{outlier.entropy:.2f} bits/byte over {outlier.blocks} block(s), z = {outlier.zscore:+.1f}",
-                    byte_range=outlier.byte_range, region=outlier.region, source=SOURCE_STATISTICAL))
+            self._likely_places(result, anomaly)
+
+    def _likely_places(self, result: HealthCheckResult, anomaly: AnomalyReport) -> None:
+        """The drawn outliers as likely places (full-image regions and stream byte ranges), or why none is drawn."""
+        for outlier in anomaly.outliers[:MAX_LIKELY_PLACES]:
+            what = f"{outlier.kind} run: {outlier.reason}" if outlier.reason else "entropy outlier"
+            result.findings.append(make_finding(
+                "anomaly", "medium",
+                f"likely place of the damage ({what}; not confirmed: no baseline): entropy "
+                f"{outlier.entropy:.2f} bits/byte over {outlier.blocks} block(s), z = {outlier.zscore:+.1f}",
+                byte_range=outlier.byte_range, region=outlier.region, source=SOURCE_STATISTICAL))
+        self._withheld_finding(result, anomaly)
+
+    def _withheld_finding(self, result: HealthCheckResult, anomaly: AnomalyReport) -> None:
+        """Say that suspicious runs were found but, by calibration, are not drawn as likely places."""
+        if not anomaly.withheld:
+            return
+        ranges = self.anomaly_model.ranges
+        kinds = sorted({o.kind for o in anomaly.withheld})
+        rates = ", ".join(f"{kind} {100 * ranges.hint_overlap(kind):.0f} %" for kind in kinds)
+        result.findings.append(make_finding(
+            "anomaly", "low",
+            f"{len(anomaly.withheld)} suspicious run(s) found but no likely place drawn: on the calibration corpus "
+            f"this detector's places overlapped the damage too rarely ({rates}; drawn from "
+            f"{100 * ranges.min_hint_overlap:.0f} %)", source=SOURCE_STATISTICAL))
 
     @staticmethod
     def _range_findings(result: HealthCheckResult, loaded: LoadedImage, changed: list[tuple[int, int]]) -> None:
@@ -505,7 +526,12 @@ class VLMHealthChecker(EnsembleCheckMixin):
         why = "plain PNG without PixelRTS metadata"
         score = result.metrics["anomaly_score"]
         for finding in ensemble.findings:
+            if finding.source == SOURCE_STATISTICAL and finding.region is not None:
+                # The statistical provider saw the downscaled picture, so its boxes are clamped to it;
+                # the likely places are drawn below from the outliers, in full-image coordinates.
+                continue
             result.findings.append(finding.to_dict())
+        self._likely_places(result, stats.anomaly)
         if ensemble.status == "unknown":
             result.status, result.confidence = HealthStatus.UNKNOWN, 0.0
             result.findings.append(make_finding("anomaly", "low", f"{why}: no hash can decide and no provider answered "
