@@ -20,6 +20,7 @@ requests, prunes the quarantine and returns.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import inspect
 import logging
@@ -28,6 +29,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -89,6 +91,9 @@ class _RunningCheck:
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, args=(service, image_id), name=f"check-{image_id}", daemon=True)
 
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
     def _run(self, service: Any, image_id: int) -> None:
         try:
             self.record = service.check(image_id)
@@ -96,6 +101,106 @@ class _RunningCheck:
             self.error = exc
         finally:
             self.done.set()
+
+
+# A check cycle records its unchanged images in transactions of this many checks (and audit events).
+CYCLE_BATCH = 500
+HASH_BYTES_PER_THREAD = 64 << 20  # a batch hashes in one more thread per this many bytes (up to worker.threads)
+
+
+def hash_entry(path: str) -> tuple[int, int, str] | None:
+    """(size, mtime_ns, sha256) of the regular file that is the directory entry ``path`` (never through a
+    symlink, never a FIFO or device), or None when it is anything else or unreadable: the full check
+    then says why."""
+    from healing.safeio import open_regular
+
+    try:
+        with open_regular(path, follow_symlinks=False) as fh:
+            st = os.fstat(fh.fileno())
+            return st.st_size, st.st_mtime_ns, hashlib.file_digest(fh, "sha256").hexdigest()
+    except SelfHealError:
+        return None
+
+
+class _CycleHasher:
+    """Hashes a cycle's images, in order, in a few daemon threads (file reads and hashlib release the
+    GIL), ahead of the batches being recorded. A file that hangs holds only its thread; ``wait_batch``
+    gives up when no hash has completed for the timeout, and ``cancel`` stops what has not started."""
+
+    def __init__(self, rows: list[dict[str, Any]], threads: int, batch_size: int) -> None:
+        self._pending = deque(rows)
+        self._cond = threading.Condition()
+        self._cancelled = False
+        self._batch_of = {row["id"]: n // batch_size for n, row in enumerate(rows)}
+        self._left = [min(batch_size, len(rows) - start) for start in range(0, len(rows), batch_size)]
+        self.completed = 0
+        self.results: dict[int, tuple[int, int, str] | None] = {}
+        self.running: dict[int, float] = {}  # image id → when its hash started (monotonic)
+        self.durations_ms: dict[int, float] = {}
+        for n in range(min(threads, len(rows))):
+            threading.Thread(target=self._work, name=f"check-hash-{n}", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                if self._cancelled or not self._pending:
+                    return
+                row = self._pending.popleft()
+                began = self.running[row["id"]] = time.monotonic()
+            result = hash_entry(row["path"])
+            with self._cond:
+                self.running.pop(row["id"], None)
+                self.results[row["id"]] = result
+                self.durations_ms[row["id"]] = round((time.monotonic() - began) * 1000, 3)
+                self.completed += 1
+                batch = self._batch_of[row["id"]]
+                self._left[batch] -= 1
+                if self._left[batch] == 0:
+                    self._cond.notify_all()
+
+    def wait_batch(self, batch: int, timeout: float, stopping: threading.Event) -> bool:
+        """Wait until every hash of batch number ``batch`` is done; False when hashing made no progress
+        for ``timeout`` seconds (a hung file) or the worker is stopping."""
+        with self._cond:
+            progress, since = self.completed, time.monotonic()
+            while self._left[batch] > 0:
+                if stopping.is_set():
+                    return False
+                if self.completed != progress:
+                    progress, since = self.completed, time.monotonic()
+                elif time.monotonic() - since >= timeout:
+                    return False
+                self._cond.wait(min(0.25, max(0.0, since + timeout - time.monotonic())))
+        return True
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._cancelled = True
+
+    def alive(self, image_id: int) -> bool:
+        with self._cond:
+            return image_id in self.running
+
+
+class _StuckHash:
+    """The _checks entry of an image whose cycle hash overran: busy while its hash thread still runs."""
+
+    def __init__(self, hasher: _CycleHasher, image_id: int, started: float) -> None:
+        self.hasher, self.image_id, self.started = hasher, image_id, started
+
+    def alive(self) -> bool:
+        return self.hasher.alive(self.image_id)
+
+
+def _reusable(row: dict[str, Any], facts: tuple[int, int, str] | None) -> bool:
+    """True when the check would only repeat the last one: same size and sha256 as the last check, that
+    check healthy or warning, and the file equal to its golden copy (so no unexpected change, no alert and
+    no heal can follow). Everything else gets the full per-image check."""
+    if facts is None or row["last_status"] not in ("healthy", "warning"):
+        return False
+    size, _mtime, sha = facts
+    golden = row["golden_sha256"]
+    return row["last_file_sha256"] == sha and row["last_file_size"] == size and (not golden or golden == sha)
 
 
 def guarded(name: str, body: Any) -> Any:
@@ -278,7 +383,7 @@ class Worker:
         timeout = self.settings.health_check.timeout_s
         with self._checks_lock:
             running = self._checks.get(image_id)
-            if running is not None and running.thread.is_alive():
+            if running is not None and running.alive():
                 busy_for = time.monotonic() - running.started
             else:
                 running = _RunningCheck(self.service, image_id)
@@ -307,6 +412,129 @@ class Worker:
             log.error("check of image %s failed", image_id, exc_info=running.error)
             return None, False
         return running.record, False
+
+    def check_cycle(self, *, due_only: bool = True) -> tuple[list[Any], int]:
+        """Check the images that are due (all of them when not ``due_only``), batched.
+
+        One read gives the images and their last checks. The files are hashed in daemon threads ahead of
+        the batches of CYCLE_BATCH images being recorded (one thread for small files, up to
+        ``worker.threads`` for large ones). An image whose size and sha256 equal its last healthy/warning
+        check and its golden copy is recorded with the reused analysis, one transaction per batch (check
+        rows, statuses, audit events); every other image (changed, missing, replaced, unreadable,
+        critical, never checked) gets the full bounded per-image check. When hashing makes no progress
+        for health_check.timeout_s, the hung image is recorded as an overrun like a stuck check and the
+        images not hashed yet get their own bounded checks. Returns (CheckRecords, overruns)."""
+        from storage.engine import session_scope
+        from storage.worker_queries import images_due
+
+        with session_scope(write=False) as session:
+            rows = images_due(session, due_only=due_only, node=self.own_node())
+        records: list[Any] = []
+        overruns = 0
+        todo = []
+        with self._checks_lock:
+            busy = []
+            for row in rows:
+                running = self._checks.get(row["id"])
+                if running is not None and running.alive():
+                    busy.append((row["id"], time.monotonic() - running.started))
+                else:
+                    self._checks.pop(row["id"], None)
+                    todo.append(row)
+        for image_id, busy_for in busy:
+            self._record_overrun(image_id, busy_for, first=False)
+            overruns += 1
+        # Small files hash fastest in one thread (more only fight over the GIL); large ones in worker.threads.
+        expected = sum(int(row["last_file_size"] or 0) for row in todo)
+        hasher = _CycleHasher(todo, min(self.config.threads, 1 + expected // HASH_BYTES_PER_THREAD), CYCLE_BATCH)
+        hung = False
+        try:
+            for number, start in enumerate(range(0, len(todo), CYCLE_BATCH)):
+                batch = todo[start:start + CYCLE_BATCH]
+                if not hung and not hasher.wait_batch(number, self.settings.health_check.timeout_s, self._stopping):
+                    hung = True
+                    hasher.cancel()
+                if self._stopping.is_set():
+                    break
+                overruns += self._check_batch(batch, hasher, records)
+        finally:
+            hasher.cancel()
+        with self._stats_lock:
+            self._stats["checks"] += len(records)
+            self._stats["heals"] += sum(r.heal is not None for r in records)
+        return records, overruns
+
+    def _check_batch(self, batch: list[dict[str, Any]], hasher: _CycleHasher, records: list[Any]) -> int:
+        """Record one hashed batch of check_cycle (appending CheckRecords to ``records``); returns overruns."""
+        overruns = 0
+        fast, full = [], []
+        for row in batch:
+            if row["id"] in hasher.results:
+                (fast if _reusable(row, hasher.results[row["id"]]) else full).append(row)
+            elif hasher.alive(row["id"]):
+                started = hasher.running.get(row["id"], time.monotonic())
+                with self._checks_lock:
+                    self._checks[row["id"]] = _StuckHash(hasher, row["id"], started)
+                timeout = self.settings.health_check.timeout_s
+                log.warning("check of image %s did not finish within %g s: recorded unknown", row["id"], timeout)
+                self._record_overrun(row["id"], timeout, first=True)
+                overruns += 1
+            else:
+                full.append(row)  # not hashed before hashing stopped: its own bounded check
+        full.extend(self._record_reused(fast, hasher, records))
+        for row in full:
+            if self._stopping.is_set():
+                break
+            record, overran = self._bounded_check(row["id"])
+            if record is not None:
+                records.append(record)
+            overruns += overran
+        return overruns
+
+    def _record_reused(self, rows: list[dict[str, Any]], hasher: _CycleHasher, records: list[Any]) -> list[dict[str, Any]]:
+        """Record the unchanged images of a batch in one transaction; returns the rows left for the full
+        check (an image another check or heal holds right now, or all of them when the write failed)."""
+        from healing.images.integrity import iso_now
+        from healing.images.service import CheckRecord
+        from storage.engine import session_scope
+        from storage.worker_queries import record_reused_checks
+
+        facts, durations = hasher.results, hasher.durations_ms
+        held, rest = [], []
+        for row in rows:
+            lock = self.service._lock_for(row["id"])
+            if lock.acquire(blocking=False):
+                held.append((row, lock))
+            else:
+                rest.append(row)
+        if not held:
+            return rest
+        try:
+            checks = []
+            for row, _lock in held:
+                size, mtime_ns, sha = facts[row["id"]]
+                checks.append({"image_id": row["id"], "image_path": row["path"], "status": row["last_status"],
+                               "confidence": row["last_confidence"], "metrics": row["last_metrics"] or {},
+                               "findings": row["last_findings"] or [], "recommendation": row["last_recommendation"] or "",
+                               "duration_ms": durations.get(row["id"], 0.0), "file_size": size, "file_sha256": sha,
+                               "file_mtime_ns": mtime_ns})
+            try:
+                with session_scope() as session:
+                    ids = record_reused_checks(session, checks, actor=self.service.actor)
+            except SelfHealError as exc:
+                log.warning("%d unchanged checks not recorded in one batch (%s): checking them one by one", len(checks), exc)
+                return [row for row, _lock in held] + rest
+        finally:
+            for _row, lock in held:
+                lock.release()
+        now = iso_now()
+        for check, check_id in zip(checks, ids, strict=True):
+            data = {"image_path": check["image_path"], "status": check["status"], "confidence": check["confidence"],
+                    "metrics": dict(check["metrics"]), "findings": list(check["findings"]),
+                    "recommendation": check["recommendation"], "timestamp": now, "duration_ms": check["duration_ms"]}
+            records.append(CheckRecord(check["image_path"], check["image_id"], data, check_id, check["file_sha256"],
+                                       True, False))
+        return rest
 
     def _record_overrun(self, image_id: int, seconds: float, *, first: bool) -> None:
         try:
@@ -402,20 +630,10 @@ class Worker:
         """Check every registered image now (healing where auto-heal applies), run pending requests, return.
 
         Each check is bounded by health_check.timeout_s like the scheduled ones; an overrun counts as unknown."""
-        from storage.engine import session_scope
-        from storage.worker_queries import image_schedule
-
         self.lock.acquire()
         try:
             self.prepare()
-            with session_scope(write=False) as session:
-                ids = [row["id"] for row in sorted(image_schedule(session), key=lambda r: r["path"])]
-            records, overruns = [], 0
-            for image_id in ids:
-                record, overran = self._bounded_check(image_id)
-                if record is not None:
-                    records.append(record)
-                overruns += overran
+            records, overruns = self.check_cycle(due_only=False)
             requests = self.process_requests()
             self.prune_quarantine()
             self.service.remove_stale_temps()

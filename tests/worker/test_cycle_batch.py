@@ -1,0 +1,144 @@
+"""The batched check cycle (issue 15): one read, hashing ahead in threads, one transaction per batch for the
+unchanged images, the full per-image check for everything else — with the same results as that path."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import sqlalchemy as sa
+
+import healing.worker as worker_module
+from healing.config import load_settings
+from healing.images.registry import register_image
+from healing.images.service import ImageService
+from healing.pixelrts import write_image
+from healing.worker import Worker
+from storage.audit import verify_chain
+from storage.engine import get_engine, session_scope
+from storage.models import Alert, Check
+from tests.worker._procs import rows
+
+
+def _findings(result: dict) -> list[tuple]:
+    return [(f["category"], f["severity"], f["source"], f["description"]) for f in result.get("findings") or []]
+
+
+class CommitCounter:
+    """Counts committed transactions on the configured engine."""
+
+    def __init__(self) -> None:
+        self.engine = get_engine()
+        self.count = 0
+
+    def _on_commit(self, _conn: object) -> None:
+        self.count += 1
+
+    def __enter__(self) -> CommitCounter:
+        sa.event.listen(self.engine, "commit", self._on_commit)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sa.event.remove(self.engine, "commit", self._on_commit)
+
+
+def test_cycle_results_equal_the_per_image_path(settings, make_image):
+    names = ["fine1", "fine2", "changed", "deleted", "notpng", "swapped"]
+    paths = {n: make_image(f"{n}.rts.png") for n in names}
+    ids = {n: register_image(p, settings=settings)["image"]["id"] for n, p in paths.items()}
+    worker = Worker(load_settings())
+    first, overruns = worker.check_cycle(due_only=False)
+    assert (overruns, sorted(r.status for r in first), sum(r.reused for r in first)) == (0, ["healthy"] * 6, 0)
+
+    write_image(b"another valid payload " * 300, paths["changed"])
+    paths["deleted"].unlink()
+    paths["notpng"].write_bytes(b"this is not a png at all")
+    target = paths["swapped"].with_name("elsewhere.rts.png")
+    paths["swapped"].rename(target)
+    os.symlink(target, paths["swapped"])
+
+    with CommitCounter() as commits:
+        records, overruns = Worker(load_settings()).check_cycle(due_only=False)
+    got = {Path(r.image_path).name.split(".")[0]: r for r in records}
+    assert overruns == 0 and sorted(got) == sorted(names)
+    assert {n: (got[n].status, got[n].reused) for n in names} == {
+        "fine1": ("healthy", True), "fine2": ("healthy", True), "changed": ("warning", False),
+        "deleted": ("critical", False), "notpng": ("unknown", False), "swapped": ("critical", False)}
+    assert _findings(got["deleted"].result) == [
+        ("structural", "high", "registry", f"{paths['deleted']}: registered image is missing")]
+    assert _findings(got["swapped"].result) == [
+        ("security", "high", "registry", f"{paths['swapped']}: registered image was replaced by a symbolic link "
+                                         f"(to {target}); the link is not followed")]
+    assert [f[:3] for f in _findings(got["changed"].result)] == [("structural", "medium", "baseline"),
+                                                                  ("security", "high", "baseline")]
+    # The two unchanged images: one read, one batch write; each of the four others: its own check (a
+    # read and a write with its alert), so the count stays bounded whatever the number of unchanged images.
+    assert commits.count <= 2 + 4 * 2
+
+    # Exactly one check row per image per cycle, and the per-image path agrees with every result.
+    checks = rows(Check)
+    assert sorted(c["image_id"] for c in checks) == sorted(list(ids.values()) * 2)
+    reference = ImageService(load_settings())
+    for name in names:
+        again = reference.check(ids[name], allow_heal=False)
+        assert again.status == got[name].status, name
+        assert _findings(again.result) == _findings(got[name].result), name
+    alerted = sorted(Path(a["subject"]).name.split(".")[0] + ":" + a["kind"] for a in rows(Alert))
+    assert alerted == ["changed:image.unexpected_change", "deleted:image.critical", "notpng:image.unknown",
+                       "swapped:image.security"]
+    with session_scope(write=False) as session:
+        report = verify_chain(session)
+    assert (report.ok, report.findings) == (True, ())
+
+
+def test_unchanged_images_cost_one_read_and_one_write_per_batch(settings, make_image, monkeypatch):
+    monkeypatch.setattr(worker_module, "CYCLE_BATCH", 4)
+    for n in range(10):
+        register_image(make_image(f"img{n:02d}.rts.png"), settings=settings)
+    worker = Worker(load_settings())
+    worker.check_cycle(due_only=False)
+    with CommitCounter() as commits:
+        records, overruns = worker.check_cycle(due_only=False)
+    assert (len(records), sum(r.reused for r in records), overruns) == (10, 10, 0)
+    assert commits.count == 1 + 3  # the read, then batches of 4 + 4 + 2
+    with session_scope(write=False) as session:
+        checks = session.exec(sa.select(Check.image_id, Check.reused_analysis, Check.status)).all()
+        assert verify_chain(session).ok is True
+    assert sorted(checks) == sorted([(i, False, "healthy") for i in range(1, 11)] + [(i, True, "healthy") for i in range(1, 11)])
+    # The due query: nothing is due right after a cycle (interval 300 s).
+    assert worker.check_cycle(due_only=True) == ([], 0)
+
+
+def test_a_hung_file_is_an_overrun_and_the_rest_of_the_cycle_goes_on(settings, make_image, monkeypatch):
+    paths = [make_image(f"img{n}.rts.png") for n in range(3)]
+    ids = [register_image(p, settings=settings)["image"]["id"] for p in paths]
+    worker = Worker(load_settings())
+    worker.check_cycle(due_only=False)
+    release = threading.Event()
+    real = worker_module.hash_entry
+
+    def hangs_on_the_first(path: str):
+        if path == str(paths[0]):
+            release.wait(30)  # a hung mount would look the same
+        return real(path)
+
+    monkeypatch.setattr(worker_module, "hash_entry", hangs_on_the_first)
+    worker.settings.health_check.timeout_s = 0.3
+    try:
+        records, overruns = worker.check_cycle(due_only=False)
+        assert overruns == 1
+        # The others were not hashed before hashing stopped: each got its own bounded check.
+        assert sorted((r.image_id, r.status) for r in records) == [(ids[1], "healthy"), (ids[2], "healthy")]
+        again, overruns = worker.check_cycle(due_only=False)  # still hung: recorded without a new attempt
+        assert overruns == 1 and sorted(r.image_id for r in again) == ids[1:]
+    finally:
+        release.set()
+    with session_scope(write=False) as session:
+        hung = session.exec(sa.select(Check.status, Check.findings).where(Check.image_id == ids[0])
+                            .order_by(Check.id)).all()
+    assert [(s, f[0]["category"] if f else None) for s, f in hung] == [
+        ("healthy", None), ("unknown", "performance"), ("unknown", "performance")]
+    assert "did not finish within health_check.timeout_s (0.3 s)" in hung[1][1][0]["description"]
+    assert "the previous check is still running" in hung[2][1][0]["description"]
+    assert [a["kind"] for a in rows(Alert)] == ["image.check_timeout"]
