@@ -428,7 +428,7 @@ class Worker:
         from storage.worker_queries import images_due
 
         with session_scope(write=False) as session:
-            rows = images_due(session, due_only=due_only, node=self.own_node())
+            rows = images_due(session, due_only=due_only)
         records: list[Any] = []
         overruns = 0
         todo = []
