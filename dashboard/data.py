@@ -210,19 +210,61 @@ def _plain(value: Any) -> str:
 
 # --------------------------------------------------------------------------- audit
 
-def audit_page(url: str | None = None, *, kind: str | None = None, subject: str | None = None,
-               start: datetime | None = None, end: datetime | None = None, offset: int = 0,
-               limit: int = 50) -> list[dict[str, Any]]:
-    """One page of matching audit events, newest first (payload decoded)."""
+ROUTINE_AUDIT_KINDS = ("check", "check.sampled")  # the periodic checks: "hide routine" leaves them out
+
+
+def audit_filter_args(*, kind: str | None = None, subject: str | None = None, actor: str | None = None,
+                      hide_routine: bool = False, start: datetime | None = None,
+                      end: datetime | None = None) -> dict[str, Any]:
+    """The Audit page's filters as storage.queries.audit_filters arguments: the subject matches as a
+    substring ("kernel.rts.png" finds the events of /x/y/kernel.rts.png); "hide routine" leaves out the
+    periodic checks unless that kind is asked for explicitly."""
+    return {"kind": kind, "subject": subject, "start": start, "end": end, "actor": actor, "subject_contains": True,
+            "exclude_kinds": ROUTINE_AUDIT_KINDS if hide_routine and not kind else ()}
+
+
+def audit_page(url: str | None = None, *, offset: int = 0, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
+    """One page of matching audit events, highest sequence first (payload decoded); filters as audit_filter_args."""
     with session_scope(url, write=False) as session:
-        return queries.audit_page(session, kind=kind, subject=subject, start=start, end=end, offset=offset, limit=limit)
+        return queries.audit_page(session, offset=offset, limit=limit, **filters)
 
 
-def audit_count(url: str | None = None, *, kind: str | None = None, subject: str | None = None,
-                start: datetime | None = None, end: datetime | None = None) -> int:
+def audit_count(url: str | None = None, **filters: Any) -> int:
     """How many audit events match the filters."""
     with session_scope(url, write=False) as session:
-        return queries.audit_count(session, kind=kind, subject=subject, start=start, end=end)
+        return queries.audit_count(session, **filters)
+
+
+def audit_actors(url: str | None = None) -> list[str]:
+    """Distinct actors of the audit trail, sorted (for the actor filter)."""
+    a = AuditEvent.__table__.c
+    with session_scope(url, write=False) as session:
+        return [row[0] for row in session.execute(sa.select(a.actor).distinct().order_by(a.actor)) if row[0]]
+
+
+def payload_summary(payload: Any, *, max_value: int = 60, max_chars: int = 240) -> str:
+    """An audit payload as one readable line: ``key=value · key=value`` with nested objects flattened
+    one level (``old.gpu_memory_utilization=0.8``), lists as their length, long values shortened with
+    "…" — never JSON cut in the middle. The full payload is still in the event's detail and the CSV."""
+    if not isinstance(payload, dict):
+        return _short(payload, max_chars)
+    parts: list[str] = []
+    for key, value in payload.items():
+        if isinstance(value, dict):
+            inner = [f"{key}.{k}={_short(v, max_value)}" for k, v in value.items() if not isinstance(v, dict | list)]
+            parts.extend(inner or [f"{key}={{{len(value)} keys}}"])
+        elif isinstance(value, list):
+            parts.append(f"{key}=[{len(value)} item{'s' if len(value) != 1 else ''}]" if len(value) != 1 or
+                         isinstance(value[0], dict | list) else f"{key}={_short(value[0], max_value)}")
+        elif value is not None:
+            parts.append(f"{key}={_short(value, max_value)}")
+    line = " · ".join(parts)
+    return line if len(line) <= max_chars else line[: max_chars - 1].rstrip(" ·") + "…"
+
+
+def _short(value: Any, limit: int) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def audit_kinds(url: str | None = None) -> list[str]:
@@ -235,8 +277,9 @@ AUDIT_CSV_COLUMNS = ("seq", "created_at", "kind", "subject", "actor", "payload",
 
 
 def audit_csv(url: str | None = None, *, kind: str | None = None, subject: str | None = None,
-              start: datetime | None = None, end: datetime | None = None, max_rows: int = 100_000) -> str:
-    """The matching audit events (newest first, at most ``max_rows``) as CSV text with a header.
+              start: datetime | None = None, end: datetime | None = None, max_rows: int = 100_000,
+              **more: Any) -> str:
+    """The matching audit events (highest sequence first, at most ``max_rows``) as CSV text with a header.
 
     The payload column is the canonical JSON exactly as hashed, so an export can be re-verified — after
     removing the apostrophe :func:`dashboard.exports.spreadsheet_safe` puts before any cell that begins
@@ -244,9 +287,9 @@ def audit_csv(url: str | None = None, *, kind: str | None = None, subject: str |
     """
 
     a = AuditEvent.__table__.c
-    filters = queries.audit_filters(kind, subject, start, end)
+    filters = queries.audit_filters(kind, subject, start, end, **more)
     query = (sa.select(*(getattr(a, col) for col in AUDIT_CSV_COLUMNS)).where(*filters)
-             .order_by(a.created_at.desc(), a.id.desc()).limit(max_rows))
+             .order_by(a.seq.desc(), a.id.desc()).limit(max_rows))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(AUDIT_CSV_COLUMNS)

@@ -38,8 +38,8 @@ Reads (any session; prefer session_scope(write=False) for pages)
   unfinished_heals(session) -> list[dict]   heals still "started" (a killed process's), oldest first
   recent_alerts(session, *, limit=50, include_acknowledged=True) -> list[dict]
   pending_webhook_alerts(session, *, limit=50) -> list[dict]
-  audit_page(session, *, kind, subject, start, end, offset=0, limit=50) -> list[dict]   newest first
-  audit_count(session, *, kind, subject, start, end) -> int
+  audit_page(session, *, kind, subject, start, end, offset=0, limit=50, **more) -> list[dict]   highest seq first
+  audit_count(session, *, kind, subject, start, end, **more) -> int   (more: actor, subject_contains, exclude_kinds)
   audit_kinds(session) -> list[str]
   worker_heartbeat(session, *, now=None) -> dict | None   the latest beat, with age_s
   pending_requests(session, *, limit=100) -> list[dict]   pending and running, oldest first
@@ -477,14 +477,23 @@ def pending_webhook_alerts(session: Session, *, limit: int = 50) -> list[dict[st
 
 # --------------------------------------------------------------------------- audit reads
 
-def audit_filters(kind: str | None, subject: str | None, start: datetime | None, end: datetime | None) -> list[Any]:
-    """WHERE clauses of an audit query (kind, subject, [start, end) in UTC); shared with the CSV export."""
+def audit_filters(kind: str | None, subject: str | None, start: datetime | None, end: datetime | None, *,
+                  actor: str | None = None, subject_contains: bool = False,
+                  exclude_kinds: Sequence[str] = ()) -> list[Any]:
+    """WHERE clauses of an audit query (kind, subject, [start, end) in UTC); shared with the CSV export.
+
+    ``subject_contains``: the subject matches anywhere in the event's subject (a file name finds the events
+    of its full path; % and _ are literal); ``actor``: exactly that actor; ``exclude_kinds``: left out."""
     a = AuditEvent.__table__.c
     filters: list[Any] = []
     if kind:
         filters.append(a.kind == kind)
     if subject:
-        filters.append(a.subject == subject)
+        filters.append(a.subject.contains(subject, autoescape=True) if subject_contains else a.subject == subject)
+    if actor:
+        filters.append(a.actor == actor)
+    if exclude_kinds:
+        filters.append(a.kind.not_in(list(exclude_kinds)))
     if start is not None:
         filters.append(a.created_at >= _now(start))
     if end is not None:
@@ -501,13 +510,16 @@ def audit_page(
     end: datetime | None = None,
     offset: int = 0,
     limit: int = 50,
+    **more: Any,
 ) -> list[dict[str, Any]]:
-    """One page of audit events, newest first; ``end`` is exclusive; payload decoded to a dict."""
+    """One page of audit events, newest first by sequence number (a timestamp is taken before the
+    sequence is assigned, so time order can differ); ``end`` is exclusive; payload decoded to a dict.
+    ``more``: audit_filters' keyword filters (actor, subject_contains, exclude_kinds)."""
     a = AuditEvent.__table__.c
     query = (
         sa.select(a.id, a.seq, a.created_at, a.kind, a.subject, a.actor, a.payload, a.prev_hash, a.hash)
-        .where(*audit_filters(kind, subject, start, end))
-        .order_by(a.created_at.desc(), a.id.desc())
+        .where(*audit_filters(kind, subject, start, end, **more))
+        .order_by(a.seq.desc(), a.id.desc())
         .offset(max(0, offset))
         .limit(max(0, limit))
     )
@@ -524,10 +536,11 @@ def audit_count(
     subject: str | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
+    **more: Any,
 ) -> int:
     """How many audit events match the same filters as audit_page."""
     a = AuditEvent.__table__.c
-    query = sa.select(sa.func.count(a.id)).where(*audit_filters(kind, subject, start, end))
+    query = sa.select(sa.func.count(a.id)).where(*audit_filters(kind, subject, start, end, **more))
     return int(session.execute(query).scalar_one())
 
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, time, timedelta
 
 import streamlit as st
 
 from dashboard import data, exports
 from dashboard.chain import ChainVerifier
-from dashboard.safe import md, rows, text
+from dashboard.safe import md, rows, text, value
 from dashboard.views.common import dash_settings, fmt_time
 
 LIMITS = dash_settings()
 ALL = "(all kinds)"
+ALL_ACTORS = "(all actors)"
 
 
 @st.cache_resource(show_spinner=False)
@@ -67,31 +67,44 @@ if not kinds:
     st.info("The audit trail is empty: checks, heals, requests, tuning runs and operator decisions are recorded here.")
     st.stop()
 
-cols = st.columns([2, 3, 3])
+cols = st.columns([2, 3, 2, 3])
 kind_choice = cols[0].selectbox("Kind", [ALL, *kinds], key="audit-kind")
-subject = cols[1].text_input("Subject (exact: image path, subsystem …)", key="audit-subject").strip() or None
-use_dates = cols[2].toggle("Limit to a date range (UTC)", key="audit-use-dates")
+subject = cols[1].text_input("Subject contains (file name, path, subsystem …)", key="audit-subject").strip() or None
+actor_choice = cols[2].selectbox("Actor", [ALL_ACTORS, *data.audit_actors()], key="audit-actor")
+hide_routine = cols[2].toggle("Hide routine checks", key="audit-hide-routine",
+                              help="Leaves out the periodic check events, so that decisions, heals and alerts stand out.")
+use_dates = cols[3].toggle("Limit to a date range (UTC)", key="audit-use-dates")
 start = end = None
 if use_dates:
     today = datetime.now(UTC).date()
-    days = cols[2].date_input("Days", value=(today - timedelta(days=7), today), key="audit-days")
+    days = cols[3].date_input("Days", value=(today - timedelta(days=7), today), key="audit-days")
     start, end = _day_bounds(tuple(days) if isinstance(days, tuple | list) else (days, days))
 kind = None if kind_choice == ALL else kind_choice
-filters = {"kind": kind, "subject": subject, "start": start, "end": end}
+actor = None if actor_choice == ALL_ACTORS else actor_choice
+filters = data.audit_filter_args(kind=kind, subject=subject, actor=actor, hide_routine=hide_routine, start=start, end=end)
 
 page_size = LIMITS.page_size
 total = data.audit_count(**filters)
 pages = max(1, -(-total // page_size))
 page = int(st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, step=1, key="audit-page"))
 events = data.audit_page(**filters, offset=(page - 1) * page_size, limit=page_size)
-st.caption(f"{total:,} matching event(s), newest first; page {page} of {pages}.")
+st.caption(f"{total:,} matching event(s), newest first (by sequence number); page {page} of {pages}.")
 if not events:
     st.info("No event matches these filters.")
 else:
     st.dataframe(rows({
-        "seq": r["seq"], "time": fmt_time(r["created_at"]), "kind": r["kind"], "subject": r["subject"],
-        "actor": r["actor"], "payload": json.dumps(r["payload"], sort_keys=True), "hash": r["hash"][:12],
-    } for r in events), hide_index=True, width="stretch")
+        "Seq": r["seq"], "Time": fmt_time(r["created_at"]), "Kind": r["kind"], "Subject": r["subject"],
+        "Actor": r["actor"], "Details": data.payload_summary(r["payload"]), "Hash": r["hash"][:12],
+    } for r in events), hide_index=True, width="stretch",
+        column_config={"Seq": st.column_config.NumberColumn(width="small"),
+                       "Details": st.column_config.TextColumn(width="large"),
+                       "Subject": st.column_config.TextColumn(width="medium")})
+    by_seq = {r["seq"]: r for r in events}
+    chosen = st.selectbox("Full payload of event", list(by_seq), format_func=lambda seq: f"seq {seq} · "
+                          f"{by_seq[seq]['kind']} · {by_seq[seq]['subject']}", key="audit-detail", index=None,
+                          placeholder="choose an event of this page")
+    if chosen is not None:
+        st.json(value(by_seq[chosen]["payload"]))
 
 shown = min(total, LIMITS.csv_export_max)
 # Generated on the click, for this logged-in session only, and gone from its URL soon after

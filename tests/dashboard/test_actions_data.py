@@ -45,7 +45,7 @@ def test_promotion_decided_once_and_audited(seeded: dict[str, Any]) -> None:
     row = actions.decide_promotion(pid, True, "alice", reason="  fine\nby me ")
     # approval is carried out at once: the new value is written to the target config file
     assert (row["status"], row["decided_by"], row["reason"]) == ("applied", "alice", "fine by me")
-    assert "gpu_memory_utilization: 0.85" in seeded["target_file"].read_text()
+    assert seeded["target_file"].read_text() == "gpu-memory-utilization: 0.85\n"  # vLLM's own --config keys
     with pytest.raises(actions.ActionRefused, match=f"promotion {pid} is already applied by alice"):
         actions.decide_promotion(pid, False, "bob")
     with session_scope(write=False) as s:

@@ -248,8 +248,8 @@ def test_audit_page_filters_paginates_exports_and_verifies(seeded: dict[str, Any
     at.selectbox(key="audit-kind").set_value("check")
     at.run()
     checks = at.dataframe[0].value
-    assert list(checks["kind"]) == ["check", "check"]
-    assert list(checks["subject"]) == [seeded["image_path"]] * 2
+    assert list(checks["Kind"]) == ["check", "check"]
+    assert list(checks["Subject"]) == [seeded["image_path"]] * 2
     assert len(everything) > len(checks)
     csv_button = at.get("download_button")[0]  # its data is a callable, run on click (dashboard.exports)
     assert csv_button.proto.label == "Download CSV (2 events)"
