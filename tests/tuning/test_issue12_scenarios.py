@@ -117,6 +117,7 @@ class ScenarioResult:
     watch: list[dict[str, Any]]
     canary_logs: list[str]  # one log per canary start (baseline and candidates), run-N/NAME.log
     production_reloads: int
+    decided_after_s: float  # `tune run` returned: promoted, applied and reloaded, or escalated
     healthy_after_s: float | None  # the promoted config answered /health 200
     settled_after_s: float | None  # the watch ended (verified or rolled back)
     died_to_rollback_s: float | None  # the rollback scenario: from the engine's death in the log to the rollback done
@@ -267,6 +268,7 @@ def run_scenario(scenario: Scenario, workdir: Path, env: Mapping[str, str] | Non
         if ran.returncode != 0:
             raise AssertionError(f"tune run exited {ran.returncode}: {ran.stderr[-2000:]}")
         run = json.loads(ran.stdout)
+        decided_at = time.monotonic()
         watch: list[dict[str, Any]] = []
         if run["intents"] and run["intents"][0].get("decision") == "applied":
             watched = _cli(run_env, "tune", "watch", "--wait", "--json")
@@ -284,7 +286,7 @@ def run_scenario(scenario: Scenario, workdir: Path, env: Mapping[str, str] | Non
     died = monitor.marks.get("died")
     return ScenarioResult(
         scenario, workdir, run_env, text.encode(), target.read_bytes(), run, watch, canaries, starts - 1,
-        None if healthy is None else healthy - failed_at, settled_at - failed_at if watch else None,
+        decided_at - failed_at, None if healthy is None else healthy - failed_at, settled_at - failed_at if watch else None,
         settled_at - died if (died is not None and watch and watch[0]["state"] == "rolled_back") else None,
         log.read_text(errors="replace"))
 
