@@ -10,7 +10,7 @@ the subsystems' own parsers for theirs, and the same rules for the file and the 
   ``tuning`` (healing.tuning.actuators.parse_tuning_section and
   healing.tuning.runner_config.parse_runner_settings), ``api`` (healing.api.settings), ``dashboard``
   (dashboard.config), ``worker`` (healing.worker.WorkerSettings), ``database``
-  (storage.engine), ``audit`` (storage.audit). For the parsers that do not reject unknown keys,
+  (storage.engine), ``audit`` (storage.audit), ``storage`` (storage.retention). For the parsers that do not reject unknown keys,
   the known keys are the fields of their settings dataclass.
 - All problems are reported together, one line each (:class:`ConfigValidationError`).
 
@@ -58,7 +58,7 @@ ENV_TYPO_CUTOFF = 0.88  # closer than this to a known name: a misspelling, not a
 KEY_TYPO_CUTOFF = 0.6
 
 # Sections validated by their subsystem's parser (see the module docstring).
-DELEGATED_SECTIONS = ("tuning", "api", "dashboard", "worker", "database", "audit")
+DELEGATED_SECTIONS = ("tuning", "api", "dashboard", "worker", "database", "audit", "storage")
 
 
 class ConfigValidationError(ConfigError):
@@ -169,6 +169,7 @@ def _models() -> dict[str, Any]:
         worker: Section = None
         database: Section = None
         audit: Section = None
+        storage: Section = None  # storage.retention: storage.retention.RetentionSettings
 
     _MODELS.update(root=Root)
     return _MODELS
@@ -317,7 +318,7 @@ def schema_lines(raw: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
             line = _error_line(error, origins, root)
             if line and line not in lines:
                 lines.append(line)
-    for section in ("worker", "dashboard", "database", "audit"):
+    for section in ("worker", "dashboard", "database", "audit", "storage"):
         value = data.get(section)
         if isinstance(value, dict):
             known = _delegated_keys(section)
@@ -347,6 +348,8 @@ def _delegated_keys(section: str) -> list[str]:
         return _dataclass_keys(DashboardSettings)
     if section == "database":
         return ["busy_timeout_ms"]
+    if section == "storage":
+        return ["retention"]  # its keys: storage.retention.RetentionSettings (checked by its parser)
     return ["key_file", "checkpoint_file"]  # audit (storage.audit.audit_paths)
 
 
@@ -386,8 +389,13 @@ def _delegated_parsers() -> list[tuple[str, Callable[[Settings], Any]]]:
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"config: audit.{option} must be a path, got {value!r}")
 
+    def storage(s: Settings) -> Any:
+        from storage.retention import RetentionSettings
+
+        return RetentionSettings.from_settings(s)
+
     return [("tuning", tuning), ("api", api), ("dashboard", dashboard), ("worker", worker),
-            ("database", database), ("audit", audit)]
+            ("database", database), ("audit", audit), ("storage", storage)]
 
 
 def delegated_lines(settings: Settings) -> list[str]:

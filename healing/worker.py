@@ -7,6 +7,8 @@ An APScheduler 3.x ``BlockingScheduler`` runs:
   poll-requests      claims "run now" requests from the dashboard/CLI (every ``worker.poll_interval``)
   heartbeat          refreshes this worker's row in worker_heartbeats (every ``worker.heartbeat_interval``)
   prune-quarantine   deletes quarantine copies older than ``healing.quarantine_retention_days`` (hourly)
+  retention          storage.retention.run_retention: old checks, alerts, requests, heartbeats deleted, old
+                     audit events archived (every ``storage.retention.interval_s``, a JOB_HOOKS hook)
   (hooks)            jobs other areas register through JOB_HOOKS (e.g. the tuning runner's)
 All jobs have fixed ids, ``coalesce=True``, ``max_instances=1`` and a generous misfire grace time.
 
@@ -44,7 +46,7 @@ LOCK_NAME = "worker.lock"
 TUNING_HOOK = "healing.tuning.runner:process_pending_intents"
 # Other areas add their periodic jobs (log observation, intent processing, promotion expiry) here:
 # each is called as hook(scheduler, settings, job_options) when importable, and skipped otherwise.
-JOB_HOOKS = ["healing.tuning.worker_jobs:register_jobs"]
+JOB_HOOKS = ["healing.tuning.worker_jobs:register_jobs", "storage.retention:register_jobs"]
 SYNC_JOB, POLL_JOB, HEARTBEAT_JOB = "sync-images", "poll-requests", "heartbeat"
 QUARANTINE_JOB, QUARANTINE_PRUNE_INTERVAL_S = "prune-quarantine", 3600
 CHECK_JOB_PREFIX = "check:"

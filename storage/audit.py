@@ -195,6 +195,12 @@ class AuditPaths:
     key_file: Path
     checkpoint_file: Path
     lock_timeout_s: float = 5.0
+    archive_dir: Path | None = None  # archive segments (storage.archive); None: <checkpoint dir>/archive
+
+    @property
+    def verified_file(self) -> Path:
+        # Where incremental verification resumes from: one authenticated line per database.
+        return self.checkpoint_file.with_name(self.checkpoint_file.name + ".verified")
 
     @property
     def lock_file(self) -> Path:
@@ -230,7 +236,13 @@ def audit_paths(settings: Settings | None = None) -> AuditPaths:
             raise ConfigError(f"config: audit.{option} must be a path, got {raw!r}")
         path = Path(raw).expanduser()
         paths.append(path if path.is_absolute() else settings.home / path)
-    return AuditPaths(paths[0], paths[1], busy_timeout_ms_from_settings(settings) / 1000.0)
+    retention = settings.section("storage").get("retention")
+    archive = retention.get("audit_archive_dir") if isinstance(retention, dict) else None
+    archive_dir = None
+    if isinstance(archive, str) and archive:
+        archive_dir = Path(archive).expanduser()
+        archive_dir = archive_dir if archive_dir.is_absolute() else settings.home / archive_dir
+    return AuditPaths(paths[0], paths[1], busy_timeout_ms_from_settings(settings) / 1000.0, archive_dir)
 
 
 _db_ids: dict[str, str] = {}
@@ -820,6 +832,11 @@ class ChainReport:
     legacy: int = 0
     checkpoint_seq: int | None = None
     findings: tuple[str, ...] = ()
+    mode: str = "full"  # or "incremental": resumed from the last verified seq
+    verified_from: int | None = None  # incremental: the seq verification resumed after
+    rows_read: int = 0  # event rows read from the database by this verification
+    archived: int = 0  # events in archive segments (storage.archive)
+    segments: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -831,8 +848,13 @@ class ChainReport:
     def summary(self) -> str:
         if self.ok:
             text = f"audit chain intact: {self.events} events ({self.authenticated} authenticated, {self.legacy} legacy)"
+            if self.segments:
+                text += f", {self.archived} archived in {self.segments} segment{'s' * (self.segments > 1)}"
             if self.checkpoint_seq is not None:
-                return f"{text}, checkpoint at seq {self.checkpoint_seq}"
+                text += f", checkpoint at seq {self.checkpoint_seq}"
+                if self.verified_from is not None:
+                    text += f", verified incrementally from seq {self.verified_from} ({self.rows_read} events read)"
+                return text
             if self.legacy:
                 return f"{text}, not anchored: run `selfheal audit init-key` to authenticate new events"
             return text
@@ -876,8 +898,19 @@ def _snapshot_head(session: Session) -> tuple[AuditHead | None, int]:
     return head, int(max_seq)
 
 
-def verify_chain(session: Session, *, batch_size: int = 5000, paths: AuditPaths | None = None) -> ChainReport:
-    """Authenticate every event, check every link and compare the chain with the checkpoint file."""
+def verify_chain(session: Session, *, batch_size: int = 5000, paths: AuditPaths | None = None,
+                 incremental: bool = False) -> ChainReport:
+    """Authenticate every event, check every link and compare the chain with the checkpoint file.
+
+    Archived events (storage.archive) are checked through their segments: every segment file against
+    the sha256 its authenticated manifest line records, and with a full verification (the default)
+    every event inside re-authenticated. ``incremental``: resume after the last seq a verification of
+    this database found intact (the ``<checkpoint file>.verified`` line, authenticated with the key):
+    only newer events are read and authenticated, plus one row (the resume point, which must still
+    match) and a count of the verified range (events deleted from it are still found). Anything else
+    changed inside the verified range is found only by a full verification."""
+    from storage import archive as archive_mod
+
     paths = paths or audit_paths()
     db = database_id(session)
     try:
@@ -920,13 +953,37 @@ def verify_chain(session: Session, *, batch_size: int = 5000, paths: AuditPaths 
     if anchor is not None and anchor.seq == 0:
         pins.pop(0, None)  # the anchor of a chain that started keyed pins the genesis, not an event
 
+    # Archived events: the segments' manifest lines of this database, checked before the live chain.
+    segments, bad_lines = archive_mod.read_manifest(paths, key)
+    for number in bad_lines:
+        walk.add("archive", f"archive manifest line {number} is not a segment line (edited, or cut mid-line)")
+    if key is not None:
+        for seg in segments:
+            if not seg.authentic and seg.kid == kid:
+                walk.add("archive", f"archive manifest line {seg.line_no} ({seg.name}) fails authentication (edited)")
+    mine_segments = [seg for seg in segments if seg.db == db and seg.authentic]
+    legacy_cap = anchor.seq if anchor is not None else 0
+    totals = archive_mod.check_segments(mine_segments, key, paths, full=not incremental, legacy_limit=legacy_cap,
+                                        pins=pins, add=walk.add)
+    start = _Start(totals.boundary_seq, totals.boundary_hash, totals.events, totals.authenticated, totals.legacy)
+    verified_from = None
+    if incremental and key is not None:
+        resumed = _resume_point(session, paths, key, db, totals.boundary_seq, max_seq, walk)
+        if resumed is not None:
+            start, verified_from = resumed, resumed.seq
+
     # No key and no checkpoint ever written: a database that has only known plain sha256 events.
     unkeyed_mode = key is None and key_problem is None and not checkpoints and not malformed
-    events, authenticated, legacy, last_seq = _walk_events(session, walk, key, anchor, pins, head, max_seq, batch_size,
-                                                           unkeyed_mode=unkeyed_mode)
+    walked, authenticated, legacy, last_seq, last_hash = _walk_events(
+        session, walk, key, anchor, pins, head, max_seq, batch_size, unkeyed_mode=unkeyed_mode, start=start)
+    events = start.events + walked
+    authenticated += start.authenticated
+    legacy += start.legacy
     max_cp = max((cp.seq for cp in mine), default=None)
+    extra = {"mode": "incremental" if incremental else "full", "verified_from": verified_from, "rows_read": walked,
+             "archived": totals.events, "segments": totals.segments}
     if key is not None:
-        _check_against_checkpoints(walk, paths, exists, max_cp, events, last_seq, authenticated)
+        _check_against_checkpoints(walk, paths, exists, max_cp, events - totals.events, last_seq, authenticated)
     elif not unkeyed_mode:
         reason = key_problem or f"key missing: {paths.key_file} does not exist"
         reason = f"{reason}: cannot authenticate {events - legacy} events"
@@ -938,8 +995,10 @@ def verify_chain(session: Session, *, batch_size: int = 5000, paths: AuditPaths 
     if walk.findings:
         first = walk.findings[0]
         return ChainReport(False, events, first.event_id, first.problem, first.reason, first.seq, authenticated, legacy,
-                           max_cp, tuple(f.reason for f in walk.findings))
-    return ChainReport(True, events, None, None, None, None, authenticated, legacy, max_cp)
+                           max_cp, tuple(f.reason for f in walk.findings), **extra)
+    if key is not None and last_seq:
+        _save_resume_point(paths, key, db, _Start(last_seq, last_hash, events, authenticated, legacy))
+    return ChainReport(True, events, None, None, None, None, authenticated, legacy, max_cp, **extra)
 
 
 def _check_checkpoint_order(mine: list[Checkpoint], walk: _Walk) -> None:
@@ -956,15 +1015,83 @@ def _check_checkpoint_order(mine: list[Checkpoint], walk: _Walk) -> None:
                                   f"the database was cut back to seq {after.seq - 1} and appended to again", after.seq)
 
 
+@dataclass(frozen=True)
+class _Start:
+    """Where a walk of the live events starts: after ``seq`` (whose hash the next event links to), with
+    the counts of what lies before it (archived or verified earlier)."""
+
+    seq: int = 0
+    hash: str = GENESIS_HASH
+    events: int = 0
+    authenticated: int = 0
+    legacy: int = 0
+
+
+_VERIFIED_DOMAIN = b"selfheal-audit-verified\0"
+
+
+def _resume_point(session: Session, paths: AuditPaths, key: bytes, db: str, boundary: int, max_seq: int,
+                  walk: _Walk) -> _Start | None:
+    """The last verified point of this database, if it is authentic and still matches the database."""
+    try:
+        data = paths.verified_file.read_bytes()
+    except OSError:
+        return None
+    point = None
+    for raw in data.split(b"\n"):
+        parts = raw.decode("ascii", "replace").split(" ")
+        if len(parts) != 10 or parts[0] != "v1" or parts[1] != db or not all(p.isdigit() for p in parts[2:3] + parts[4:7]):
+            continue
+        mac = hmac.digest(key, _VERIFIED_DOMAIN + " ".join(parts[:-1]).encode("ascii"), "sha256").hex()
+        if hmac.compare_digest(mac, parts[-1]):
+            point = _Start(int(parts[2]), parts[3], int(parts[4]), int(parts[5]), int(parts[6]))
+    if point is None or point.seq < boundary or point.seq > max_seq:
+        return None  # nothing verified yet, or the database was cut back below it: the walk finds out
+    table = AuditEvent.__table__
+    row = session.execute(sa.select(table.c.id, table.c.seq, table.c.created_at, table.c.kind, table.c.subject,
+                                    table.c.actor, table.c.payload, table.c.prev_hash, table.c.hash)
+                          .where(table.c.seq == point.seq)).first()
+    present = session.execute(sa.select(sa.func.count()).select_from(table)
+                              .where(table.c.seq > boundary, table.c.seq <= point.seq)).scalar_one()
+    if present != point.seq - boundary:
+        walk.add("deleted", f"{point.seq - boundary - present} event(s) deleted from seq {boundary + 1}..{point.seq}, "
+                            "which an earlier verification found intact; run `selfheal audit verify --full`", boundary + 1)
+        return None
+    content = (row.seq, row.created_at, row.kind, row.subject, row.actor, row.payload, row.prev_hash) if row else None
+    if row is None or row.hash != point.hash or not (
+            hmac.compare_digest(row.hash, event_mac(key, *content)) or hmac.compare_digest(row.hash, event_hash(*content))):
+        walk.add("rewritten", f"event at seq {point.seq}, where the last verification ended, was rewritten since",
+                 point.seq, row.id if row else None)
+        return None
+    return point
+
+
+def _save_resume_point(paths: AuditPaths, key: bytes, db: str, point: _Start) -> None:
+    """Record where this database's chain was found intact (for the next incremental verification)."""
+    body = (f"v1 {db} {point.seq} {point.hash} {point.events} {point.authenticated} {point.legacy} {key_id(key)} "
+            f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
+    line = f"{body} {hmac.digest(key, _VERIFIED_DOMAIN + body.encode('ascii'), 'sha256').hex()}\n".encode("ascii")
+    path = paths.verified_file
+    try:
+        kept = [raw + b"\n" for raw in path.read_bytes().split(b"\n") if raw and raw.split(b" ")[1:2] != [db.encode()]]
+    except OSError:
+        kept = []
+    try:
+        write_atomic(path, b"".join(kept) + line, mode=0o600, what="audit verification point")
+    except (SelfHealError, OSError) as exc:
+        log.warning("audit verification point not saved: %s", exc)
+
+
 def _walk_events(session: Session, walk: _Walk, key: bytes | None, anchor: Checkpoint | None,
                  pins: dict[int, list[Checkpoint]], head: AuditHead | None, max_seq: int, batch_size: int,
-                 *, unkeyed_mode: bool) -> tuple[int, int, int, int]:
-    """Check every event up to ``max_seq``; returns (events, authenticated, legacy, last seq)."""
+                 *, unkeyed_mode: bool, start: _Start = _Start()) -> tuple[int, int, int, int, str]:
+    """Check every event after ``start.seq`` up to ``max_seq``; returns (events, authenticated, legacy,
+    last seq, last hash)."""
     table = AuditEvent.__table__
     query = sa.select(
         table.c.id, table.c.seq, table.c.created_at, table.c.kind, table.c.subject,
         table.c.actor, table.c.payload, table.c.prev_hash, table.c.hash,
-    ).where(table.c.seq <= max_seq).order_by(table.c.seq)
+    ).where(table.c.seq <= max_seq, table.c.seq > start.seq).order_by(table.c.seq)
     head_seq = head.seq if head is not None else 0
     legacy_limit = anchor.seq if anchor is not None else (max_seq if key is None or not pins else 0)
     events = authenticated = legacy = 0
@@ -992,13 +1119,14 @@ def _walk_events(session: Session, walk: _Walk, key: bytes | None, anchor: Check
         else:
             walk.add("edited", f"{where}: authentication failed (edited, or rehashed with another key)", row.seq, row.id)
 
-        expected_seq = 1 if prev is None else prev.seq + 1
+        expected_seq = start.seq + 1 if prev is None else prev.seq + 1
         if row.seq != expected_seq:
             first, last = expected_seq, row.seq - 1
             span, count = (str(first) if first == last else f"{first}..{last}"), last - first + 1
             walk.add("deleted", f"seq gap {span} ({count} event{'s' * (count > 1)} deleted) before {where}", first, row.id)
-        elif row.prev_hash != (GENESIS_HASH if prev is None else prev.hash):
-            before = f"event {prev.id} (seq {prev.seq})" if prev is not None else "the start of the chain"
+        elif row.prev_hash != (start.hash if prev is None else prev.hash):
+            before = (f"event {prev.id} (seq {prev.seq})" if prev is not None
+                      else f"the last archived event (seq {start.seq})" if start.seq else "the start of the chain")
             walk.add("relinked", f"{where}: prev_hash does not match the hash of {before}: "
                                  "an event was rewritten, or events were deleted and renumbered", row.seq, row.id)
         if prev is not None and row.id <= prev.id:
@@ -1013,7 +1141,8 @@ def _walk_events(session: Session, walk: _Walk, key: bytes | None, anchor: Check
                                       "being recorded", row.seq, row.id)
         prev = row
 
-    last_seq = prev.seq if prev is not None else 0
+    last_seq = prev.seq if prev is not None else start.seq
+    last_hash = prev.hash if prev is not None else start.hash
     if head is not None and head.seq > last_seq:
         walk.add("deleted", f"the last {head.seq - last_seq} event(s) were deleted: the head records seq {head.seq} "
                             f"ending at event {head.last_event_id}, the table ends at seq {last_seq}",
@@ -1021,7 +1150,7 @@ def _walk_events(session: Session, walk: _Walk, key: bytes | None, anchor: Check
     elif head is not None and prev is not None and head.seq == last_seq and head.last_hash != prev.hash:
         walk.add("edited", f"event {prev.id} (seq {prev.seq}), the last one, does not match the hash recorded in "
                            "the chain head", prev.seq, prev.id)
-    return events, authenticated, legacy, last_seq
+    return events, authenticated, legacy, last_seq, last_hash
 
 
 def _check_against_checkpoints(walk: _Walk, paths: AuditPaths, exists: bool,

@@ -8,8 +8,15 @@ Only the standard library is imported at module level (the CLI must start fast).
                                    line names the first finding (which seq, what kind), one indented line
                                    per further finding; 3 cannot verify (key missing or unreadable,
                                    database unavailable or never migrated)
+                                   Incremental by default: resumes after the last seq a verification found
+                                   intact (events read: only the new ones); --full re-reads every event,
+                                   archive segments included
   selfheal audit init-key          create the audit key for a database written before keys existed and
                                    anchor its legacy events (refused when checkpoints exist without a key)
+  selfheal audit archive [--older-than-days D | --upto-seq N]
+                                   move old events into a verified archive segment (storage.archive):
+                                   "archived events A..B (N) to FILE sha256 …" or "nothing to archive"
+  selfheal audit export-archive DIR   copy this database's archive segments and manifest lines to DIR
   selfheal db upgrade              run the migrations, print "database at revision R (URL)"
 """
 
@@ -34,7 +41,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          "deleted, reordered, truncated, wiped, checkpoint file or key replaced), "
                                          "3 cannot verify (key missing or unreadable, database unavailable).")
     v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.add_argument("--full", action="store_true",
+                   help="re-read every event and every archive segment's contents (default: resume after the last "
+                        "verified seq)")
     v.set_defaults(func=cmd_audit_verify)
+    a = audit_sub.add_parser("archive", help="move old audit events into a verified archive segment",
+                             description="Move the oldest audit events into a gzip JSON-lines segment under the archive "
+                                         "directory, recorded in the authenticated archive manifest and by an "
+                                         "audit.archived event. Default: events older than "
+                                         "storage.retention.audit_archive_after_days.")
+    a.add_argument("--older-than-days", type=float, metavar="D", help="archive events created more than D days ago")
+    a.add_argument("--upto-seq", type=int, metavar="N", help="archive events up to seq N")
+    a.set_defaults(func=cmd_audit_archive)
+    e = audit_sub.add_parser("export-archive", help="copy the archive segments and their manifest lines to a folder",
+                             description="Copy this database's archive segments and their manifest lines to DIR "
+                                         "(verifiable with the audit key).")
+    e.add_argument("directory", metavar="DIR")
+    e.set_defaults(func=cmd_audit_export_archive)
     k = audit_sub.add_parser("init-key", help="create the audit key and anchor existing (legacy) events",
                              description="Create the audit key (audit.key_file, SELFHEAL_AUDIT_KEY_FILE; default "
                                          "$SELFHEAL_HOME/audit/key) for a database whose events predate it, and anchor "
@@ -92,7 +115,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from healing.errors import printable
     from storage.audit import verify_chain
 
-    report = _with_database(verify_chain, write=False)
+    full = bool(getattr(args, "full", False))
+    report = _with_database(lambda session: verify_chain(session, incremental=not full), write=False)
     if args.json:
         print(json.dumps(report.as_dict(), sort_keys=True))
     else:
@@ -118,6 +142,45 @@ def cmd_audit_init_key(args: argparse.Namespace) -> int:
     else:
         print(f"anchored the database's first {result['anchored_seq']} events at seq {result['anchored_seq']}; "
               "new events are authenticated")
+    return EXIT_OK
+
+
+def cmd_audit_archive(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from healing.config import load_settings
+    from healing.errors import InputError
+    from storage.archive import archive_events
+    from storage.models import utcnow
+    from storage.retention import RetentionSettings
+
+    days = args.older_than_days
+    if days is not None and days < 0:
+        raise InputError(f"--older-than-days must be ≥ 0, got {days:g}")
+    if args.upto_seq is not None and args.upto_seq < 1:
+        raise InputError(f"--upto-seq must be ≥ 1, got {args.upto_seq}")
+    if days is None and args.upto_seq is None:
+        days = RetentionSettings.from_settings(load_settings()).audit_archive_after_days
+    before = utcnow() - timedelta(days=days) if days is not None else None
+    result = _with_database(lambda session: archive_events(session, before=before, upto_seq=args.upto_seq, actor="cli"),
+                            write=True)
+    if result is None:
+        print("nothing to archive")
+    else:
+        print(f"archived events {result['first_seq']}..{result['last_seq']} ({result['count']}) to {result['segment']} "
+              f"sha256 {result['sha256']}")
+    return EXIT_OK
+
+
+def cmd_audit_export_archive(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from storage.archive import export_segments
+    from storage.audit import audit_paths, database_id
+
+    written = _with_database(lambda session: export_segments(audit_paths(), database_id(session), Path(args.directory)),
+                             write=False)
+    print(f"exported {len(written) - 1} archive segment(s) and their manifest to {args.directory}")
     return EXIT_OK
 
 
