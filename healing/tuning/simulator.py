@@ -13,7 +13,9 @@ a non-zero exit under the same conditions vLLM would, computed from a GPU profil
 * KV budget (gmu × total − weights − non-torch − activation peak − CUDA graph estimate from 0.20) ≤ 0 →
   "No available memory …" (A); one max_model_len request does not fit → "To serve at least one request …" (C');
   ``--max-model-len auto`` with no room for one token → "Cannot auto-fit max_model_len …" (auto_fit)
-* ``--kv-cache-memory-bytes`` larger than the card → torch's CUDA OOM when the KV cache is allocated (kv_alloc)
+* other processes release memory while vLLM profiles → "Error in memory profiling …" (profiling)
+* ``--kv-cache-memory-bytes`` larger than the card, or other processes that grew after the free-memory check
+  → torch's CUDA OOM when the KV cache is allocated (kv_alloc)
 * CUDA graphs outside the budget (0.10, or ``--kv-cache-memory-bytes``) do not fit → "CUDA error: out of memory"
 * a hybrid (Mamba) model with fewer KV blocks than max_num_seqs → "max_num_seqs (N) exceeds available Mamba
   cache blocks (M) …" (mamba, 0.20+)
@@ -75,6 +77,9 @@ class GpuProfile:
     # a hybrid model: Mamba layers keep one state per sequence in a KV block (block_size is then the
     # attention block that matches the Mamba state's page, as vLLM aligns them)
     hybrid: bool = False
+    # other processes' memory changes while vLLM starts (after its free-memory check): negative releases it
+    # (vLLM's profiling assertion), positive takes it (the KV cache allocation then runs out, 0.20+)
+    other_processes_change_gib: Decimal = Decimal("0")
 
 
 # Qwen2.5-1.5B in bf16: 28 layers × K,V × 2 KV heads × 128 dims × 2 bytes = 28672 bytes per token.
@@ -179,8 +184,8 @@ class SimConfig:
 class MemoryPlan:
     """What vLLM would compute at startup (per rank); ``failure`` is None when the server comes up."""
 
-    failure: str | None  # "I", "J", "batched_len", "batched_seqs", "external", "D''", "D", "weights", "A",
-    #                      "C'", "auto_fit", "kv_alloc", "graph", "mamba", "E" or None
+    failure: str | None  # "I", "J", "batched_len", "batched_seqs", "external", "D''", "D", "weights", "profiling",
+    #                      "A", "C'", "auto_fit", "kv_alloc", "graph", "mamba", "E" or None
     message: str | None  # vLLM's exact error text
     total_bytes: int
     free_bytes: int
@@ -210,6 +215,7 @@ class MemoryPlan:
     auto_fit: str | None = None  # "full" / "reduced" when --max-model-len auto
     model_max_len: int = 32768
     sampler_free_bytes: int = 0  # what PyTorch reports free when the sampler warm-up fails
+    free_at_kv_bytes: int = 0  # free memory when the KV cache is allocated (other processes may have grown)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -302,6 +308,8 @@ def plan_memory(profile: GpuProfile, config: SimConfig) -> MemoryPlan:
         concurrency = blocks / math.ceil(mml / profile.block_size) if mml else 0.0
         kv_tokens = int(concurrency * mml)
     sampler = seqs * profile.sampler_bytes_per_seq
+    change = _bytes(profile.other_processes_change_gib) if profile.other_processes_change_gib >= 0 else \
+        -_bytes(-profile.other_processes_change_gib)
     if fmt == "0.10":
         headroom = free - requested - graph + activation
     else:  # after the KV cache and the graphs are allocated; the profiling activations are freed
@@ -314,7 +322,8 @@ def plan_memory(profile: GpuProfile, config: SimConfig) -> MemoryPlan:
                 max_num_batched_tokens=mbt, chunked_prefill=chunked, log_format=fmt, tensor_parallel_size=tp,
                 weights_bytes=weights, external_bytes=external, bytes_per_block=per_block,
                 block_size=profile.block_size, graph_in_budget=graph_in_budget, kv_from_flag=kv_flag,
-                auto_fit=auto_fit, model_max_len=profile.model_max_len, sampler_free_bytes=max(headroom, 0))
+                auto_fit=auto_fit, model_max_len=profile.model_max_len, sampler_free_bytes=max(headroom, 0),
+                free_at_kv_bytes=free - max(change, 0))
 
     def fail(kind: str, message: str) -> MemoryPlan:
         return MemoryPlan(failure=kind, message=message, **base)  # type: ignore[arg-type]
@@ -364,6 +373,15 @@ def plan_memory(profile: GpuProfile, config: SimConfig) -> MemoryPlan:
         return fail("weights", "Failed to load model - not enough GPU memory. Try lowering --gpu-memory-utilization to "
                                "free memory for weights, increasing --tensor-parallel-size, or using --quantization. See "
                                "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more tips.")
+    consumed = weights + _bytes(profile.non_torch_gib)
+    released = -change if change < 0 else 0
+    if not kv_flag and ((released > consumed) if modern else (change < 0 and released >= consumed)):
+        after = free - consumed + released
+        shown = (lambda b: str(_r2(b))) if modern else (lambda b: repr(b / GIB))
+        return fail("profiling", f"Error in memory profiling. Initial free memory {shown(free)} GiB, current free "
+                                 f"memory {shown(after)} GiB. This happens when other processes sharing the same "
+                                 f"container release GPU memory while vLLM is profiling during initialization. To fix "
+                                 f"this, ensure consistent GPU memory allocation or isolate vLLM in its own container.")
     if auto and modern and fit_len <= 0:  # 0.20+: auto-fit runs before the capacity check
         return fail("auto_fit", "Cannot auto-fit max_model_len: not enough GPU memory available to serve even a single "
                                 "token. Try increasing `gpu_memory_utilization`.")
@@ -376,7 +394,7 @@ def plan_memory(profile: GpuProfile, config: SimConfig) -> MemoryPlan:
                              f"sequence requires one Mamba cache block, so CUDA graph capture cannot proceed. Please "
                              f"lower max_num_seqs to at most {blocks} or increase gpu_memory_utilization.")
     resident = weights + _bytes(profile.non_torch_gib) + kv_avail  # after the KV cache is allocated
-    if kv_flag and resident > free:
+    if (kv_flag or (modern and change > 0)) and resident > free - max(change, 0):
         return fail("kv_alloc", "CUDA out of memory")
     if not graph_in_budget and graph > free - max(requested, resident + (0 if kv_flag else activation)):
         return fail("graph", "CUDA error: out of memory")
@@ -487,6 +505,10 @@ _ENGINE_FRAMES = [
 _FAILURE_FRAMES: dict[str, list[Frame]] = {
     "D": [("v1/engine/core.py", 80, "__init__", "self.model_executor = executor_class(vllm_config)"),
           ("v1/worker/gpu_worker.py", 183, "init_device", "raise ValueError(")],
+    "profiling": [("v1/engine/core.py", 91, "__init__", "self._initialize_kv_caches(vllm_config)"),
+                  ("v1/engine/core.py", 160, "_initialize_kv_caches", "self.model_executor.determine_available_memory())"),
+                  ("v1/worker/gpu_worker.py", 271, "determine_available_memory",
+                   "assert self.init_snapshot.free_memory > free_gpu_memory, (")],
     "A": [("v1/engine/core.py", 91, "__init__", "self._initialize_kv_caches(vllm_config)"),
           ("v1/core/kv_cache_utils.py", 699, "check_enough_kv_cache_memory", "raise ValueError(\"No available memory for the cache blocks. \"")],
     "C'": [("v1/engine/core.py", 91, "__init__", "self._initialize_kv_caches(vllm_config)"),
@@ -519,6 +541,10 @@ _FRAMES_033: dict[str, list[Frame]] = {
              ("v1/worker/gpu_model_runner.py", 4996, "load_model", "self.model = model or model_loader.load_model("),
              ("model_executor/model_loader/base_loader.py", 56, "load_model", "model = initialize_model("),
              ("model_executor/layers/linear.py", 382, "__init__", "torch.empty(")],
+    "profiling": [("v1/engine/core.py", 163, "__init__", "kv_cache_config = self._initialize_kv_caches(vllm_config)"),
+                  ("v1/engine/core.py", 310, "_initialize_kv_caches",
+                   "available_gpu_memory = self.model_executor.determine_available_memory()"),
+                  ("v1/worker/gpu_worker.py", 732, "determine_available_memory", "assert init_free_memory >= free_gpu_memory, (")],
     "kv_check": [("v1/engine/core.py", 163, "__init__", "kv_cache_config = self._initialize_kv_caches(vllm_config)"),
                  ("v1/engine/core.py", 321, "_initialize_kv_caches", "kv_cache_configs = get_kv_cache_configs("),
                  ("v1/core/kv_cache_planning.py", 1551, "get_kv_cache_configs", "_check_enough_kv_cache_memory("),
@@ -549,7 +575,8 @@ _FRAMES_033: dict[str, list[Frame]] = {
           ("v1/worker/gpu_worker.py", 1090, "compile_or_warm_up_model", "self.model_runner._dummy_sampler_run(hidden_states=last_hidden_states)"),
           ("v1/worker/gpu_model_runner.py", 5929, "_dummy_sampler_run", "raise RuntimeError(")],
 }
-_STAGE = {"external": "init_device", "D''": "init_device", "D": "init_device", "weights": "load", "A": "kv_check",
+_STAGE = {"external": "init_device", "D''": "init_device", "D": "init_device", "weights": "load",
+          "profiling": "profiling", "A": "kv_check",
           "C'": "kv_check",
           "auto_fit": "auto_fit", "kv_alloc": "kv_alloc", "mamba": "mamba", "graph": "graph", "E": "E"}
 _RAISE_LINE = {"external": 731, "D''": 741, "D": 762, "A": 57, "C'": 77}
@@ -697,6 +724,8 @@ def _run_010(args: argparse.Namespace, profile: GpuProfile, config: SimConfig, p
             f"PyTorch activation peak memory takes {float(profile.activation_peak_gib):.2f}GiB; the rest of the memory "
             f"reserved for KV Cache is {plan.kv_available_bytes / GIB:.2f}GiB.")
     log.log("EngineCore_DP0", "INFO", "v1/worker/gpu_worker.py:276", f"Available KV cache memory: {plan.kv_available_bytes / GIB:.2f} GiB")
+    if plan.failure == "profiling":
+        return _engine_failure_010(log, plan, "AssertionError")
     if plan.failure in ("A", "C'"):
         return _engine_failure_010(log, plan, "ValueError")
     log.log("EngineCore_DP0", "INFO", "v1/core/kv_cache_utils.py:1028", f"GPU KV cache size: {plan.kv_tokens:,} tokens")
@@ -904,6 +933,8 @@ def _engine_startup(args: argparse.Namespace, profile: GpuProfile, config: SimCo
                                                        f"(largest={sizes[-1]}), FULL={len(full)} (largest={full[-1]})")
             if plan.graph_bytes:
                 log.log(proc, "INFO", w("cg_estimate"), f"Estimated CUDA graph memory: {plan.graph_bytes / GIB:.2f} GiB total")
+            if plan.failure == "profiling":
+                return _engine_failure(log, plan, profile, workers)
             log.log(proc, "INFO", w("kv_avail"), f"Available KV cache memory: {_r2(plan.kv_available_bytes)} GiB")
             if plan.graph_bytes:
                 gmu = float(plan.gpu_memory_utilization)
@@ -999,7 +1030,9 @@ def _engine_failure(log: VllmLog, plan: MemoryPlan, profile: GpuProfile, workers
         exc = _weights_oom(plan, profile)
     elif plan.failure == "kv_alloc":
         in_use = plan.weights_bytes + _bytes(profile.non_torch_gib)
-        exc = torch_oom(plan.kv_available_bytes, plan.total_bytes, plan.free_bytes - in_use, in_use)
+        exc = torch_oom(plan.kv_available_bytes, plan.total_bytes, plan.free_at_kv_bytes - in_use, in_use)
+    elif plan.failure == "profiling":
+        exc = f"AssertionError: {plan.message}"
     elif plan.failure == "graph":
         exc = ("RuntimeError: CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some "
                "other API call, so the stacktrace below might be incorrect.\nFor debugging consider passing "

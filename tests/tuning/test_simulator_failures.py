@@ -27,7 +27,12 @@ def profile_files(root: Path) -> dict[str, str]:
     crowded.write_text(json.dumps({"base": "default", "external_weights_gib": 5, "other_processes_gib": 15}))
     heavy = root / "heavy.json"  # 7 GiB of weights on the seed's card, 6.07 GiB free
     heavy.write_text(json.dumps({"base": "seed", "weights_gib": 7}))
-    return {"external": str(external), "crowded": str(crowded), "heavy": str(heavy)}
+    released = root / "released.json"  # other processes free 4 GiB while vLLM profiles (more than it consumed)
+    released.write_text(json.dumps({"base": "default", "other_processes_change_gib": -4}))
+    grown = root / "grown.json"  # other processes take 4 GiB after vLLM's free-memory check
+    grown.write_text(json.dumps({"base": "default", "other_processes_change_gib": 4}))
+    return {"external": str(external), "crowded": str(crowded), "heavy": str(heavy), "released": str(released),
+            "grown": str(grown)}
 
 
 # name: (formats, flags, expected class, escalate, fix, values the Observer reads)
@@ -44,6 +49,8 @@ CASES: dict[str, tuple[tuple[str, ...], list[str]]] = {
     # from 0.21 the graphs are inside the gmu budget; outside it only with --kv-cache-memory-bytes
     "graph_capture_kv_bytes": (MODERN, ["--kv-cache-memory-bytes", "19.9g", "--max-model-len", "4096"]),
     "weights_load": (MODERN, ["--profile", "{heavy}", "--gpu-memory-utilization", "0.5"]),
+    "profiling_release": (ALL, ["--profile", "{released}", "--max-model-len", "4096"]),
+    "kv_allocation_others_grew": (MODERN, ["--profile", "{grown}", "--max-model-len", "4096"]),
     "kv_allocation": (MODERN, ["--kv-cache-memory-bytes", "30G", "--max-model-len", "4096"]),
     "auto_fit": (MODERN, ["--profile", "tight", "--gpu-memory-utilization", "0.84", "--max-model-len", "auto"]),
     "mamba": (MODERN, ["--profile", "hybrid", "--max-model-len", "32768"]),
@@ -70,6 +77,9 @@ EXPECTED: dict[str, tuple[str, bool, dict[str, float] | None, dict[str, Any]]] =
     "graph_capture": ("cuda_error_oom_graph_capture", False, {GMU: 0.9}, {}),
     "graph_capture_kv_bytes": ("cuda_error_oom_graph_capture", False, {GMU: 0.9}, {}),
     "kv_allocation": ("cuda_oom_torch", True, None, {}),
+    "profiling_release": ("memory_profiling_error", True, None, {"initial_free_gib": 21.75, "current_free_gib": 22.76}),
+    "kv_allocation_others_grew": ("cuda_oom_torch", False, {GMU: 0.9},
+                                  {"tried_gib": 15.67, "free_gib": 14.76, "other_processes_gib": 4.3}),
     # the torch OOM re-raised after vLLM's message is absorbed: one event
     "weights_load": ("model_weights_oom", True, None, {}),
     "auto_fit": ("auto_fit_max_model_len_failed", False, {GMU: 0.85}, {"gpu_memory_utilization": 0.84, "deficit_gib": 0.77}),
@@ -141,5 +151,5 @@ def test_the_matrix_covers_every_failure_kind_of_the_memory_model(tmp_path: Path
             a.gpu_memory_utilization, a.max_num_seqs, a.max_model_len, a.enforce_eager, a.max_num_batched_tokens,
             a.kv_cache_memory_bytes, a.tensor_parallel_size, a.enable_chunked_prefill, fmt))
         produced.add(plan.failure)
-    assert produced == {"I", "J", "batched_len", "batched_seqs", "external", "D''", "D", "weights", "A", "C'",
-                        "auto_fit", "kv_alloc", "graph", "mamba", "E"}
+    assert produced == {"I", "J", "batched_len", "batched_seqs", "external", "D''", "D", "weights", "profiling", "A",
+                        "C'", "auto_fit", "kv_alloc", "graph", "mamba", "E"}
