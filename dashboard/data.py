@@ -163,6 +163,43 @@ def tuning_runs(url: str | None = None, *, limit: int = 20) -> list[dict[str, An
     return runs
 
 
+PROMOTION_WORDS = {"pending_review": "waiting for review", "approved": "approved", "applied": "applied",
+                   "rejected": "rejected", "expired": "expired", "failed": "failed to apply",
+                   "rolled_back": "rolled back"}
+# What became of an intent whose run proposed a promotion, once that promotion is decided: the intent's
+# stored outcome (CONFIG_TUNED) was written when the promotion was only proposed.
+PROMOTION_INTENT_OUTCOME = {"pending_review": "CONFIG_TUNED", "approved": "CONFIG_TUNED", "applied": "CONFIG_TUNED",
+                            "rejected": "REJECTED", "expired": "EXPIRED", "failed": "CONFIG_TUNING_FAILED",
+                            "rolled_back": "ROLLED_BACK"}
+
+
+def promotions_by_run(url: str | None = None, run_ids: list[int] | None = None) -> dict[int, dict[str, Any]]:
+    """The newest promotion of each run (id, status, decided_by, decided_at, applied_at), by run id."""
+    p = Promotion.__table__.c
+    query = sa.select(p.id, p.run_id, p.status, p.decided_by, p.decided_at, p.applied_at).where(p.run_id.is_not(None))
+    if run_ids is not None:
+        query = query.where(p.run_id.in_(run_ids))
+    with session_scope(url, write=False) as session:
+        found: dict[int, dict[str, Any]] = {}
+        for row in _rows(session.execute(query.order_by(p.id))):
+            found[row["run_id"]] = row
+    return found
+
+
+def promotion_state_line(promotion: dict[str, Any]) -> str:
+    """'promotion #3 applied by alice' — the promotion's current state in a few words."""
+    who = f" by {promotion['decided_by']}" if promotion.get("decided_by") and promotion["status"] != "pending_review" else ""
+    return f"promotion #{promotion['id']} {PROMOTION_WORDS.get(promotion['status'], promotion['status'])}{who}"
+
+
+def intent_outcome(intent: dict[str, Any], promotion: dict[str, Any] | None) -> str:
+    """The intent's outcome as it stands now: a decided promotion overrides the CONFIG_TUNED its run wrote."""
+    stored = intent.get("outcome") or "—"
+    if promotion is None:
+        return stored
+    return f"{PROMOTION_INTENT_OUTCOME.get(promotion['status'], stored)} ({promotion_state_line(promotion)})"
+
+
 # --------------------------------------------------------------------------- promotions
 
 def promotions(url: str | None = None, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

@@ -34,40 +34,84 @@ def draw_pending(promotion: dict[str, Any]) -> None:
             st.plotly_chart(charts.score_breakdown_figure(promotion["score_breakdown"]), key=f"promo-score-{pid}")
             if promotion["score_breakdown"].get("why"):
                 st.caption(md(promotion["score_breakdown"]["why"]))
-        note = st.text_input("Note for the audit trail (optional)", key=f"note-{pid}")
+        st.text_input("Note for the audit trail (optional)", key=f"note-{pid}")
         pending = st.session_state.get(CONFIRM_KEY)
         if pending and pending[0] == pid:
             verb = "approve" if pending[1] else "reject"
             st.warning(f"{verb.capitalize()} promotion #{pid} as {md(operator())}? "
-                       + ("The worker applies approved changes to the service configuration." if pending[1] else ""))
+                       + (CONFIRM_APPROVE if pending[1] else "Nothing is changed; the decision is kept in the audit trail."))
             yes, no = st.columns(2)
-            if yes.button(f"Confirm {verb}", key=f"confirm-{pid}", type="primary"):
-                st.session_state.pop(CONFIRM_KEY, None)
-                try:
-                    actions.decide_promotion(pid, pending[1], operator(), reason=note)
-                except actions.ActionRefused as exc:
-                    st.session_state["promotion-message"] = ("error", md(exc))
-                else:
-                    st.session_state["promotion-message"] = (
-                        "success", f"Promotion #{pid} {'approved' if pending[1] else 'rejected'} by {md(operator())}.")
-                st.rerun()
-            if no.button("Cancel", key=f"cancel-{pid}"):
-                st.session_state.pop(CONFIRM_KEY, None)
-                st.rerun()
+            # Callbacks run at the start of the next run, before the queue is read again: a promotion
+            # someone else decided meanwhile is reported instead of its card (and the click) vanishing.
+            yes.button(f"Confirm {verb}", key=f"confirm-{pid}", type="primary", on_click=_decide, args=(pid, pending[1]))
+            no.button("Cancel", key=f"cancel-{pid}", on_click=_cancel)
         else:
             approve, reject = st.columns(2)
-            if approve.button("Approve", key=f"approve-{pid}", type="primary"):
-                st.session_state[CONFIRM_KEY] = (pid, True)
-                st.rerun()
-            if reject.button("Reject", key=f"reject-{pid}"):
-                st.session_state[CONFIRM_KEY] = (pid, False)
-                st.rerun()
+            approve.button("Approve", key=f"approve-{pid}", type="primary", on_click=_ask, args=(pid, True))
+            reject.button("Reject", key=f"reject-{pid}", on_click=_ask, args=(pid, False))
+
+
+CONFIRM_APPROVE = ("Approving applies the change at once: this page writes the new values to the target config file "
+                   "(a backup is kept for Roll back) and runs the reload command.")
+
+
+def _ask(pid: int, approve: bool) -> None:
+    current = data.promotion(None, pid)
+    if current is None or current["status"] != "pending_review":
+        _report_late(pid, approve, current)
+        return
+    st.session_state[CONFIRM_KEY] = (pid, approve)
+
+
+def _cancel() -> None:
+    st.session_state.pop(CONFIRM_KEY, None)
+
+
+def _decide(pid: int, approve: bool) -> None:
+    st.session_state.pop(CONFIRM_KEY, None)
+    note = st.session_state.get(f"note-{pid}", "")
+    try:
+        row = actions.decide_promotion(pid, approve, operator(), reason=note)
+    except actions.ActionRefused as exc:
+        current = data.promotion(None, pid)
+        if current is not None and current["status"] != "pending_review":
+            _report_late(pid, approve, current)
+        else:
+            st.session_state["promotion-message"] = ("error", md(exc))
+        return
+    if approve and row["status"] != "applied":
+        st.session_state["promotion-message"] = (
+            "error", f"Promotion #{pid} approved by {md(operator())} but {md(row['status'])}: {md(row.get('reason') or '')}")
+    else:
+        st.session_state["promotion-message"] = (
+            "success", f"Promotion #{pid} {'approved and applied' if approve else 'rejected'} by {md(operator())}.")
+
+
+def _report_late(pid: int, approve: bool, current: dict[str, Any] | None) -> None:
+    """Another operator (or the expiry) decided first: say so, and that this decision was not recorded."""
+    verb = "approval" if approve else "rejection"
+    if current is None:
+        st.session_state["promotion-message"] = ("error", f"Promotion #{pid} no longer exists; your {verb} was not recorded.")
+        return
+    who = f" by {md(current['decided_by'])}" if current.get("decided_by") else ""
+    when = current.get("decided_at") or current.get("applied_at")
+    st.session_state["promotion-message"] = (
+        "warning", f"Promotion #{pid} was already {md(data.PROMOTION_WORDS.get(current['status'], current['status']))}"
+        f"{who}{' at ' + fmt_time(when) if when else ''}: your {verb} was not recorded.")
 
 
 st.title("Promotions")
 message = st.session_state.pop("promotion-message", None)
 if message:
-    (st.success if message[0] == "success" else st.error)(message[1])
+    {"success": st.success, "warning": st.warning}.get(message[0], st.error)(message[1])
+stale = st.session_state.get(CONFIRM_KEY)
+if stale:  # a confirmation left open while someone else decided: report it, drop the question
+    current = data.promotion(None, stale[0])
+    if current is None or current["status"] != "pending_review":
+        st.session_state.pop(CONFIRM_KEY, None)
+        _report_late(stale[0], stale[1], current)
+        message = st.session_state.pop("promotion-message")
+        st.warning(message[1])
 
 queue = data.promotions(status="pending_review")
 st.subheader(f"Waiting for review ({len(queue)})")
@@ -85,7 +129,7 @@ if not history:
 else:
     st.dataframe(rows({
         "#": p["id"], "subsystem": p["subsystem"], "status": p["status"], "decided by": p["decided_by"] or "—",
-        "decided": fmt_time(p["decided_at"]), "applied": fmt_time(p["applied_at"]),
+        "decided": fmt_time(p["decided_at"]), "applied": fmt_time(p["applied_at"]), "note": p["reason"] or "—",
         "change": ", ".join(f"{k}: {p['old_values'].get(k) if p['old_values'] else '—'} → {v}"
                             for k, v in (p["new_values"] or {}).items()),
     } for p in history), hide_index=True, width="stretch")

@@ -47,9 +47,13 @@ def draw_intents() -> None:
         st.info("No intents yet: the Observer emits one per configuration failure it recognises in the service's "
                 "logs (`selfheal tune observe LOGFILE` shows what it would find).")
         return
+    runs = data.tuning_runs(limit=200)
+    run_of_intent = {r["intent_id"]: r["id"] for r in sorted(runs, key=lambda r: r["id"]) if r["intent_id"] is not None}
+    promotions = data.promotions_by_run(run_ids=list(run_of_intent.values()))
     st.dataframe(rows({
         "#": i["id"], "time": fmt_time(i["created_at"]), "subsystem": i["subsystem"], "class": i["error_class"],
-        "status": i["status"], "outcome": i["outcome"] or "—", "values": _json_cell(i["values"]),
+        "status": i["status"], "outcome": data.intent_outcome(i, promotions.get(run_of_intent.get(i["id"], -1))),
+        "values": _json_cell(i["values"]),
         "seed fix": _json_cell(i["seed_fix"]), "reason": i["reason"] or "—",
     } for i in intents), hide_index=True, width="stretch")
 
@@ -60,14 +64,22 @@ def draw_runs() -> None:
     if not runs:
         st.info("No tuning runs yet.")
         return
+    promotions = data.promotions_by_run(run_ids=[run["id"] for run in runs])
     for run in runs:
+        promotion = promotions.get(run["id"])
+        # The run's decision was written when it finished ("pending_review"); the promotion's state is now.
+        decision = data.promotion_state_line(promotion) if promotion is not None else run["decision"]
         title = (f"Run #{run['id']} · {md(run['subsystem'])} · {md(run['status'])} · {fmt_time(run['started_at'])}"
-                 + (f" · {md(run['decision'])}" if run["decision"] else ""))
+                 + (f" · {md(decision)}" if decision else ""))
         with st.expander(title, expanded=run is runs[0]):
             st.write(f"mode {md(run['mode'])} · intent #{run['intent_id'] or '—'} · baseline score "
                      f"{run['baseline_score'] if run['baseline_score'] is not None else '—'} · finished {fmt_time(run['finished_at'])}")
+            if promotion is not None:
+                when = promotion["applied_at"] or promotion["decided_at"]
+                st.write(f"Now: **{md(data.promotion_state_line(promotion))}**"
+                         + (f" at {fmt_time(when)}" if when and promotion["status"] != "pending_review" else ""))
             if run["reason"]:
-                st.write(f"Reason: {md(run['reason'])}")
+                st.write(f"{'Summary when the run finished' if promotion is not None else 'Reason'}: {md(run['reason'])}")
             candidates = run["candidates"]
             if not candidates:
                 st.caption("No candidates.")

@@ -207,7 +207,8 @@ def test_tuning_page_shows_mode_limits_intents_runs(seeded: dict[str, Any]) -> N
     text = _all_text(at)
     assert "Mode **prod**" in text
     intents = at.dataframe[0].value
-    assert list(intents["class"]) == ["KV_CACHE_INSUFFICIENT"] and list(intents["outcome"]) == ["CONFIG_TUNED"]
+    assert list(intents["class"]) == ["KV_CACHE_INSUFFICIENT"]
+    assert list(intents["outcome"]) == [f"CONFIG_TUNED (promotion #{seeded['promotion_id']} waiting for review)"]
     candidates = at.dataframe[1].value
     assert list(candidates["params"]) == ['{"vllm.gpu_memory_utilization": 0.85}']
     assert list(candidates["pre-flight"]) == ["pass"] and list(candidates["score"]) == [0.82]
@@ -230,7 +231,7 @@ def test_promotion_decision_with_confirmation_is_audited(seeded: dict[str, Any],
         assert s.get(Promotion, pid).status == "pending_review"  # nothing happens before confirmation
     at.button(key=f"confirm-{pid}").click()
     at.run()
-    verb = "approved" if approve else "rejected"
+    verb = "approved and applied" if approve else "rejected"
     assert _texts(at, "success") == [f"Promotion #{pid} {verb} by {OPERATOR}."]
     with session_scope(write=False) as s:
         row = s.get(Promotion, pid)
