@@ -10,7 +10,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-MODULES = ["bench_codec", "bench_analysis", "bench_worker", "bench_dashboard", "bench_observer", "bench_api", "bench_parity",
+MODULES = ["bench_codec", "bench_analysis", "bench_worker", "bench_growth", "bench_dashboard", "bench_observer", "bench_api", "bench_parity",
            "bench_calibration", "bench_tuning"]
 
 

@@ -237,6 +237,7 @@ def _run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           env=subprocess_env(SELFHEAL_HOME=str(home)))
 
 
+@pytest.mark.slow  # eight CLI processes (~1 s each, more on a busy machine)
 def test_cli_archive_verify_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "home"
     url = f"sqlite:///{home / 'selfheal.db'}"

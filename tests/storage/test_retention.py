@@ -227,3 +227,17 @@ def test_the_cli_refuses_a_misspelled_retention_key(tmp_path: Path) -> None:
     assert out.returncode == 3
     assert out.stderr.strip().splitlines()[-1].endswith(
         "config: unknown key storage.retention.alert_days (did you mean storage.retention.alerts_days?)")
+
+
+def test_the_worker_registers_the_retention_job(tmp_path: Path) -> None:
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    from healing.worker import JOB_HOOKS
+    from storage.retention import RETENTION_JOB, register_jobs
+
+    assert "storage.retention:register_jobs" in JOB_HOOKS
+    scheduler = BlockingScheduler(timezone=UTC)
+    settings = _settings(tmp_path, "sqlite://", interval_s=600)
+    assert register_jobs(scheduler, settings, {"coalesce": True, "max_instances": 1}) == [RETENTION_JOB]
+    [job] = scheduler.get_jobs()
+    assert (job.id, job.trigger.interval.total_seconds(), job.coalesce, job.max_instances) == (RETENTION_JOB, 600, True, 1)
