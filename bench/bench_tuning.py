@@ -87,6 +87,13 @@ def main() -> list[tuple[str, float, float | None]]:
                 verified_times.append(r.settled_after_s)
             if r.died_to_rollback_s is not None:
                 rollback_times.append(r.died_to_rollback_s)
+    print(f"{'median':<12} {'':<58} {'':>4} {'':>3} {'':>3} {'':>3} {'starts':>6} {'decided':>7} {'healthy':>7} {'settled':>7}")
+    for scenario_name, runs in results.items():
+        healthy = [r.healthy_after_s for r in runs if r.healthy_after_s is not None]
+        settled = [r.settled_after_s for r in runs if r.settled_after_s is not None]
+        print(f"{scenario_name:<12} {_outcome(runs[0]):<58} {'':>4} {'':>3} {'':>3} {'':>3} "
+              f"{_median([r.restarts for r in runs]):>6g} {_median([r.decided_after_s for r in runs]):>7.1f} "
+              f"{_fmt(_median(healthy) if healthy else None):>7} {_fmt(_median(settled) if settled else None):>7}")
     print("cand: candidates planned; rej: rejected by pre-flight (never started); can: canary starts (baseline included); "
           "rel: production reloads; starts = can + rel; times in s from the failure line in the production log")
     restarts, heal, verified = _median(healed_restarts), _median(healed_times), _median(verified_times)
