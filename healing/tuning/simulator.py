@@ -658,12 +658,16 @@ def _merge_config(args: argparse.Namespace, err: TextIO) -> argparse.Namespace:
 
 
 def _non_default(args: argparse.Namespace, config: SimConfig, fmt: str) -> dict[str, Any]:
-    non_default: dict[str, Any] = {"model_tag": args.model_tag}
+    # vLLM lists what differs from its parser's defaults (0.10: as the simulator always printed it)
+    non_default: dict[str, Any] = {}
+    if args.model_tag is not None or fmt == "0.10":
+        non_default["model_tag"] = args.model_tag
     if args.host is not None or fmt == "0.10":
         non_default["host"] = args.host
     if args.port != 8000 or fmt == "0.10":
         non_default["port"] = args.port
-    non_default["model"] = args.model_name
+    if args.model_tag is not None or args.model is not None or fmt == "0.10":
+        non_default["model"] = args.model_name
     if args.served_model_name:
         non_default["served_model_name"] = list(args.served_model_name)
     if config.max_model_len is not None:

@@ -70,7 +70,7 @@ def test_config_file_under_the_command_line(tmp_path: Path) -> None:
                    "enable-prefix-caching: true\nserved-model-name: [a, b]\n")
     code, out, err = _run(["--config", str(cfg), "--max-model-len", "4096", "--gpu-memory-utilization", "0.55"])
     assert code == 1  # the seed's card: 0.55 × 12 GiB = 6.6 GiB > 6.07 GiB free
-    assert _non_default_line(out) == ("{'model_tag': None, 'port': 0, 'model': 'demo', 'served_model_name': ['a', 'b'], "
+    assert _non_default_line(out) == ("{'port': 0, 'model': 'demo', 'served_model_name': ['a', 'b'], "
                                       "'max_model_len': 4096, 'gpu_memory_utilization': 0.55, 'max_num_seqs': 16}")
     assert "simulator: --config key 'enable-prefix-caching' is not modelled by the simulator; ignored" in err
     assert "Free memory on device cuda:0 (6.07/12.0 GiB) on startup is less than desired GPU memory utilization (0.55, " \
@@ -166,5 +166,4 @@ def test_selfheal_simulate_vllm_reads_vllms_config_not_selfheals(tmp_path: Path,
     code = cli.main(["simulate", "vllm", "--config", str(cfg), "--startup-delay", "0", "--port", "0"])
     out = capsys.readouterr().out
     assert code == 1
-    assert _non_default_line(out) == "{'model_tag': None, 'port': 0, 'model': 'Qwen/Qwen2.5-1.5B-Instruct', " \
-                                     "'gpu_memory_utilization': 0.6, 'max_num_seqs': 16}"
+    assert _non_default_line(out) == "{'port': 0, 'gpu_memory_utilization': 0.6, 'max_num_seqs': 16}"
