@@ -241,10 +241,11 @@ def default_gmu(log_format: str) -> Decimal:
     return Decimal("0.9") if log_format == "0.10" else Decimal("0.92")
 
 
-def batch_defaults(profile: GpuProfile) -> tuple[int, int]:
-    """vLLM's API-server defaults (EngineArgs.get_batch_defaults): (max_num_seqs, max_num_batched_tokens)."""
+def batch_defaults(profile: GpuProfile, log_format: str = "0.33") -> tuple[int, int]:
+    """vLLM's API-server defaults (EngineArgs.get_batch_defaults): (max_num_seqs, max_num_batched_tokens);
+    the tier for cards of 160 GiB and more exists from 0.33."""
     total = profile.total_gib
-    if total >= 160:
+    if total >= 160 and log_format == "0.33":
         return 1024, 16384
     if total >= 70 and "a100" not in profile.gpu_name.lower():
         return 1024, 8192
@@ -256,7 +257,7 @@ def plan_memory(profile: GpuProfile, config: SimConfig) -> MemoryPlan:
     fmt = config.log_format
     modern = fmt != "0.10"
     gmu = config.gpu_memory_utilization if config.gpu_memory_utilization is not None else default_gmu(fmt)
-    seqs_default, mbt_default = batch_defaults(profile)
+    seqs_default, mbt_default = batch_defaults(profile, fmt)
     seqs = config.max_num_seqs if config.max_num_seqs is not None else seqs_default
     chunked = config.enable_chunked_prefill if config.enable_chunked_prefill is not None else True
     tp = max(1, config.tensor_parallel_size)

@@ -167,3 +167,16 @@ def test_selfheal_simulate_vllm_reads_vllms_config_not_selfheals(tmp_path: Path,
     out = capsys.readouterr().out
     assert code == 1
     assert _non_default_line(out) == "{'port': 0, 'gpu_memory_utilization': 0.6, 'max_num_seqs': 16}"
+
+
+def test_batch_defaults_by_card_and_version() -> None:
+    from dataclasses import replace
+
+    from healing.tuning.simulator import batch_defaults
+
+    b200 = replace(PROFILES["hybrid"], total_gib=Decimal("178.35"), gpu_name="NVIDIA B200")
+    a100 = replace(PROFILES["hybrid"], gpu_name="NVIDIA A100-SXM4-80GB")
+    assert batch_defaults(PROFILES["default"]) == (256, 2048)
+    assert batch_defaults(PROFILES["hybrid"]) == (1024, 8192)
+    assert batch_defaults(a100) == (256, 2048)
+    assert batch_defaults(b200) == (1024, 16384) and batch_defaults(b200, "0.20") == (1024, 8192)
