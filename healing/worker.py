@@ -48,6 +48,7 @@ TUNING_HOOK = "healing.tuning.runner:process_pending_intents"
 # each is called as hook(scheduler, settings, job_options) when importable, and skipped otherwise.
 JOB_HOOKS = ["healing.tuning.worker_jobs:register_jobs", "storage.retention:register_jobs"]
 SYNC_JOB, POLL_JOB, HEARTBEAT_JOB = "sync-images", "poll-requests", "heartbeat"
+LEADER_JOB = "leader"  # PostgreSQL: keep or take the fleet's lead (storage.leader), every worker.leader_interval
 QUARANTINE_JOB, QUARANTINE_PRUNE_INTERVAL_S = "prune-quarantine", 3600
 CHECK_JOB_PREFIX = "check:"
 
@@ -66,6 +67,8 @@ class WorkerSettings:
     threads: int = 4
     misfire_grace_time: int = 600
     shutdown_grace: float = 5.0  # after SIGTERM, how long running jobs may finish before the process exits
+    node: str | None = None  # this worker's node (storage.nodes); default: the host name; --node overrides
+    leader_interval: float = 5.0  # followers try to take the lead this often; the leader checks it still holds it
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerSettings:
@@ -80,7 +83,21 @@ class WorkerSettings:
             misfire_grace_time=_as_number("worker.misfire_grace_time", raw.get("misfire_grace_time", d.misfire_grace_time),
                                           int, 1, 86400),
             shutdown_grace=_as_number("worker.shutdown_grace", raw.get("shutdown_grace", d.shutdown_grace), float, 0, 8),
+            node=_node_setting(raw.get("node")),
+            leader_interval=_as_number("worker.leader_interval", raw.get("leader_interval", d.leader_interval), float, 0.2, 10),
         )
+
+
+def _node_setting(value: Any) -> str | None:
+    from healing.errors import ConfigError
+    from storage.nodes import check_node_name
+
+    if value is None:
+        return None
+    try:
+        return check_node_name(value) if isinstance(value, str) else check_node_name("")
+    except ValueError as exc:
+        raise ConfigError(f"config: worker.node: {exc}") from None
 
 
 class _RunningCheck:
@@ -277,7 +294,7 @@ class Worker:
     """Scheduler, request poller and heartbeat around an ImageService."""
 
     def __init__(self, settings: Settings | None = None, *, checker: Any | None = None, actions: list[Any] | None = None,
-                 worker_id: str | None = None, notifier: Any | None = None) -> None:
+                 worker_id: str | None = None, notifier: Any | None = None, node: str | None = None) -> None:
         from healing.images.actions import load_actions
         from healing.images.notify import WebhookNotifier
         from healing.images.service import ImageService
@@ -285,6 +302,11 @@ class Worker:
         self.settings = settings or load_settings()
         self.config = WorkerSettings.from_settings(self.settings)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        from storage.nodes import default_node, use_node
+
+        self.node = default_node(node or self.config.node)  # storage.nodes: the images this worker checks
+        use_node(self.node)  # and the node of the images it registers (config monitoring.images)
+        self._leadership: Any = None
         self.notifier = notifier if notifier is not None else WebhookNotifier(self.settings.healing.notification)
         configured = load_actions(self.settings.healing.actions)
         self.service = ImageService(self.settings, checker=checker, notifier=self.notifier,
@@ -301,22 +323,38 @@ class Worker:
 
     # ------------------------------------------------------------------ preparation
 
+    @property
+    def leadership(self) -> Any:
+        """This worker's storage.leader.Leadership, made on first use (it opens the database), which
+        also tries for the lead once: `worker --once` alone on a database leads for its run."""
+        if self._leadership is None:
+            from storage.leader import Leadership
+
+            self._leadership = Leadership(self.node)
+            self._leadership.poll()
+        return self._leadership
+
+    def own_node(self) -> str | None:
+        """Whose images this worker checks: its node's on a shared database, every image (None) on SQLite."""
+        return self.node if self.leadership.shared else None
+
     def refuse_remote_worker(self) -> None:
-        """The flock guards one machine; on a shared database (PostgreSQL) a live heartbeat from another
-        host means another worker is running against it. SQLite is a local file: the flock is enough."""
-        from storage import queries
+        """The flock guards one home; on a shared database (PostgreSQL) one worker runs per node: a live
+        heartbeat of this node from another worker (not a dead process of this host) refuses the start.
+        SQLite is a local file: the flock is enough."""
+        from healing.procs import pid_alive
         from storage.engine import session_scope
+        from storage.nodes import live_workers
 
         if not database_is_shared():
             return
         with session_scope(write=False) as session:
-            beat = queries.worker_heartbeat(session)
-        if beat is None or beat["worker_id"] == self.worker_id or beat["host"] == socket.gethostname():
-            return
-        interval = float((beat.get("info") or {}).get("heartbeat_interval") or self.config.heartbeat_interval)
-        if beat["state"] in ("starting", "running") and beat["age_s"] <= 3 * interval:
-            raise WorkerLockedError(f"another worker is already running for this database (pid {beat['pid']} on "
-                                    f"{beat['host']}, heartbeat {beat['age_s']:.0f} s ago)")
+            beats = live_workers(session, self.node)
+        for beat in beats:
+            if beat["worker_id"] == self.worker_id or (beat["host"] == socket.gethostname() and not pid_alive(int(beat["pid"]))):
+                continue
+            raise WorkerLockedError(f"another worker is already running for node {self.node} on this database "
+                                    f"(pid {beat['pid']} on {beat['host']}, heartbeat {beat['age_s']:.0f} s ago)")
 
     def prepare(self) -> None:
         """Schema upgrade, close requests a dead worker left running, register config images, resend alerts."""
@@ -327,7 +365,13 @@ class Worker:
         upgrade()
         self.refuse_remote_worker()
         with session_scope() as session:
-            fail_abandoned_requests(session, reason="the worker stopped while running this request")
+            if database_is_shared():  # other nodes' workers are running theirs
+                from storage.nodes import fail_orphaned_requests
+
+                fail_orphaned_requests(session, reason="the worker stopped while running this request", node=self.node,
+                                       worker_id=self.worker_id)
+            else:
+                fail_abandoned_requests(session, reason="the worker stopped while running this request")
         self.service.reconcile_heals()  # the image checks that follow re-check what it touched
         self.sync_config_images()
         self.notifier.submit_pending()
@@ -360,6 +404,11 @@ class Worker:
             elif image["critical"] != entry.critical or image["interval_s"] != interval:
                 with session_scope() as session:
                     queries.upsert_image(session, path, critical=entry.critical, interval_s=interval, actor="config")
+        if registered:
+            from storage.nodes import assign_paths
+
+            with session_scope() as session:
+                assign_paths(session, registered, self.node, only_unowned=True, actor="config")
         return registered
 
     # ------------------------------------------------------------------ units of work
@@ -430,7 +479,7 @@ class Worker:
         from storage.worker_queries import images_due
 
         with session_scope(write=False) as session:
-            rows = images_due(session, due_only=due_only)
+            rows = images_due(session, due_only=due_only, node=self.own_node())
         records: list[Any] = []
         overruns = 0
         todo = []
@@ -552,7 +601,12 @@ class Worker:
         done = 0
         while limit is None or done < limit:
             with session_scope() as session:
-                request = queries.claim_next_request(session, self.worker_id)
+                if self.leadership.shared:
+                    from storage.nodes import claim_request
+
+                    request = claim_request(session, self.worker_id, self.node, leader=self.leadership.is_leader)
+                else:
+                    request = queries.claim_next_request(session, self.worker_id)
             if request is None:
                 break
             try:
@@ -620,9 +674,13 @@ class Worker:
         if self.scheduler is not None:
             info["jobs"] = len([j for j in self.scheduler.get_jobs() if j.id.startswith(CHECK_JOB_PREFIX)])
         info["heartbeat_interval"] = self.config.heartbeat_interval
+        info["node"], info["role"] = self.node, self.leadership.describe()
         try:
+            from storage.nodes import set_heartbeat_node
+
             with session_scope() as session:
                 queries.beat_heartbeat(session, self.worker_id, pid=os.getpid(), host=socket.gethostname(), state=state, info=info)
+                set_heartbeat_node(session, self.worker_id, self.node)
         except SelfHealError as exc:
             log.warning("heartbeat not written: %s", exc)
 
@@ -641,6 +699,8 @@ class Worker:
             self.service.remove_stale_temps()
             self.notifier.close(timeout=self.settings.healing.notification.timeout * 2)
         finally:
+            if self._leadership is not None:
+                self._leadership.release()
             self.lock.release()
         counts = {s: 0 for s in ("healthy", "warning", "critical", "unknown")}
         for record in records:
@@ -665,8 +725,10 @@ class Worker:
 
         self.sync_config_images()
         recheck = self.service.reconcile_heals()
+        if self.leadership.shared and self.leadership.is_leader:
+            self.lead_housekeeping()
         with session_scope(write=False) as session:
-            wanted = {f"{CHECK_JOB_PREFIX}{row['id']}": row for row in image_schedule(session)}
+            wanted = {f"{CHECK_JOB_PREFIX}{row['id']}": row for row in image_schedule(session, node=self.own_node())}
         existing = {job.id: job for job in self.scheduler.get_jobs() if job.id.startswith(CHECK_JOB_PREFIX)}
         for job_id in existing.keys() - wanted.keys():
             self.scheduler.remove_job(job_id)
@@ -704,6 +766,7 @@ class Worker:
 
             upgrade()  # the heartbeat table must exist before the first beat
             self.refuse_remote_worker()
+            self.leadership.poll()
             self.beat("starting")
             self.prepare()
             if self._stopping.is_set():
@@ -716,10 +779,14 @@ class Worker:
                                           (QUARANTINE_JOB, self.prune_quarantine, QUARANTINE_PRUNE_INTERVAL_S)):
                 self.scheduler.add_job(guarded(job_id, body), "interval", seconds=seconds, id=job_id, next_run_time=now,
                                        **self._job_options())
+            if self.leadership.shared:
+                self.scheduler.add_job(guarded(LEADER_JOB, self.poll_leadership), "interval", seconds=self.config.leader_interval,
+                                       id=LEADER_JOB, **self._job_options())
             self.add_extra_jobs()
             # A signal between here and the main loop finds the scheduler not running yet: stop it as it starts.
             self.scheduler.add_listener(self._stop_if_signalled, EVENT_SCHEDULER_START)
-            log.info("worker %s started (home %s)", self.worker_id, self.settings.home)
+            log.info("worker %s started (home %s, node %s, %s)", self.worker_id, self.settings.home, self.node,
+                     self.leadership.describe())
             self.scheduler.start()
             # shutdown(wait=False) in the signal handler returned at once; give running jobs a bounded grace.
             deadline = time.monotonic() + self.config.shutdown_grace
@@ -732,8 +799,31 @@ class Worker:
             log.info("worker %s stopped (%s)", self.worker_id, stop.get("signal", "scheduler ended"))
         finally:
             self.beat("stopped")
+            if self._leadership is not None:
+                self._leadership.release()
             self.lock.release()
         return 0
+
+    def poll_leadership(self) -> None:
+        """The leader job: keep or take the lead; a new leader at once tidies what a dead one left."""
+        was = self.leadership.is_leader
+        if self.leadership.poll() and not was:
+            log.info("node %s is now the leader (runs the global jobs)", self.node)
+            self.beat()
+            self.lead_housekeeping()
+
+    def lead_housekeeping(self) -> None:
+        """What the leader does for the fleet besides the global jobs: adopt images without a node, and
+        close requests whose worker is gone."""
+        from storage.engine import session_scope
+        from storage.nodes import adopt_unowned, fail_orphaned_requests
+
+        with session_scope() as session:
+            adopted = adopt_unowned(session, self.node)
+            failed = fail_orphaned_requests(session, reason="the worker stopped while running this request")
+        if adopted or failed:
+            log.info("leader %s: adopted %d image(s) without a node, closed %d request(s) of stopped workers",
+                     self.node, adopted, failed)
 
     def _stop_if_signalled(self, _event: Any) -> None:
         if self._stopping.is_set():
@@ -748,6 +838,15 @@ class Worker:
                 return len(others)
             time.sleep(0.05)
 
+    def _global_scheduler(self) -> Any:
+        """What JOB_HOOKS add their (global) jobs to: on a shared database a LeaderOnlyScheduler, so each
+        runs on the leader only, once per period; on SQLite the scheduler itself (the one worker leads)."""
+        if not self.leadership.shared:
+            return self.scheduler
+        from storage.leader import LeaderOnlyScheduler
+
+        return LeaderOnlyScheduler(self.scheduler, self.leadership, self.node, self.config.leader_interval)
+
     def add_extra_jobs(self) -> list[str]:
         """Let other areas register their periodic jobs (JOB_HOOKS); returns the hooks that ran."""
         ran = []
@@ -758,7 +857,7 @@ class Worker:
             except (ImportError, AttributeError):
                 log.debug("job hook %s not available", spec)
                 continue
-            hook(self.scheduler, self.settings, self._job_options())
+            hook(self._global_scheduler(), self.settings, self._job_options())
             ran.append(spec)
         return ran
 

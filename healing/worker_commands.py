@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "--once checks every registered image now, processes pending requests and exits.")
     p.add_argument("--once", action="store_true", help="one full cycle, then exit (tests, cron)")
     p.add_argument("--json", action="store_true", help="with --once: print the cycle summary as JSON")
+    p.add_argument("--node", type=_node_name, metavar="NAME",
+                   help="the node this worker checks images for on a shared database (default worker.node, else the host name)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("daemon", help="run the worker in the background: start, status, stop",
@@ -43,10 +45,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_daemon)
 
 
+def _node_name(text: str) -> str:
+    from storage.nodes import check_node_name
+
+    try:
+        return check_node_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from healing.worker import Worker, configure_logging
 
-    worker = Worker()
+    worker = Worker(node=getattr(args, "node", None))
     configure_logging(worker.settings)
     if not args.once:
         code = worker.run_forever()

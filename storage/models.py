@@ -20,6 +20,7 @@ Tables
   tuning_blocked      failures seen while the loop could not act (cooldown, rate limit), deduplicated
   login_attempts      dashboard login failures counted per operator name and per client (throttling)
   api_tokens          REST API bearer tokens: name, role, sha256 of the token (never the token itself)
+  leader_jobs         one row per global job: the last period the fleet's leader claimed (storage.leader)
 
 Every timestamp is a timezone-aware UTC datetime (`UTCDateTime`); naive datetimes handed in are taken
 as UTC. JSON columns hold plain dicts/lists. The vocabularies below are enforced by CHECK
@@ -106,6 +107,12 @@ def _text(nullable: bool = True) -> Any:
     return Field(default=None, sa_type=sa.Text, nullable=nullable)
 
 
+def _registering_node() -> str:
+    from storage.nodes import current_node  # storage.nodes imports this module
+
+    return current_node()
+
+
 class Image(SQLModel, table=True):
     """A registered PixelRTS image and its healing policy."""
 
@@ -129,6 +136,9 @@ class Image(SQLModel, table=True):
     last_checked_at: datetime | None = _ts(nullable=True)
     registered_at: datetime = _ts()
     updated_at: datetime = _ts()
+    # The worker node that checks and heals this image (storage.nodes): at registration the registering
+    # process's node; None only for images registered before nodes existed (the leader adopts them).
+    node: str | None = Field(default_factory=lambda: _registering_node(), sa_type=sa.String(255), index=True)
 
 
 class Check(SQLModel, table=True):
@@ -261,6 +271,7 @@ class WorkerHeartbeat(SQLModel, table=True):
     last_beat: datetime = _ts()
     state: str = Field(default="running", sa_type=sa.String(16))
     info: dict[str, Any] | None = _json()
+    node: str | None = Field(default=None, sa_type=sa.String(255))  # the --node it runs as (storage.nodes)
 
 
 class RunRequest(SQLModel, table=True):
@@ -465,3 +476,15 @@ class ApiToken(SQLModel, table=True):
     last_used_at: datetime | None = _ts(nullable=True)
     revoked_at: datetime | None = _ts(nullable=True)
     revoked_by: str | None = Field(default=None, sa_type=sa.String(255))
+
+
+class LeaderJob(SQLModel, table=True):
+    """The last period claimed by each global job (storage.leader.claim_slot): one row per job."""
+
+    __tablename__ = "leader_jobs"
+
+    job: str = Field(sa_type=sa.String(64), primary_key=True)
+    slot: int = Field(sa_type=sa.BigInteger)  # floor(unix time / the job's interval)
+    node: str = Field(sa_type=sa.String(255))
+    ran_at: datetime = _ts()
+    runs: int = Field(default=0, sa_type=sa.BigInteger)

@@ -3,9 +3,9 @@
   fail_abandoned_requests(session, *, claimed_by=None, reason, now) -> int
       Requests left "running" by a worker that died (kill -9, power loss) are closed as failed with
       ``reason``, so the dashboard does not show them running forever. Audited like finish_request.
-  image_schedule(session) -> list[dict]
-      id, path and interval_s of every registered image: what the scheduler needs to sync its jobs.
-  images_due(session, *, now=None, due_only=True, ids=None) -> list[dict]
+  image_schedule(session, *, node=None) -> list[dict]
+      id, path and interval_s of every registered image (of one node): what the scheduler needs to sync its jobs.
+  images_due(session, *, now=None, due_only=True, ids=None, node=None) -> list[dict]
       One read for a check cycle: each image (policy columns) with its latest check's result columns
       (``last_*``, None when never checked), by path. ``due_only``: only images never checked or whose
       last check is at least interval_s old. Further filters (a node) are one more WHERE here.
@@ -40,9 +40,10 @@ def fail_abandoned_requests(session: Session, *, claimed_by: str | None = None, 
     return len(ids)
 
 
-def image_schedule(session: Session) -> list[dict[str, Any]]:
-    """(id, path, interval_s) of every registered image, by id."""
-    rows = session.exec(select(Image.id, Image.path, Image.interval_s).order_by(Image.id))
+def image_schedule(session: Session, *, node: str | None = None) -> list[dict[str, Any]]:
+    """(id, path, interval_s) of every registered image (only ``node``'s when given), by id."""
+    query = select(Image.id, Image.path, Image.interval_s).order_by(Image.id)
+    rows = session.exec(query.where(Image.node == node) if node is not None else query)
     return [{"id": i, "path": p, "interval_s": s} for i, p, s in rows]
 
 

@@ -16,7 +16,7 @@ from storage.migrate import current_revision, head_revision, upgrade
 from storage.models import metadata
 
 EXPECTED_TABLES = {
-    "alembic_version", "alerts", "api_tokens", "audit_events", "audit_head", "check_summaries", "checks", "heals", "images", "promotions",
+    "alembic_version", "alerts", "api_tokens", "audit_events", "audit_head", "check_summaries", "checks", "heals", "images", "leader_jobs", "promotions",
     "login_attempts", "promotion_watches", "run_requests", "tuning_blocked", "tuning_candidates", "tuning_intents", "tuning_rate_limits", "tuning_runs", "worker_heartbeats",
 }
 
@@ -24,13 +24,13 @@ EXPECTED_TABLES = {
 def test_empty_database_to_head_and_idempotent(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm' / 'selfheal.db'}"
     assert current_revision(url) is None
-    assert head_revision() == "0006"
-    assert upgrade(url) == "0006"
-    assert current_revision(url) == "0006"
+    assert head_revision() == "0007"
+    assert upgrade(url) == "0007"
+    assert current_revision(url) == "0007"
     with get_engine(url).begin() as conn:
         conn.exec_driver_sql("INSERT INTO run_requests (kind, target, requested_by, status, created_at) "
                              "VALUES ('check', '/a', 'op', 'pending', '2026-01-01 00:00:00.000000')")
-    assert upgrade(url) == "0006"  # second run: nothing re-created, data kept
+    assert upgrade(url) == "0007"  # second run: nothing re-created, data kept
     with get_engine(url).connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM run_requests").scalar_one() == 1
         assert conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar_one() == 1
@@ -77,8 +77,8 @@ def test_concurrent_upgrades_of_a_fresh_database_both_succeed(tmp_path: Path) ->
     from tests.storage._workers import run_in_processes
 
     url = f"sqlite:///{tmp_path / 'race.db'}"
-    assert run_in_processes([(upgrade, (url,)), (upgrade, (url,))]) == ["0006", "0006"]
-    assert current_revision(url) == "0006"
+    assert run_in_processes([(upgrade, (url,)), (upgrade, (url,))]) == ["0007", "0007"]
+    assert current_revision(url) == "0007"
 
 
 def test_0002_widens_heal_actions_and_keeps_existing_rows(db_url: str, request: pytest.FixtureRequest) -> None:
@@ -94,9 +94,16 @@ def test_0002_widens_heal_actions_and_keeps_existing_rows(db_url: str, request: 
     else:
         url = request.getfixturevalue("postgres_server").fresh_database()
     assert upgrade(url, "0001") == "0001"
-    with session_scope(url) as s:
-        image = queries.upsert_image(s, "/img/a.rts.png", actor="test")
-        queries.record_heal(s, image_path="/img/a.rts.png", action="restore_golden", outcome="healed", image_id=image["id"])
+    # Plain SQL at 0001: the ORM models describe the newest schema (columns 0001 does not have yet).
+    with get_engine(url).begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO images (path, critical, interval_s, auto_heal_enabled, marked_bad, consecutive_heal_failures, "
+            "last_status, registered_at, updated_at) VALUES ('/img/a.rts.png', false, 300, false, false, 0, 'unknown', "
+            "'2026-01-01 00:00:00', '2026-01-01 00:00:00')")
+        image = {"id": conn.exec_driver_sql("SELECT id FROM images").scalar_one()}
+        conn.exec_driver_sql(
+            "INSERT INTO heals (image_path, action, outcome, image_id, duration_ms, created_at) VALUES "
+            f"('/img/a.rts.png', 'restore_golden', 'healed', {image['id']}, 0, '2026-01-01 00:00:00')")
     assert upgrade(url, "0002") == "0002"
     long_name = "site_actions.boot_images.initrd:repair_from_mirror_then_verify"  # 62 characters
     with session_scope(url) as s:
@@ -137,14 +144,14 @@ def test_upgrade_at_head_does_not_import_alembic_and_runs_when_behind(tmp_path: 
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
-    assert run(url) == "0006 True"  # a new database: Alembic creates the schema
-    assert run(url) == "0006 False"  # current: one query, no Alembic
+    assert run(url) == "0007 True"  # a new database: Alembic creates the schema
+    assert run(url) == "0007 False"  # current: one query, no Alembic
     behind = f"sqlite:///{tmp_path / 'old.db'}"  # as after installing a newer selfheal: Alembic migrates
     assert upgrade(behind, "0004") == "0004"
-    assert run(behind) == "0006 True"
+    assert run(behind) == "0007 True"
     with get_read_engine(behind).connect() as conn:
         assert "promotion_watches" in sa.inspect(conn).get_table_names()
-    assert run(behind) == "0006 False"
+    assert run(behind) == "0007 False"
 
 
 def test_schema_is_current_on_both_backends(db_url: str) -> None:

@@ -208,7 +208,7 @@ def test_migration_0005_keeps_promotions_and_allows_rolled_back(tmp_path: Path) 
         with pytest.raises(sa.exc.IntegrityError):
             with conn.begin_nested():
                 conn.exec_driver_sql("UPDATE promotions SET status = 'rolled_back'")
-    assert upgrade(url) == "0006"
+    assert upgrade(url) == "0007"
     with get_engine(url).begin() as conn:
         conn.exec_driver_sql("UPDATE promotions SET status = 'rolled_back'")
         assert conn.exec_driver_sql("SELECT status, new_values FROM promotions").all() == [

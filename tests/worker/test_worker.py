@@ -12,6 +12,7 @@ from healing.worker import CHECK_JOB_PREFIX, Worker, WorkerLock, WorkerLockedErr
 from storage import queries
 from storage.engine import session_scope
 from storage.models import Image, RunRequest
+from storage.nodes import set_heartbeat_node
 from tests.images.conftest import flip_idat_byte
 
 
@@ -147,18 +148,25 @@ def test_worker_settings_are_validated(settings, tmp_path, monkeypatch):
         WorkerSettings.from_settings(load_settings())
 
 
-def test_a_live_worker_on_another_host_is_refused(settings, monkeypatch):
+def test_a_live_worker_of_the_same_node_on_another_host_is_refused(settings, monkeypatch):
     with session_scope() as session:
         queries.beat_heartbeat(session, "other-host:99", pid=99, host="other-host", info={"heartbeat_interval": 10})
+        queries.beat_heartbeat(session, "third-host:98", pid=98, host="third-host", info={"heartbeat_interval": 10})
+        set_heartbeat_node(session, "third-host:98", "node-b")
     if settings.database_url.startswith("sqlite"):
-        assert Worker(load_settings()).run_once()["checked"] == 0  # SQLite: a foreign heartbeat is no lock
+        assert Worker(load_settings(), node="other-host").run_once()["checked"] == 0  # SQLite: a foreign heartbeat is no lock
         monkeypatch.setattr("healing.worker.database_is_shared", lambda: True)
-    # PostgreSQL (really, or SQLite pretending to be shared): a live beat from another host is a lock.
-    with pytest.raises(WorkerLockedError, match=r"\(pid 99 on other-host, heartbeat \d+ s ago\)"):
-        Worker(load_settings()).run_once()
+    # PostgreSQL (really, or SQLite pretending to be shared): one worker per node. A beat written before
+    # nodes existed counts for the node named like its host.
+    with pytest.raises(WorkerLockedError, match=r"^another worker is already running for node other-host on this database "
+                                                r"\(pid 99 on other-host, heartbeat \d+ s ago\)$"):
+        Worker(load_settings(), node="other-host").run_once()
+    with pytest.raises(WorkerLockedError, match=r"for node node-b on this database \(pid 98 on third-host"):
+        Worker(load_settings(), node="node-b").run_once()
+    assert Worker(load_settings(), node="node-c").run_once()["checked"] == 0  # another node: a fleet, not a lock
     with session_scope() as session:
         queries.beat_heartbeat(session, "other-host:99", pid=99, host="other-host", state="stopped")
-    assert Worker(load_settings()).run_once()["checked"] == 0
+    assert Worker(load_settings(), node="other-host").run_once()["checked"] == 0
 
 
 def test_configured_healing_actions_are_loaded_by_the_worker(settings, make_image, tmp_path, monkeypatch):
