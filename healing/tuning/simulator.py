@@ -38,7 +38,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from pathlib import Path
@@ -216,7 +216,6 @@ class MemoryPlan:
     model_max_len: int = 32768
     sampler_free_bytes: int = 0  # what PyTorch reports free when the sampler warm-up fails
     free_at_kv_bytes: int = 0  # free memory when the KV cache is allocated (other processes may have grown)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

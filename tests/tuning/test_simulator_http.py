@@ -215,3 +215,18 @@ def test_the_banner_without_logo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert "[startup.py:38] vLLM server version 0.33.0, serving model org/m\n" in res.stdout and "█" not in res.stdout
     [event] = observe_text(res.stdout + res.stderr)
     assert (event.event_class, event.version) == ("startup_free_memory_below_request", "0.33.0")
+
+
+@pytest.mark.timeout(60)
+def test_max_model_len_auto_fits_the_kv_cache_and_serves_it(tmp_path: Path) -> None:
+    proc, base, log = _start(tmp_path, "demo", "--profile", "tight", "--max-model-len", "auto", "--max-num-seqs", "16")
+    try:
+        [card] = httpx.get(f"{base}/v1/models", timeout=5).json()["data"]
+        assert (card["id"], card["max_model_len"]) == ("demo", 3984)
+    finally:
+        _stop(proc)
+    text = log.read_text()
+    assert "] Using max model len 32768\n" in text and "'max_model_len': -1" in text
+    assert ("] Auto-fit max_model_len: reduced from 32768 to 3984 to fit in available KV cache memory (0.49 GiB GPU)\n"
+            in text)
+    assert "] GPU KV cache size: 4,000 tokens, Maximum concurrency for 3,984 tokens per request: 1.00x\n" in text
