@@ -17,7 +17,7 @@ transaction — nothing is deleted silently. A crash between the manifest line a
 events both archived and live; the next run finishes that archiving (its events must still match).
 
   archive_events(session, *, before=None, upto_seq=None, paths=None, now=None, actor) -> dict | None
-  archive_old_events(settings, *, before, url=None, archive_dir=None, now=None) -> dict | None
+  archive_old_events(settings, *, before, url=None, now=None) -> dict | None
   read_manifest(paths, key) -> (segments, malformed line numbers)
   check_segments(segments, key, paths, *, full, legacy_limit, pins, add) -> SegmentTotals
       verification of the archive, used by storage.audit.verify_chain: every segment's file present
@@ -204,10 +204,14 @@ def _legacy_limit(paths: AuditPaths, key: bytes, db: str) -> int:
 
 # --------------------------------------------------------------------------- archiving
 
+SEGMENT_MAX_EVENTS = 200_000  # one segment per transaction: the database's write lock is held while it is written
+
+
 def archive_events(session: Session, *, before: datetime | None = None, upto_seq: int | None = None,
-                   paths: AuditPaths | None = None, now: datetime | None = None,
-                   actor: str = "retention") -> dict[str, Any] | None:
-    """Move the oldest live events (created before ``before`` and/or up to ``upto_seq``) into one segment.
+                   paths: AuditPaths | None = None, now: datetime | None = None, actor: str = "retention",
+                   max_events: int = SEGMENT_MAX_EVENTS) -> dict[str, Any] | None:
+    """Move the oldest live events (created before ``before`` and/or up to ``upto_seq``; at most
+    ``max_events``) into one segment.
 
     Returns {"first_seq", "last_seq", "count", "sha256", "segment", "bytes", "event_seq"} or None when
     nothing is old enough. Must run in a write session; the caller's commit makes it final."""
@@ -239,6 +243,7 @@ def archive_events(session: Session, *, before: datetime | None = None, upto_seq
             high = min(high, first_new - 1)
     if upto_seq is not None:
         high = min(high, upto_seq)
+    high = min(high, live_min + max(1, max_events) - 1)
     if high < live_min:
         return None
 
@@ -324,13 +329,25 @@ def _finish_interrupted(session: Session, segment: Segment, live_min: int, paths
 
 
 def archive_old_events(settings: Settings, *, before: datetime, url: str | None = None,
-                       archive_dir: str | None = None, now: datetime | None = None) -> dict[str, Any] | None:
-    """archive_events in its own transaction, for run_retention."""
+                       now: datetime | None = None) -> dict[str, Any] | None:
+    """archive_events until nothing older than ``before`` is left, one segment (and transaction) per
+    SEGMENT_MAX_EVENTS events, for run_retention. The archive directory: audit_paths(settings), which
+    reads storage.retention.audit_archive_dir. Returns {"first_seq", "last_seq", "count", "segments"}
+    or None when nothing was old enough."""
     from storage.engine import session_scope
 
     paths = audit_paths(settings)
-    with session_scope(url or settings.database_url) as session:
-        return archive_events(session, before=before, paths=paths, now=now)
+    done: list[dict[str, Any]] = []
+    while True:
+        with session_scope(url or settings.database_url) as session:
+            result = archive_events(session, before=before, paths=paths, now=now, max_events=SEGMENT_MAX_EVENTS)
+        if result is None:
+            break
+        done.append(result)
+    if not done:
+        return None
+    return {"first_seq": done[0]["first_seq"], "last_seq": done[-1]["last_seq"], "count": sum(d["count"] for d in done),
+            "segments": [d["segment"] for d in done]}
 
 
 # --------------------------------------------------------------------------- verifying
@@ -384,7 +401,10 @@ def check_segments(segments: list[Segment], key: bytes | None, paths: AuditPaths
                 seg.first_seq)
             continue
         if not full:
-            totals.authenticated += seg.count  # the sha256 ties the file to the authenticated manifest line
+            # The sha256 ties the file to its authenticated manifest line; events up to the anchor may be legacy.
+            legacy = max(0, min(seg.last_seq, legacy_limit) - seg.first_seq + 1)
+            totals.legacy += legacy
+            totals.authenticated += seg.count - legacy
             continue
         _check_contents(seg, path, key, label, legacy_limit, pins, add, totals)
     return totals
@@ -422,10 +442,13 @@ def export_segments(paths: AuditPaths, db: str, destination: Path) -> list[Path]
     """Copy this database's segments and their manifest lines (``manifest``) into ``destination``."""
     key = load_key(paths.key_file)
     segments = [s for s in read_manifest(paths, key)[0] if s.db == db]
-    destination.mkdir(parents=True, exist_ok=True)
     folder = archive_dir(paths)
     written = []
-    lines = (folder / MANIFEST_NAME).read_bytes().split(b"\n") if segments else []
+    try:
+        destination.mkdir(parents=True, exist_ok=True)
+        lines = (folder / MANIFEST_NAME).read_bytes().split(b"\n") if segments else []
+    except OSError as exc:
+        raise WriteError(f"cannot export the audit archive to {destination}: {describe_oserror(exc)}") from None
     for seg in segments:
         target = destination / seg.name
         try:
@@ -434,6 +457,9 @@ def export_segments(paths: AuditPaths, db: str, destination: Path) -> list[Path]
             raise WriteError(f"cannot export {folder / seg.name}: {describe_oserror(exc)}") from None
         written.append(target)
     manifest = destination / MANIFEST_NAME
-    manifest.write_bytes(b"".join(lines[s.line_no - 1] + b"\n" for s in segments))
+    try:
+        manifest.write_bytes(b"".join(lines[s.line_no - 1] + b"\n" for s in segments))
+    except OSError as exc:
+        raise WriteError(f"cannot export the audit archive to {destination}: {describe_oserror(exc)}") from None
     written.append(manifest)
     return written

@@ -251,8 +251,7 @@ def run_retention(settings: Settings, now: datetime | None = None, *, url: str |
             w.last_beat < cutoff(config.heartbeats_days),), batch)
     archived = None
     if config.audit_archive_after_days > 0:
-        archived = archive_old_events(settings, before=cutoff(config.audit_archive_after_days), url=url,
-                                      archive_dir=config.audit_archive_dir, now=now)
+        archived = archive_old_events(settings, before=cutoff(config.audit_archive_after_days), url=url, now=now)
     if any(counts.values()):
         with session_scope(url) as session:
             append_event(session, KIND_RETENTION, "database", {

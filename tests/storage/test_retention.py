@@ -241,3 +241,21 @@ def test_the_worker_registers_the_retention_job(tmp_path: Path) -> None:
     assert register_jobs(scheduler, settings, {"coalesce": True, "max_instances": 1}) == [RETENTION_JOB]
     [job] = scheduler.get_jobs()
     assert (job.id, job.trigger.interval.total_seconds(), job.coalesce, job.max_instances) == (RETENTION_JOB, 600, True, 1)
+
+
+def test_a_large_backlog_is_archived_in_several_segments(sqlite_url: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import storage.archive
+
+    monkeypatch.setattr(storage.archive, "SEGMENT_MAX_EVENTS", 3)
+    for n in range(4):
+        _image(sqlite_url, f"/img/{n}.rts.png")  # 8 events at T0
+    settings = _settings(tmp_path, sqlite_url, audit_archive_after_days=30)
+    archived = run_retention(settings, T0 + timedelta(days=31), url=sqlite_url)["archived"]
+    # 8 old events in segments of at most 3 (one transaction each): 1..3, 4..6, 7..8; the audit.archived
+    # events (seq 9, 10, 11, written now) are newer than the cutoff and stay live.
+    assert (archived["first_seq"], archived["last_seq"], archived["count"], len(archived["segments"])) == (1, 8, 8, 3)
+    assert _count(sqlite_url, "SELECT count(*) FROM audit_events WHERE kind = 'audit.archived'") == 3
+    with session_scope(sqlite_url, write=False) as s:
+        report = verify_chain(s)
+    assert (report.ok, report.segments, report.archived, report.events) == (True, 3, 8, 11)
