@@ -323,7 +323,6 @@ class SimulatedServer:
         self.metrics = Metrics(plan, self.model)
         self.engine = Engine(plan, profile, self.metrics)
         self._stop = threading.Event()
-        self._exit_code = 0
         self._terminating = False
         self.httpd: ThreadingHTTPServer | None = None
 
@@ -399,9 +398,12 @@ class SimulatedServer:
                 self.httpd.server_activate()
             else:
                 self.httpd = ThreadingHTTPServer((self.args.host, self.args.port), handler)
-        except OSError as exc:
-            self.log.raw("APIServer", f"Traceback (most recent call last):\n"
-                                      f"OSError: [Errno {exc.errno}] {exc.strerror}")
+        except OSError as exc:  # the 0.10 format binds here (0.20+ bound before the engine started)
+            from healing.tuning.simulator import _traceback
+
+            self.log.raw("APIServer", _traceback([("entrypoints/openai/api_server.py", 1921, "run_server",
+                                                   "sock = create_server_socket(sock_addr)")],
+                                                 f"OSError: [Errno {exc.errno}] {exc.strerror}"))
             return 1
         self.httpd.daemon_threads = True
         host, port = self.httpd.server_address[:2]
@@ -415,7 +417,7 @@ class SimulatedServer:
         self.engine.stop()
         self.httpd.server_close()
         self._goodbye()
-        return self._exit_code
+        return 0  # SIGTERM, or the engine died: vLLM's serve returns normally once uvicorn stops
 
     def _announce(self, host: str, port: int) -> None:
         log, api = self.log, "APIServer"

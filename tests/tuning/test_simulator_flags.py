@@ -180,3 +180,18 @@ def test_batch_defaults_by_card_and_version() -> None:
     assert batch_defaults(PROFILES["hybrid"]) == (1024, 8192)
     assert batch_defaults(a100) == (256, 2048)
     assert batch_defaults(b200) == (1024, 16384) and batch_defaults(b200, "0.20") == (1024, 8192)
+
+
+def test_a_port_in_use_fails_before_the_engine_starts() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = io.StringIO()
+        code = main(["--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096", "--startup-delay", "0"],
+                    out=out, err=out)
+    text = out.getvalue()
+    assert code == 1 and text.endswith("    sock.bind(addr)\nOSError: [Errno 98] Address already in use\n")
+    assert "(EngineCore pid=" not in text and "non-default args: {'host': '127.0.0.1', 'port': " in text
