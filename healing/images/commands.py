@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import stat
 import sys
 import time
@@ -14,6 +15,7 @@ from healing.errors import (
     EXIT_CRITICAL,
     EXIT_OK,
     EXIT_UNKNOWN,
+    EXIT_USAGE,
     EXIT_WARNING,
     DatabaseError,
     InputError,
@@ -48,15 +50,24 @@ def _positive_float(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("register", help="register an image: golden copy + baseline, checked by the worker",
-                       description="Verify IMAGE, store a content-addressed golden copy under $SELFHEAL_HOME/golden/ and its "
-                                   "baseline under $SELFHEAL_HOME/baselines/. Re-registering a changed image accepts the change. "
+    p = sub.add_parser("register", help="register images: golden copy + baseline, checked by the worker",
+                       description="Verify each IMAGE, store a content-addressed golden copy under $SELFHEAL_HOME/golden/ and "
+                                   "its baseline under $SELFHEAL_HOME/baselines/. Re-registering a changed image accepts the "
+                                   "change. A directory registers the *.png files directly in it (with --recursive: in all its "
+                                   "subdirectories); a quoted glob ('imgs/*.rts.png', '**' with --recursive) is expanded here; "
+                                   "--from-file reads one path per line ('-': standard input; blank lines and # comments are "
+                                   "skipped). With several images: one line per image, a summary, and the worst exit code. "
                                    "Exit 0 registered, 2 damaged (refused), 3 unreadable.")
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("image", metavar="IMAGE", nargs="*", help="image files, directories or quoted globs")
+    p.add_argument("--from-file", metavar="FILE", help="read more paths from FILE, one per line ('-' for standard input)")
+    p.add_argument("--recursive", action="store_true", help="directories and ** globs include subdirectories")
     p.add_argument("--critical", action="store_true", help="mark the image critical (dashboard priority)")
     p.add_argument("--interval", type=_positive_int, metavar="SECONDS", help="check interval (default health_check.interval)")
     p.add_argument("--accept-current", action="store_true", help="register the file as it is even if its hash does not match")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (several images: a JSON array)")
+    p.add_argument("--node", type=_node_name, metavar="NAME",
+                   help="the worker node that checks these images (default worker.node, else this host's name; "
+                        "given: images registered before move to NAME)")
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("heal", help="restore a registered image from its golden copy (exit 0 healthy, 2 could not heal)",
@@ -102,36 +113,175 @@ def _days(text: str) -> float:
     return value
 
 
-def _prepare() -> Any:
+def _prepare(node: str | None = None) -> Any:
     from healing.config import load_settings
     from storage.migrate import upgrade
+    from storage.nodes import use_node
 
     settings = load_settings()
     upgrade()
+    # New images belong to this node (storage.nodes): --node, else worker.node, else the host name.
+    use_node(node or settings.section("worker").get("node") or None)
     return settings
+
+
+def _node_name(text: str) -> str:
+    from storage.nodes import check_node_name
+
+    try:
+        return check_node_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _move_to_node(paths: list[str], node: str | None) -> None:
+    """--node given: images registered before (under another node) move to it too."""
+    if node is None or not paths:
+        return
+    from storage.engine import session_scope
+    from storage.nodes import assign_paths
+
+    with session_scope() as session:
+        assign_paths(session, paths, node, actor="cli")
+
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def register_targets(items: list[str], from_file: str | None, *, recursive: bool) -> tuple[list[str], list[str]]:
+    """(paths to register, one error line per argument that named nothing) for `register`.
+
+    A directory gives the *.png files directly in it (every level below with ``recursive``), sorted; an
+    argument with glob characters that is not itself a file is expanded (``**`` needs ``recursive``);
+    anything else is passed through for the registry to judge. Duplicates keep their first place."""
+    import glob
+
+    texts = list(items)
+    if from_file is not None:
+        try:
+            if from_file == "-":
+                lines = sys.stdin.read().splitlines()
+            else:
+                lines = Path(from_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{from_file}: cannot read the list of paths ({getattr(exc, 'strerror', None) or exc})") from None
+        texts.extend(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    out: list[str] = []
+    errors: list[str] = []
+    for text in texts:
+        path = Path(text)
+        if path.is_dir() and not path.is_symlink():
+            pattern = "**/*.png" if recursive else "*.png"
+            found = sorted(str(p) for p in path.glob(pattern) if p.is_file() and not p.is_symlink())
+            if not found:
+                errors.append(f"{text}: no *.png images in this directory{' or below' if recursive else ''}")
+            out.extend(found)
+        elif _GLOB_CHARS & set(text) and not os.path.lexists(text):
+            found = sorted(p for p in glob.glob(text, recursive=recursive) if not os.path.isdir(p))
+            if not found:
+                errors.append(f"{text}: no file matches this pattern")
+            out.extend(found)
+        else:
+            out.append(text)
+    return list(dict.fromkeys(out)), errors
+
+
+def _register_json(path: str, outcome: dict[str, Any]) -> dict[str, Any]:
+    image = outcome["image"]
+    return {"path": image["path"], "image_id": image["id"], "golden_sha256": outcome["golden_sha256"],
+            "baseline_path": outcome["baseline_path"], "changed": outcome["changed"],
+            "hash_verified": outcome["hash_verified"], "accepted_current": outcome["accepted_current"],
+            "critical": image["critical"], "interval_s": image["interval_s"]}
+
+
+def _register_line(outcome: dict[str, Any]) -> str:
+    image = outcome["image"]
+    what = "change accepted for" if outcome["changed"] else "registered"
+    flags = ", critical" if image["critical"] else ""
+    note = " (accepted despite integrity problems)" if outcome["accepted_current"] else ""
+    return printable(f"{what} {image['path']}: golden {outcome['golden_sha256'][:12]}…, interval {image['interval_s']} s{flags}{note}")
 
 
 def cmd_register(args: argparse.Namespace) -> int:
     from healing.images.registry import register_image
     from healing.safeio import open_regular
 
-    with open_regular(args.image, what="an image file"):
+    single = (len(args.image) == 1 and args.from_file is None and not os.path.isdir(args.image[0])
+              and not (_GLOB_CHARS & set(args.image[0]) and not os.path.lexists(args.image[0])))
+    if not single:
+        return _register_many(args)
+    with open_regular(args.image[0], what="an image file"):
         pass  # a FIFO, device or socket is refused here at once instead of blocking the registry's reads
-    settings = _prepare()
-    outcome = register_image(args.image, settings=settings, critical=True if args.critical else None,
+    settings = _prepare(args.node)
+    outcome = register_image(args.image[0], settings=settings, critical=True if args.critical else None,
                              interval_s=args.interval, accept_current=args.accept_current, actor="cli")
-    image = outcome["image"]
+    if outcome["image"].get("node") != args.node:
+        _move_to_node([outcome["image"]["path"]], args.node)
     if args.json:
-        print(json.dumps({"path": image["path"], "image_id": image["id"], "golden_sha256": outcome["golden_sha256"],
-                          "baseline_path": outcome["baseline_path"], "changed": outcome["changed"],
-                          "hash_verified": outcome["hash_verified"], "accepted_current": outcome["accepted_current"],
-                          "critical": image["critical"], "interval_s": image["interval_s"]}, sort_keys=True))
+        print(json.dumps(_register_json(args.image[0], outcome), sort_keys=True))
         return EXIT_OK
-    what = "change accepted for" if outcome["changed"] else "registered"
-    flags = ", critical" if image["critical"] else ""
-    note = " (accepted despite integrity problems)" if outcome["accepted_current"] else ""
-    print(printable(f"{what} {image['path']}: golden {outcome['golden_sha256'][:12]}…, interval {image['interval_s']} s{flags}{note}"))
+    print(_register_line(outcome))
     return EXIT_OK
+
+
+# Worst-first, as for monitor: a damaged image (2) outranks an unreadable one (3).
+_REGISTER_RANK = {EXIT_OK: 0, EXIT_UNKNOWN: 1, EXIT_CRITICAL: 2}
+
+
+def _register_many(args: argparse.Namespace) -> int:
+    """`register` with several images: a line (or JSON element) per image, a summary, the worst exit code."""
+    from healing.images.registry import register_many
+    from healing.safeio import open_regular
+
+    if not args.image and args.from_file is None:
+        print("selfheal register: error: give at least one IMAGE or --from-file", file=sys.stderr)
+        return EXIT_USAGE
+    paths, errors = register_targets(args.image, args.from_file, recursive=args.recursive)
+    results: list[dict[str, Any]] = []
+    worst, failures = EXIT_OK, 0
+
+    def failed(path: str, message: str, code: int) -> None:
+        nonlocal worst, failures
+        failures += 1
+        print(f"selfheal: {printable(message)}", file=sys.stderr)
+        results.append({"path": path, "error": message, "exit_code": code})
+        worst = max(worst, code, key=_REGISTER_RANK.__getitem__)
+
+    for error in errors:
+        failed(error.split(": ", 1)[0], error, EXIT_UNKNOWN)
+    readable = []
+    for path in paths:
+        if not os.path.islink(path):  # a link: the registry's own line names the file it points to
+            try:
+                with open_regular(path, what="an image file"):
+                    pass  # a FIFO or device is refused here, before a registry thread could block on it
+            except InputError as exc:
+                failed(path, str(exc), exc.exit_code)
+                continue
+        readable.append(path)
+    registered = 0
+    if readable:
+        settings = _prepare(args.node)
+        moved: list[str] = []
+        for path, outcome in register_many(readable, settings=settings, critical=True if args.critical else None,
+                                           interval_s=args.interval, accept_current=args.accept_current, actor="cli"):
+            if isinstance(outcome, SelfHealError):
+                message = str(outcome)
+                failed(path, message if message.startswith(path) else f"{path}: {message}", outcome.exit_code)
+                continue
+            registered += 1
+            if outcome["image"].get("node") != args.node:
+                moved.append(outcome["image"]["path"])
+            if args.json:
+                results.append(_register_json(path, outcome))
+            else:
+                print(_register_line(outcome))
+        _move_to_node(moved, args.node)
+    if args.json:
+        print(json.dumps(results, sort_keys=True))
+    else:
+        print(f"{registered} of {registered + failures} images registered, {failures} failed (exit {worst})")
+    return worst
 
 
 def _service(settings: Any, *, auto_heal: bool | None, actor: str) -> Any:

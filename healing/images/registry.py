@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from healing.config import Settings
-from healing.errors import CorruptedError, InputError
+from healing.errors import CorruptedError, InputError, SelfHealError
 from healing.images.golden import GoldenRef, GoldenStore, atomic_write_bytes, sha256_file, sidecar_of
 from healing.images.integrity import baseline_file, iso_now
 from healing.safeio import WriteError, describe_oserror
@@ -73,27 +75,33 @@ def _create_parity(ref: GoldenRef, settings: Settings) -> dict[str, Any] | None:
     return create_for_golden(ref.path, ref.sha256, settings.golden_dir, settings.healing.parity_percent)
 
 
-def register_image(
-    path: str | os.PathLike[str],
-    *,
-    settings: Settings,
-    critical: bool | None = None,
-    interval_s: int | None = None,
-    accept_current: bool = False,
-    actor: str = "cli",
-) -> dict[str, Any]:
-    """Verify ``path``, store its golden copy and baseline, and register (or update) it.
+@dataclass
+class _Prepared:
+    """A file verified and stored (golden copy, parity, baseline file), ready for its database row."""
 
-    Returns {"image": <row dict>, "golden_sha256", "baseline_path", "changed" (content differs from
-    the previous golden copy), "hash_verified", "accepted_current" (registered despite problems)}.
-    Raises InputError (missing/unreadable/not a PNG, exit 3) or CorruptedError (damaged and not
-    accepted, exit 2); a refusal is audited.
-    """
+    text: str
+    name: str
+    sha: str
+    golden_sha256: str
+    golden_path: str
+    baseline_path: str
+    summary: dict[str, Any]
+    hash_verified: bool | None
+    accepted_current: bool
+
+
+class _Refused(CorruptedError):
+    """A damaged image refused at registration; ``event`` is the audit event that records the refusal."""
+
+    def __init__(self, message: str, event: tuple[str, str, dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.event = event
+
+
+def _prepare(path: str | os.PathLike[str], settings: Settings, accept_current: bool) -> _Prepared:
+    """The file work of a registration: checks, golden copy, parity, baseline. Touches no database."""
     from healing.analysis import block_entropy, build_baseline
     from healing.pixelrts import read_image, verify_image
-    from storage import queries
-    from storage.audit import append_event
-    from storage.engine import session_scope
 
     text = normalise_path(path)
     file = Path(text)
@@ -111,12 +119,10 @@ def register_image(
     report = verify_image(image)
     problems = [p.message for p in report.problems]
     if image.is_pixelrts and not report.ok and not accept_current:
-        with session_scope() as session:
-            append_event(session, KIND_REGISTER_REFUSED, text, {"file_sha256": sha, "problems": problems}, actor)
-        raise CorruptedError(
+        raise _Refused(
             f"{text}: refusing to register a damaged image ({problems[0] if problems else 'integrity not proven'}); "
-            "pass --accept-current to register it as it is"
-        )
+            "pass --accept-current to register it as it is",
+            (KIND_REGISTER_REFUSED, text, {"file_sha256": sha, "problems": problems}))
 
     store = GoldenStore(settings.golden_dir)
     ref = store.store(file, sha)
@@ -136,23 +142,109 @@ def register_image(
         "accepted_with_problems": problems if (accept_current and problems) else [],
         "parity": parity,
     }
+    return _Prepared(text, file.name, sha, ref.sha256, str(ref.path), str(baseline_path), summary, report.hash_verified,
+                     bool(accept_current and problems))
+
+
+def _record(session: Any, prepared: _Prepared, *, settings: Settings, critical: bool | None, interval_s: int | None,
+            actor: str) -> dict[str, Any]:
+    """The database part of a registration, in the caller's transaction; returns register_image's result."""
+    from storage import queries
+    from storage.audit import append_event
+
+    text, sha, summary = prepared.text, prepared.sha, prepared.summary
+    previous = queries.get_image(session, path=text)
+    interval = (interval_s or settings.health_check.interval) if previous is None else interval_s
+    row = queries.upsert_image(
+        session, text, name=prepared.name,
+        critical=critical if critical is not None else (False if previous is None else None),
+        interval_s=interval, golden_sha256=prepared.golden_sha256, golden_path=prepared.golden_path,
+        baseline_path=prepared.baseline_path, baseline=summary, actor=actor,
+    )
+    row = queries.set_image_flags(session, row["id"], marked_bad=False, consecutive_heal_failures=0, actor=actor)
+    changed = previous is not None and previous.get("golden_sha256") not in (None, sha)
+    if changed:
+        append_event(session, KIND_CHANGE_ACCEPTED, text, {
+            "image_id": row["id"], "old_golden_sha256": previous["golden_sha256"], "new_golden_sha256": sha,
+            "problems_accepted": summary["accepted_with_problems"],
+        }, actor)
+    return {"image": row, "golden_sha256": sha, "baseline_path": prepared.baseline_path, "changed": changed,
+            "hash_verified": prepared.hash_verified, "accepted_current": prepared.accepted_current}
+
+
+def register_image(
+    path: str | os.PathLike[str],
+    *,
+    settings: Settings,
+    critical: bool | None = None,
+    interval_s: int | None = None,
+    accept_current: bool = False,
+    actor: str = "cli",
+) -> dict[str, Any]:
+    """Verify ``path``, store its golden copy and baseline, and register (or update) it.
+
+    Returns {"image": <row dict>, "golden_sha256", "baseline_path", "changed" (content differs from
+    the previous golden copy), "hash_verified", "accepted_current" (registered despite problems)}.
+    Raises InputError (missing/unreadable/not a PNG, exit 3) or CorruptedError (damaged and not
+    accepted, exit 2); a refusal is audited.
+    """
+    from storage.audit import append_event
+    from storage.engine import session_scope
+
+    try:
+        prepared = _prepare(path, settings, accept_current)
+    except _Refused as refused:
+        with session_scope() as session:
+            append_event(session, *refused.event, actor)
+        raise CorruptedError(str(refused)) from None
     with session_scope() as session:
-        previous = queries.get_image(session, path=text)
-        if previous is None:
-            interval = interval_s or settings.health_check.interval
-        else:
-            interval = interval_s
-        row = queries.upsert_image(
-            session, text, name=file.name, critical=critical if critical is not None else (False if previous is None else None),
-            interval_s=interval, golden_sha256=ref.sha256, golden_path=str(ref.path), baseline_path=str(baseline_path),
-            baseline=summary, actor=actor,
-        )
-        row = queries.set_image_flags(session, row["id"], marked_bad=False, consecutive_heal_failures=0, actor=actor)
-        changed = previous is not None and previous.get("golden_sha256") not in (None, sha)
-        if changed:
-            append_event(session, KIND_CHANGE_ACCEPTED, text, {
-                "image_id": row["id"], "old_golden_sha256": previous["golden_sha256"], "new_golden_sha256": sha,
-                "problems_accepted": summary["accepted_with_problems"],
-            }, actor)
-    return {"image": row, "golden_sha256": sha, "baseline_path": str(baseline_path), "changed": changed,
-            "hash_verified": report.hash_verified, "accepted_current": bool(accept_current and problems)}
+        return _record(session, prepared, settings=settings, critical=critical, interval_s=interval_s, actor=actor)
+
+
+REGISTER_BATCH = 200  # registrations recorded per transaction by register_many
+
+
+def register_many(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    settings: Settings,
+    critical: bool | None = None,
+    interval_s: int | None = None,
+    accept_current: bool = False,
+    actor: str = "cli",
+    threads: int = 8,
+) -> Iterator[tuple[str, dict[str, Any] | SelfHealError]]:
+    """Register many files: (normalised path, register_image's result or the error) for each, in order.
+
+    The file work (hash, verify, golden copy, parity, baseline: mostly I/O and fsync) runs in ``threads``
+    threads; the rows and audit events of REGISTER_BATCH files are written in one transaction. A file
+    that fails is reported and does not stop the others; refusals are audited as by register_image.
+    A path given twice is registered once (its second result repeats the first)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from storage.audit import append_event
+    from storage.engine import session_scope
+
+    def prepare(text: str) -> _Prepared | SelfHealError:
+        try:
+            return _prepare(text, settings, accept_current)
+        except SelfHealError as exc:
+            return exc
+
+    texts = list(dict.fromkeys(normalise_path(p) for p in paths))
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="register") as pool:
+        for start in range(0, len(texts), REGISTER_BATCH):
+            chunk = texts[start:start + REGISTER_BATCH]
+            prepared = list(pool.map(prepare, chunk))
+            results: list[dict[str, Any] | SelfHealError] = []
+            with session_scope() as session:
+                for item in prepared:
+                    if isinstance(item, _Refused):
+                        append_event(session, *item.event, actor)
+                        results.append(CorruptedError(str(item)))
+                    elif isinstance(item, SelfHealError):
+                        results.append(item)
+                    else:
+                        results.append(_record(session, item, settings=settings, critical=critical,
+                                               interval_s=interval_s, actor=actor))
+            yield from zip(chunk, results, strict=True)
