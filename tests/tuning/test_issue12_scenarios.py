@@ -13,6 +13,7 @@ Simulated startups take ``STARTUP_S``; a real vLLM takes 30–600 s per start.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -321,6 +322,21 @@ def _target_values(result: ScenarioResult) -> dict[str, Any]:
     return yaml.safe_load(result.target_after)
 
 
+def _last_start_args(result: ScenarioResult) -> dict[str, Any]:
+    """The engine flags of production's latest start, from its `non-default args: {…}` line."""
+    return ast.literal_eval(result.log.rsplit("non-default args: ", 1)[1].split("\n", 1)[0])
+
+
+def _runs_the_file(result: ScenarioResult) -> None:
+    """Production's latest start ran with exactly the target file's values (it reads the file, as vLLM does)."""
+    values = _target_values(result)
+    args = _last_start_args(result)
+    keys = ("gpu-memory-utilization", "max-num-seqs", "max-model-len")
+    # vLLM lists only values that differ from its defaults: 0.92 is 0.33's gpu_memory_utilization default
+    ran = {k: args.get(k.replace("-", "_"), 0.92 if k == "gpu-memory-utilization" else None) for k in keys}
+    assert ran == {k: values[k] for k in keys}
+
+
 def _healed(result: ScenarioResult) -> None:
     """Applied, production restarted once from the new file, healthy, and verified by the watch."""
     outcome = result.outcome
@@ -332,6 +348,7 @@ def _healed(result: ScenarioResult) -> None:
     # the new start is the last one in the log and it serves: no failure after it
     last_start = result.log.rsplit("non-default args", 1)[1]
     assert "Starting vLLM server on http://127.0.0.1:" in last_start and "Traceback" not in last_start
+    _runs_the_file(result)
 
 
 @slow
@@ -356,7 +373,7 @@ def test_no_headroom_the_two_parameter_candidate_wins(db_env: Path) -> None:
     result = run_scenario(SCENARIOS["no_headroom"], db_env)
 
     _healed(result)
-    first, second = result.outcome["candidates"][:2]
+    first, second = result.outcome["candidates"]
     assert (first["rank"], first["params"], first["preflight_ok"], first["verdict"]) == (
         1, {GMU: 0.9, MAX_MODEL_LEN: 5120}, True, "pass")
     assert first["why"] == ("raises gpu_memory_utilization 0.8→0.9 (+1.58 GiB of the GPU); cuts max_model_len 8192→5120: "
@@ -417,6 +434,9 @@ def test_a_promotion_that_dies_in_the_watch_window_is_rolled_back(db_env: Path) 
     assert (watch["promotion_id"], watch["state"]) == (outcome["promotion_id"], "rolled_back")
     assert watch["reason"].startswith(f"cuda_oom_torch in {result.workdir / 'vllm.log'}: "), watch["reason"]
     assert result.target_after == result.target_before  # byte for byte
+    # the reload after the restore started the old values again (the promoted 0.9 ran once, in between)
+    assert _last_start_args(result)["gpu_memory_utilization"] == 0.85
+    assert result.log.count("'gpu_memory_utilization': 0.9,") == 1
     [promo] = _rows(Promotion)
     assert (promo["id"], promo["status"], promo["reason"]) == (outcome["promotion_id"], "rolled_back",
                                                                f"watch failed: {watch['reason']}")
