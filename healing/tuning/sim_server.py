@@ -11,7 +11,8 @@ stretches latency — which ``/metrics`` reports under vLLM 0.33's names (vllm/v
 
 Endpoints: ``GET /health`` (200, empty body; 503 once the engine died), ``/v1/models`` (every served name),
 ``/version``, ``/metrics``; ``POST /v1/completions`` and ``/v1/chat/completions`` (OpenAI shapes, tiny
-deterministic text). ``--sim-fail-after`` kills the engine with a CUDA OOM as vLLM 0.33 reports it.
+deterministic text; ``"stream": true`` answers server-sent events, sent whole when the request finished).
+``--sim-fail-after`` kills the engine with a CUDA OOM as vLLM 0.33 reports it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ def _buckets_1_2_5(max_value: int) -> list[float]:
                 return out
             out.append(float(value))
         exponent += 1
+
+
+@dataclass(frozen=True)
+class EventStream:
+    """A streamed answer ("stream": true): OpenAI's server-sent events, sent whole once the request finished."""
+
+    events: list[dict[str, Any]]
+
+    def body(self) -> bytes:
+        return "".join(f"data: {json.dumps(e)}\n\n" for e in self.events).encode() + b"data: [DONE]\n\n"
 
 
 class EngineDead(Exception):
@@ -332,7 +343,7 @@ class SimulatedServer:
             return {"object": "error", "message": message, "type": kind, "param": None, "code": code}
         return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
-    def generate(self, body: dict[str, Any], chat: bool) -> tuple[int, dict[str, Any]]:
+    def generate(self, body: dict[str, Any], chat: bool) -> tuple[int, dict[str, Any] | EventStream]:
         model = body.get("model", self.model)
         if model not in self.names:
             return 404, self._error(f"The model `{model}` does not exist.", "NotFoundError", 404)
@@ -368,6 +379,9 @@ class SimulatedServer:
         text = deterministic_text(prompt, max_tokens)
         digest = hashlib.sha256(f"{prompt}|{max_tokens}|{time.monotonic_ns()}".encode()).hexdigest()[:32]
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": max_tokens, "total_tokens": prompt_tokens + max_tokens}
+        if body.get("stream") is True:
+            return 200, self._stream(chat, f"chatcmpl-{digest}" if chat else f"cmpl-{digest}", model, text,
+                                     usage if (body.get("stream_options") or {}).get("include_usage") else None)
         if chat:
             return 200, {
                 "id": f"chatcmpl-{digest}", "object": "chat.completion", "created": int(time.time()), "model": model,
@@ -379,6 +393,27 @@ class SimulatedServer:
             "id": f"cmpl-{digest}", "object": "text_completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "length", "stop_reason": None}],
             "usage": usage}
+
+    @staticmethod
+    def _stream(chat: bool, rid: str, model: str, text: str, usage: dict[str, int] | None) -> EventStream:
+        created = int(time.time())
+        words = text.split()
+        head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
+                "model": model}
+        events: list[dict[str, Any]] = []
+        if chat:
+            events.append({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                "logprobs": None, "finish_reason": None}]})
+        for i, word in enumerate(words):
+            last = i == len(words) - 1
+            piece = word if chat and i == 0 else " " + word
+            choice: dict[str, Any] = ({"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece})
+            choice.update({"logprobs": None, "finish_reason": "length" if last else None,
+                           "stop_reason": None})
+            events.append({**head, "choices": [choice]})
+        if usage is not None:
+            events.append({**head, "choices": [], "usage": usage})
+        return EventStream(events)
 
     def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{
@@ -547,7 +582,9 @@ def _make_handler(server: SimulatedServer) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _send(self, code: int, payload: Any, content_type: str = "application/json") -> None:
-            if isinstance(payload, bytes):
+            if isinstance(payload, EventStream):
+                body, content_type = payload.body(), "text/event-stream; charset=utf-8"
+            elif isinstance(payload, bytes):
                 body = payload
             else:
                 body = json.dumps(payload).encode() if payload is not None else b""

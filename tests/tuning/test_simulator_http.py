@@ -3,6 +3,7 @@ engine that dies after it came up (--sim-fail-after): /health 503, requests 500,
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -100,6 +101,20 @@ def test_endpoints_in_vllm_033_shapes_and_metrics_under_load(tmp_path: Path) -> 
                 "model": "alpha", "messages": [{"role": "user", "content": "say three words"}], "max_tokens": 3}).json()
             assert (chat["object"], chat["model"], chat["usage"]["completion_tokens"]) == ("chat.completion", "alpha", 3)
             assert chat["choices"][0]["message"]["role"] == "assistant" and len(chat["choices"][0]["message"]["content"].split()) == 3
+            streamed = client.post(f"{base}/v1/chat/completions", json={
+                "model": "alpha", "messages": [{"role": "user", "content": "say three words"}], "max_tokens": 3,
+                "stream": True, "stream_options": {"include_usage": True}})
+            assert streamed.headers["content-type"] == "text/event-stream; charset=utf-8"
+            frames = [f.removeprefix("data: ") for f in streamed.text.split("\n\n") if f]
+            assert frames[-1] == "[DONE]" and len(frames) == 6  # role, three words, usage, [DONE]
+            chunks = [json.loads(f) for f in frames[:-1]]
+            assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+            assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+            assert "".join(c["choices"][0]["delta"]["content"] for c in chunks[1:4]) == \
+                chat["choices"][0]["message"]["content"]
+            assert [c["choices"][0]["finish_reason"] for c in chunks[1:4]] == [None, None, "length"]
+            assert chunks[4] == {**{k: chunks[0][k] for k in ("id", "object", "created", "model")}, "choices": [],
+                                 "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}}
             missing = client.post(f"{base}/v1/completions", json={"model": "gamma", "prompt": "x"})
             assert missing.status_code == 404 and missing.json() == {"error": {
                 "message": "The model `gamma` does not exist.", "type": "NotFoundError", "param": None, "code": 404}}
@@ -124,9 +139,9 @@ def test_endpoints_in_vllm_033_shapes_and_metrics_under_load(tmp_path: Path) -> 
         _stop(proc)
     assert peak_waiting >= 1 and 0.5 < peak_usage <= 1.0
     assert after["vllm:num_preemptions_total{}"] >= 1
-    assert after["vllm:e2e_request_latency_seconds_count{}"] == 8.0  # 6 + the completion and the chat above
-    assert after["vllm:request_success_total{finished_reason=length}"] == 8.0
-    assert after["vllm:generation_tokens_total{}"] >= 608  # 600 + 5 + 3; a preempted request recomputes, never loses
+    assert after["vllm:e2e_request_latency_seconds_count{}"] == 9.0  # 6 + the completion and the two chats above
+    assert after["vllm:request_success_total{finished_reason=length}"] == 9.0
+    assert after["vllm:generation_tokens_total{}"] == 611  # 600 + 5 + 3 + 3: a preempted request keeps its tokens
     assert after["vllm:e2e_request_latency_seconds_sum{}"] > after["vllm:time_to_first_token_seconds_sum{}"] > 0
     assert after["vllm:num_requests_waiting{}"] == 0.0 and after["vllm:kv_cache_usage_perc{}"] == 0.0
     text = log.read_text()
