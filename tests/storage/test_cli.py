@@ -11,7 +11,7 @@ import pytest
 
 from storage.audit import append_event
 from storage.engine import dispose_engines, session_scope
-from storage.migrate import upgrade
+from storage.migrate import HEAD_REVISION, upgrade
 from tests.conftest import selfheal_cmd, subprocess_env
 
 
@@ -37,16 +37,17 @@ def test_db_upgrade_then_verify_intact(tmp_path: Path) -> None:
     home = tmp_path / "home"
     up = _run(home, "db", "upgrade")
     assert (up.returncode, up.stderr) == (0, "")
-    assert up.stdout == f"database at revision 0005 (sqlite:///{home / 'selfheal.db'})\n"
+    assert up.stdout == f"database at revision {HEAD_REVISION} (sqlite:///{home / 'selfheal.db'})\n"
     assert _run(home, "db", "upgrade").returncode == 0  # idempotent
     _seed(home, 4)
     verify = _run(home, "audit", "verify")
     assert (verify.returncode, verify.stdout, verify.stderr) == (
         0, "audit chain intact: 4 events (4 authenticated, 0 legacy), checkpoint at seq 4\n", "")
-    as_json = _run(home, "audit", "verify", "--json")
+    as_json = _run(home, "audit", "verify", "--json")  # incremental: resumes after seq 4, reads nothing new
     assert json.loads(as_json.stdout) == {"ok": True, "events": 4, "first_bad_id": None, "problem": None, "reason": None,
                                           "first_bad_seq": None, "authenticated": 4, "legacy": 0, "checkpoint_seq": 4,
-                                          "findings": []}
+                                          "findings": [], "mode": "incremental", "verified_from": 4, "rows_read": 0,
+                                          "archived": 0, "segments": 0}
 
 
 def test_verify_reports_an_edited_event_with_exit_2(tmp_path: Path) -> None:
@@ -96,7 +97,7 @@ def test_verify_exit_3_when_the_database_cannot_be_opened(tmp_path: Path) -> Non
 def test_database_url_override_and_usage_error(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'elsewhere' / 'x.db'}"
     up = _run(tmp_path / "home", "db", "upgrade", SELFHEAL_DATABASE_URL=url)
-    assert (up.returncode, up.stdout) == (0, f"database at revision 0005 ({url})\n")
+    assert (up.returncode, up.stdout) == (0, f"database at revision {HEAD_REVISION} ({url})\n")
     assert (tmp_path / "elsewhere" / "x.db").is_file()
     usage = _run(tmp_path / "home", "audit")
     assert usage.returncode == 64
