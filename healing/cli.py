@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "healing.images.commands",
     "healing.images.parity_commands",
     "healing.worker_commands",
+    "healing.node_commands",
     "healing.analysis.commands",
     "healing.tuning.commands",
     "healing.tuning.orchestration_commands",

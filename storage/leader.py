@@ -161,8 +161,8 @@ def claim_slot(session: Session, job: str, slot: int, node: str, now: datetime |
     table = LeaderJob.__table__
     claimed = session.execute(
         sa.update(table).where(table.c.job == job, table.c.slot < slot)
-        .values(slot=slot, node=node, ran_at=now, runs=table.c.runs + 1)).rowcount
-    if claimed:
+        .values(slot=slot, node=node, ran_at=now, runs=table.c.runs + 1).returning(table.c.job)).first()
+    if claimed is not None:
         return True
     dialect = session.connection().dialect.name
     if dialect == "postgresql":
@@ -170,8 +170,8 @@ def claim_slot(session: Session, job: str, slot: int, node: str, now: datetime |
     else:
         from sqlalchemy.dialects.sqlite import insert
     inserted = session.execute(insert(table).values(job=job, slot=slot, node=node, ran_at=now, runs=1)
-                               .on_conflict_do_nothing(index_elements=["job"])).rowcount
-    return bool(inserted)
+                               .on_conflict_do_nothing(index_elements=["job"]).returning(table.c.job)).first()
+    return inserted is not None
 
 
 def job_runs(session: Session) -> list[dict[str, Any]]:
