@@ -27,6 +27,7 @@ from storage.models import (
     CHECK_STATUSES,
     AuditEvent,
     AuditHead,
+    Image,
     Promotion,
     RunRequest,
     TuningCandidate,
@@ -57,24 +58,90 @@ def recent_alerts(url: str | None = None, *, limit: int = 10) -> list[dict[str, 
         return queries.recent_alerts(session, limit=limit)
 
 
+def stale_after(beat: dict[str, Any], fallback_s: float) -> float:
+    """Seconds without a beat after which a worker counts as down: twice the interval it beats at (its
+    heartbeat info says which), else ``fallback_s`` (dashboard.worker_stale_s)."""
+    interval = (beat.get("info") or {}).get("heartbeat_interval")
+    try:
+        return 2.0 * float(interval) if interval else fallback_s
+    except (TypeError, ValueError):
+        return fallback_s
+
+
 def worker_status(url: str | None = None, *, stale_after_s: float = 120.0, now: datetime | None = None) -> dict[str, Any]:
     """The latest worker heartbeat judged for the operator.
 
-    ``state`` is "running" (recent beat, running), "stale" (no beat for ``stale_after_s``),
-    "stopped" (the worker said so) or "absent" (no worker ever beat into this database).
+    ``state`` is "running" (recent beat, running), "stale" (no beat for twice the worker's heartbeat
+    interval, or ``stale_after_s`` when it did not say), "stopped" (the worker said so) or "absent"
+    (no worker ever beat into this database). ``down`` lists every worker whose beat is stale while it
+    claims to run (several workers, one per node, can share a database).
     """
     with session_scope(url, write=False) as session:
         beat = queries.worker_heartbeat(session, now=now)
+        beats = [b.model_dump() for b in session.exec(_heartbeats_query())]
         pending = len(queries.pending_requests(session, limit=1000))
+    now = now or utcnow()
+    down = []
+    for other in beats:
+        age = max(0.0, (now - other["last_beat"]).total_seconds())
+        limit = stale_after(other, stale_after_s)
+        if other["state"] not in ("stopping", "stopped") and age > limit:
+            down.append({**other, "age_s": age, "stale_after_s": limit})
     if beat is None:
-        return {"state": "absent", "beat": None, "pending_requests": pending}
+        return {"state": "absent", "beat": None, "pending_requests": pending, "down": down}
+    beat["stale_after_s"] = stale_after(beat, stale_after_s)
     if beat["state"] in ("stopping", "stopped"):
         state = "stopped"
-    elif beat["age_s"] > stale_after_s:
+    elif beat["age_s"] > beat["stale_after_s"]:
         state = "stale"
     else:
         state = "running"
-    return {"state": state, "beat": beat, "pending_requests": pending}
+    return {"state": state, "beat": beat, "pending_requests": pending, "down": down}
+
+
+def _heartbeats_query() -> Any:
+    from sqlmodel import select
+
+    from storage.models import WorkerHeartbeat
+
+    return select(WorkerHeartbeat).order_by(WorkerHeartbeat.last_beat.desc()).limit(100)
+
+
+def alerts(url: str | None = None, *, limit: int = 20, states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Alerts newest first with their lifecycle state (storage.queries.alerts_with_state), each with
+    ``short`` (the file name of an image path) and ``image_id`` when the subject is a registered image."""
+    with session_scope(url, write=False) as session:
+        found = queries.alerts_with_state(session, limit=limit, states=states)
+        paths = {a["subject"] for a in found}
+        i = Image.__table__.c
+        ids = {row.path: row.id for row in session.execute(sa.select(i.path, i.id).where(i.path.in_(paths)))} if paths else {}
+    for alert in found:
+        alert["image_id"] = ids.get(alert["subject"])
+        alert["short"] = short_name(alert["subject"]) if alert["image_id"] is not None else alert["subject"]
+    return found
+
+
+def short_name(path: str) -> str:
+    """The last component of a path ('kernel.rts.png' for /x/y/kernel.rts.png)."""
+    return path.rstrip("/").rsplit("/", 1)[-1] or path
+
+
+def needs_attention(url: str | None = None, *, now: datetime | None = None) -> dict[str, Any]:
+    """What an operator must look at now: open critical/warning alerts, promotions waiting for review
+    (soonest expiry first) and images marked bad."""
+    now = now or utcnow()
+    open_alerts = [a for a in alerts(url, limit=200, states=("open",)) if a["severity"] in ("critical", "warning")]
+    open_alerts.sort(key=lambda a: (a["severity"] != "critical", -a["created_at"].timestamp()))
+    with session_scope(url, write=False) as session:
+        pending = queries.list_promotions(session, status="pending_review", limit=200)
+        i = Image.__table__.c
+        bad = _rows(session.execute(sa.select(i.id, i.name, i.path, i.consecutive_heal_failures, i.last_status)
+                                    .where(i.marked_bad.is_(True)).order_by(i.path).limit(200)))
+    pending = [p for p in pending if p["expires_at"] is None or p["expires_at"] > now]
+    pending.sort(key=lambda p: (p["expires_at"] is None, p["expires_at"] or now))
+    for image in bad:
+        image["short"] = short_name(image["path"])
+    return {"alerts": open_alerts, "promotions": pending, "marked_bad": bad}
 
 
 def rate_limits_from_settings(settings: Settings) -> RateLimits:

@@ -37,6 +37,7 @@ Reads (any session; prefer session_scope(write=False) for pages)
   recent_heals(session, *, image_id=None, limit=50) -> list[dict]
   unfinished_heals(session) -> list[dict]   heals still "started" (a killed process's), oldest first
   recent_alerts(session, *, limit=50, include_acknowledged=True) -> list[dict]
+  alerts_with_state(session, *, limit=50, states=None) -> list[dict]   + state open|acknowledged|resolved|info
   pending_webhook_alerts(session, *, limit=50) -> list[dict]
   audit_page(session, *, kind, subject, start, end, offset=0, limit=50, **more) -> list[dict]   highest seq first
   audit_count(session, *, kind, subject, start, end, **more) -> int   (more: actor, subject_contains, exclude_kinds)
@@ -467,6 +468,30 @@ def recent_alerts(session: Session, *, limit: int = 50, include_acknowledged: bo
     if not include_acknowledged:
         query = query.where(Alert.acknowledged.is_(False))
     return [a.model_dump() for a in session.exec(query.order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit))]
+
+
+ALERT_STATES = ("open", "acknowledged", "resolved", "info")
+
+
+def alerts_with_state(session: Session, *, limit: int = 50, states: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The newest alerts, newest first, each with its lifecycle ``state`` and ``resolved_at``.
+
+    An alert about a registered image (its subject is the image's path) is resolved by the first healthy
+    check of that image after it was raised: no operator has to close it. Otherwise it is open until an
+    operator acknowledges it. Info alerts are events and never wait for anyone (state "info").
+    ``states`` keeps only those states (e.g. ("open",) for what still needs someone)."""
+    a = Alert.__table__.c
+    c = Check.__table__.c
+    i = Image.__table__.c
+    healed = (sa.select(sa.func.min(c.created_at)).select_from(Check.__table__.join(Image.__table__, c.image_id == i.id))
+              .where(i.path == a.subject, c.status == "healthy", c.created_at > a.created_at)
+              .correlate(Alert.__table__).scalar_subquery())
+    state = sa.case((a.severity == "info", "info"), (healed.is_not(None), "resolved"),
+                    (a.acknowledged.is_(True), "acknowledged"), else_="open")
+    query = sa.select(Alert.__table__, sa.type_coerce(healed, c.created_at.type).label("resolved_at"), state.label("state"))
+    if states is not None:
+        query = query.where(state.in_(list(states)))
+    return _rows(session.execute(query.order_by(a.created_at.desc(), a.id.desc()).limit(limit)))
 
 
 def pending_webhook_alerts(session: Session, *, limit: int = 50) -> list[dict[str, Any]]:

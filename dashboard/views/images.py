@@ -181,5 +181,14 @@ labels = dict(zip(shown["id"], (shown["name"].fillna(shown["path"]) + "  —  " 
 if not labels:
     st.info("No image has one of the selected statuses.")
     st.stop()
+wanted = st.query_params.get("image")  # a link from the Overview (?image=ID) chooses the image once
+if wanted and wanted.isdigit() and st.session_state.get("image-link-seen") != wanted:
+    st.session_state["image-link-seen"] = wanted
+    if int(wanted) in labels:
+        st.session_state["image-select"] = int(wanted)
+    else:
+        st.warning(f"Image {int(wanted)} is not registered or does not have one of the selected statuses.")
 selected = st.selectbox("Image details", list(labels), format_func=lambda i: labels[i], key="image-select")
+st.query_params["image"] = str(int(selected))  # the address names the image shown: a reload or a shared link keeps it
+st.session_state["image-link-seen"] = str(int(selected))
 draw_detail(int(selected))

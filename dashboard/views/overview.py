@@ -1,15 +1,89 @@
-"""Overview: fleet status tiles, recent alerts, worker heartbeat, rate-limit summary (live)."""
+"""Overview: what needs the operator now (open alerts, promotions waiting for review, images marked bad,
+a worker-down banner), then the fleet tiles, the worker, recent alerts and the rate limits (live)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pandas as pd
 import streamlit as st
 
-from dashboard import actions, charts, data
-from dashboard.safe import md, rows, text
+from dashboard import actions, data
+from dashboard.safe import md, rows
 from dashboard.views.common import dash_settings, fmt_duration, fmt_time, operator, settings, status_label
 
 ENV = settings()
 LIMITS = dash_settings()
+ALERT_STATE_LABELS = {"open": "🔔 open", "acknowledged": "✔ acknowledged", "resolved": "✅ resolved", "info": "ℹ️ info"}
+SEVERITY_ICONS = {"critical": "🔴", "warning": "🟡", "info": "🔵"}
+IMAGES_PAGE, PROMOTIONS_PAGE = "views/images.py", "views/promotions.py"
+
+
+@st.fragment(run_every=2.0)
+def worker_banner() -> None:
+    """A red banner at the very top as soon as a worker misses two heartbeats (one cheap read every 2 s)."""
+    status = data.worker_status(stale_after_s=LIMITS.worker_stale_s)
+    for beat in status["down"]:
+        st.error(f"**Worker down:** {md(beat['worker_id'])} (pid {beat['pid']} on {md(beat['host'])}) has not reported "
+                 f"for {fmt_duration(beat['age_s'])} (expected every {fmt_duration(beat['stale_after_s'] / 2)}). "
+                 "Nothing is checked or healed and requests wait; `selfheal daemon status` tells more.", icon="🚨")
+    if status["state"] == "stopped" and not status["down"]:
+        beat = status["beat"]
+        st.error(f"**Worker stopped** at {fmt_time(beat['last_beat'])} (pid {beat['pid']} on {md(beat['host'])}): "
+                 "nothing is checked until it is started again (`selfheal daemon start`).", icon="🚨")
+    if status["state"] == "absent":
+        st.error("**No worker** has ever reported to this database: nothing is checked. Start one with "
+                 "`selfheal worker` or `selfheal daemon start`.", icon="🚨")
+
+
+def _acknowledge(alert_id: int) -> None:
+    try:
+        actions.acknowledge_alert(alert_id, operator())
+    except actions.ActionRefused as exc:
+        st.session_state["overview-message"] = md(exc)
+
+
+def _ago(when: Any) -> str:
+    return f"{fmt_duration((data.now_utc() - when).total_seconds())} ago"
+
+
+def needs_you_now() -> None:
+    st.subheader("Needs you now")
+    todo = data.needs_attention()
+    message = st.session_state.pop("overview-message", None)
+    if message:
+        st.error(message)
+    if not (todo["alerts"] or todo["promotions"] or todo["marked_bad"]):
+        st.success("Nothing needs you now: no open alert, no promotion waiting, no image marked bad.")
+        return
+    for alert in todo["alerts"]:
+        with st.container(border=True):
+            left, mid, right = st.columns([3, 6, 1.4], vertical_alignment="center")
+            label = f"{SEVERITY_ICONS.get(alert['severity'], '')} {alert['short']}"
+            if alert["image_id"] is not None:
+                left.page_link(IMAGES_PAGE, label=label, query_params={"image": str(alert["image_id"])},
+                               help=alert["subject"])
+            else:
+                left.markdown(f"**{md(label)}**", help=alert["subject"])
+            mid.markdown(f"{md(alert['message'])}  \n:gray[{md(alert['kind'])} · {_ago(alert['created_at'])}]")
+            right.button("Acknowledge", key=f"ack-{alert['id']}", on_click=_acknowledge, args=(alert["id"],))
+    for promotion in todo["promotions"]:
+        change = ", ".join(f"{k.split('.', 1)[-1]} {(promotion['old_values'] or {}).get(k, '—')} → {v}"
+                           for k, v in (promotion["new_values"] or {}).items())
+        expires = promotion["expires_at"]
+        expiry = "no expiry" if expires is None else f"expires in {fmt_duration((expires - data.now_utc()).total_seconds())}"
+        with st.container(border=True):
+            left, mid = st.columns([3, 7.4], vertical_alignment="center")
+            left.page_link(PROMOTIONS_PAGE, label=f"✅ Promotion #{promotion['id']} waits for review",
+                           query_params={"promotion": str(promotion["id"])})
+            mid.markdown(f"{md(promotion['subsystem'])}: {md(change)} · **{expiry}**")
+    for image in todo["marked_bad"]:
+        with st.container(border=True):
+            left, mid = st.columns([3, 7.4], vertical_alignment="center")
+            left.page_link(IMAGES_PAGE, label=f"⛔ {image['short']}", query_params={"image": str(image["id"])},
+                           help=image["path"])
+            mid.markdown(f"marked bad after {image['consecutive_heal_failures']} failed heal(s): no more automatic "
+                         "heals until an operator heals or re-registers it")
 
 
 def fleet_tiles() -> None:
@@ -22,7 +96,6 @@ def fleet_tiles() -> None:
     for column, status in zip(columns, ("healthy", "warning", "critical", "unknown"), strict=False):
         column.metric(status_label(status), counts[status])
     columns[4].metric("marked bad", counts["marked_bad"], help="images whose healing failed max_heal_attempts times")
-    st.plotly_chart(charts.fleet_status_figure(counts), key="fleet-chart")
 
 
 def worker_panel() -> None:
@@ -46,21 +119,26 @@ def worker_panel() -> None:
 
 def alerts_panel() -> None:
     st.subheader("Recent alerts")
-    alerts = data.recent_alerts(limit=10)
-    if not alerts:
+    recent = data.alerts(limit=15)
+    if not recent:
         st.info("No alerts. Checks that find damage, failed heals and escalations show up here.")
         return
-    st.dataframe(rows({
-        "time": fmt_time(a["created_at"]), "severity": a["severity"], "kind": a["kind"], "subject": a["subject"],
-        "message": a["message"], "acknowledged": f"by {a['acknowledged_by']}" if a["acknowledged"] else "no",
-    } for a in alerts), hide_index=True, width="stretch")
-    open_alerts = [a for a in alerts if not a["acknowledged"]]
-    if open_alerts:
-        choice = st.selectbox("Acknowledge alert", [a["id"] for a in open_alerts], key="ack-alert",
-                              format_func=lambda i: next(text(f"#{a['id']} {a['severity']}: {a['subject']}") for a in open_alerts if a["id"] == i))
-        if st.button("Acknowledge", key="ack-button"):
-            actions.acknowledge_alert(choice, operator())
-            st.rerun()
+    table = pd.DataFrame(rows({
+        "Time": fmt_time(a["created_at"]), "Severity": f"{SEVERITY_ICONS.get(a['severity'], '')} {a['severity']}",
+        "Image": a["short"], "Message": a["message"],
+        "State": ALERT_STATE_LABELS.get(a["state"], a["state"]) + (
+            f" by {a['acknowledged_by']}" if a["state"] == "acknowledged" else
+            f" {fmt_time(a['resolved_at'])}" if a["state"] == "resolved" else ""),
+    } for a in recent))
+    settled = [a["state"] != "open" for a in recent]
+    # Open alerts in full colour; acknowledged, resolved and info ones greyed out.
+    styled = table.style.apply(lambda row: ["color: #8a8a8a" if settled[row.name] else "" for _ in row], axis=1)
+    st.dataframe(styled, hide_index=True, width="stretch",
+                 column_config={"Message": st.column_config.TextColumn(width="large"),
+                                "Image": st.column_config.TextColumn(help="the image's file name; the full path is on "
+                                                                          "the Images page")})
+    st.caption("Alerts about an image resolve themselves at its next healthy check; info alerts are events "
+               "and wait for nobody. Acknowledge open ones above.")
 
 
 def rate_limit_panel() -> None:
@@ -79,8 +157,10 @@ def rate_limit_panel() -> None:
 @st.fragment(run_every=LIMITS.refresh_s)
 def live_panels() -> None:
     """Re-drawn every dashboard.refresh_s seconds without rerunning the whole page."""
+    needs_you_now()
+    st.subheader("Fleet")
     fleet_tiles()
-    left, right = st.columns(2)
+    left, right = st.columns([2, 3])
     with left:
         worker_panel()
         rate_limit_panel()
@@ -90,4 +170,5 @@ def live_panels() -> None:
 
 
 st.title("Overview")
+worker_banner()
 live_panels()

@@ -117,7 +117,8 @@ def test_overview_tiles_worker_alerts_and_rate_limits(seeded: dict[str, Any]) ->
     assert metrics["🔴 critical"] == "0" and metrics["⚪ unknown"] == "0"
     assert any(s.startswith("Running: pid 4242 on testhost") for s in _texts(at, "success"))
     limits, alerts = at.dataframe[0].value, at.dataframe[1].value  # left column first
-    assert list(alerts["message"]) == ["boot.rts.png looks unusual"]
+    assert list(alerts["Message"]) == ["boot.rts.png looks unusual"]
+    assert list(alerts["State"]) == ["🔔 open"] and list(alerts["Image"]) == ["boot.rts.png"]
     assert list(limits["subsystem"]) == ["vllm"] and list(limits["runs used"]) == ["1/3"]
 
 
@@ -130,17 +131,27 @@ def test_overview_empty_states(_isolated_home: Path) -> None:
     assert "No images are registered yet" in text
     assert "No worker has ever reported to this database" in text
     assert "No alerts." in text
+    assert _texts(at, "error")[0].startswith("**No worker** has ever reported to this database")
+    assert "Nothing needs you now" in text
 
 
 def test_acknowledge_alert_records_operator(seeded: dict[str, Any]) -> None:
     at = logged_in_app()
-    at.button(key="ack-button").click()
+    [alert_id] = [a["id"] for a in queries_alerts()]
+    at.button(key=f"ack-{alert_id}").click()
     at.run()
+    assert [b for b in at.button if b.key == f"ack-{alert_id}"] == []  # no longer in "needs you now"
+    assert list(at.dataframe[1].value["State"]) == [f"✔ acknowledged by {OPERATOR}"]
     with session_scope(write=False) as s:
         alert = queries.recent_alerts(s)[0]
         event = queries.audit_page(s, kind="alert.acknowledged")[0]
     assert alert["acknowledged"] is True and alert["acknowledged_by"] == OPERATOR
     assert event["actor"] == OPERATOR
+
+
+def queries_alerts() -> list[dict[str, Any]]:
+    with session_scope(write=False) as s:
+        return queries.recent_alerts(s)
 
 
 def test_images_list_detail_and_check_now_request(seeded: dict[str, Any]) -> None:

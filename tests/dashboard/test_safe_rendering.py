@@ -98,7 +98,7 @@ def test_every_page_shows_hostile_text_only_as_text(seeded: dict[str, Any], _iso
     expected = {  # the hostile text is on the page, literally, where each page shows it
         "views/overview.py": f"on {HOSTILE}",
         "views/images.py": f"Recommendation: {HOSTILE}",
-        "views/tuning.py": f"Reason: {HOSTILE}",
+        "views/tuning.py": f"Summary when the run finished: {HOSTILE}",
         "views/promotions.py": HOSTILE,
     }
     if page in expected:

@@ -224,12 +224,12 @@ def test_operator_journey(stack: dict[str, Any], tmp_path: Path) -> None:
             pid = stack["promotion_id"]
             page.get_by_role("button", name="Approve").click()
             page.get_by_role("button", name="Confirm approve").click()
-            expect(page.get_by_text(f"Promotion #{pid} approved by {OPERATOR}.")).to_be_visible()
+            expect(page.get_by_text(f"Promotion #{pid} approved and applied by {OPERATOR}.")).to_be_visible()
             _shot(page, "05-promotions")
 
             _go(page, "Audit")
             expect(page.get_by_text("audit chain intact")).to_be_visible()
-            subject_box = page.get_by_role("textbox", name="Subject (exact: image path, subsystem …)")
+            subject_box = page.get_by_role("textbox", name="Subject contains (file name, path, subsystem …)")
             subject_box.fill("vllm")
             subject_box.press("Enter")
             kind_box = page.get_by_label("Kind")
