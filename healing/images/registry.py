@@ -232,10 +232,14 @@ def register_many(
             return exc
 
     texts = list(dict.fromkeys(normalise_path(p) for p in paths))
+    chunks = [texts[start:start + REGISTER_BATCH] for start in range(0, len(texts), REGISTER_BATCH)]
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="register") as pool:
-        for start in range(0, len(texts), REGISTER_BATCH):
-            chunk = texts[start:start + REGISTER_BATCH]
-            prepared = list(pool.map(prepare, chunk))
+        # The files of the next chunk are prepared while this chunk's rows are written.
+        ahead = [pool.submit(prepare, text) for text in chunks[0]] if chunks else []
+        for number, chunk in enumerate(chunks):
+            current = ahead
+            ahead = [pool.submit(prepare, text) for text in chunks[number + 1]] if number + 1 < len(chunks) else []
+            prepared = [future.result() for future in current]
             results: list[dict[str, Any] | SelfHealError] = []
             with session_scope() as session:
                 for item in prepared:
