@@ -16,6 +16,11 @@ every interval forever (~1.4 KB a check). Instead:
       one event each. Returns {"counted": n, "sampled": {image_id: new check id}, "check_ids": {image_id:
       the image's newest check id}} (unknown ids are skipped). Call it once per batch of a cycle, in the
       batch's transaction: its cost is a few statements per batch plus one row per sample.
+  record_cycle_checks(session, checks, *, actor, now=None, samples_every_s) -> list[int | None]
+      Drop-in for storage.worker_queries.record_reused_checks in the worker's batched cycle: the
+      reused checks that are unchanged (healthy, no findings) go through record_unchanged, the others
+      are stored in full by record_reused_checks; returns each check's id in order (for a summarised
+      one, the image's newest check: the sample just written or the earlier row).
   run_retention(settings, now=None) -> dict
       Deletes what is older than ``storage.retention``: checks (never an image's newest check or one a
       heal refers to), acknowledged alerts, finished requests, stale heartbeats; then moves audit
@@ -188,6 +193,25 @@ def record_unchanged(session: Session, image_ids: Iterable[int], *, at: datetime
     for chunk in _chunks(known):
         newest.update((row[0], row[1]) for row in session.execute(sa.select(i.id, i.last_check_id).where(i.id.in_(chunk))))
     return {"counted": len(known), "sampled": sampled, "check_ids": newest}
+
+
+def record_cycle_checks(session: Session, checks: list[dict[str, Any]], *, actor: str, now: datetime | None = None,
+                        samples_every_s: float) -> list[int | None]:
+    """record_reused_checks for a cycle batch, with unchanged checks summarised (see the module docstring)."""
+    from storage.worker_queries import record_reused_checks
+
+    now = _utc(now)
+    quiet = [ch for ch in checks if ch.get("status") == "healthy" and not ch.get("findings")]
+    full = [ch for ch in checks if not (ch.get("status") == "healthy" and not ch.get("findings"))]
+    ids: dict[int, int] = {}
+    if quiet:
+        out = record_unchanged(session, [ch["image_id"] for ch in quiet], at=now, samples_every_s=samples_every_s,
+                               actor=actor)
+        ids.update(out["check_ids"])
+    if full:
+        ids.update(zip([ch["image_id"] for ch in full], record_reused_checks(session, full, actor=actor, now=now),
+                       strict=True))
+    return [ids.get(ch["image_id"]) for ch in checks]  # None: an image unregistered meanwhile
 
 
 def check_summary(session: Session, image_id: int) -> dict[str, Any] | None:

@@ -259,3 +259,25 @@ def test_a_large_backlog_is_archived_in_several_segments(sqlite_url: str, tmp_pa
     with session_scope(sqlite_url, write=False) as s:
         report = verify_chain(s)
     assert (report.ok, report.segments, report.archived, report.events) == (True, 3, 8, 11)
+
+
+def test_record_cycle_checks_summarises_the_quiet_ones_and_stores_the_rest(sqlite_url: str) -> None:
+    """The drop-in for the worker's batched cycle (storage.worker_queries.record_reused_checks)."""
+    from storage.retention import record_cycle_checks
+
+    ids = [_image(sqlite_url, f"/img/{n}.rts.png") for n in range(3)]
+    with session_scope(sqlite_url, write=False) as s:
+        first_checks = [queries.get_image(s, image_id=i)["last_check_id"] for i in ids]
+    finding = {"category": "performance", "severity": "low", "description": "slow"}
+    checks = [{**HEALTHY, "image_id": i, "image_path": f"/img/{n}.rts.png", "file_size": 4600, "file_sha256": "a" * 64,
+               "file_mtime_ns": 1} for n, i in enumerate(ids)]
+    checks[1] = {**checks[1], "status": "warning", "findings": [finding]}
+    with session_scope(sqlite_url) as s:
+        out = record_cycle_checks(s, checks, actor="worker", now=T0 + timedelta(seconds=300), samples_every_s=3600)
+    assert out[0] == first_checks[0] and out[2] == first_checks[2]  # summarised: no new row
+    assert out[1] not in first_checks
+    assert _count(sqlite_url, "SELECT count(*) FROM checks") == 4
+    with session_scope(sqlite_url, write=False) as s:
+        assert [check_summary(s, i) is not None for i in ids] == [True, False, True]
+        assert queries.get_image(s, image_id=ids[1])["last_status"] == "warning"
+        assert queries.audit_count(s, kind="check") == 4
