@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,17 +24,18 @@ API_PORT = int(os.environ.get("SELFHEAL_API_PORT", "8000"))
 
 
 def _password(home: Path) -> tuple[str, str]:
+    """The dashboard password and where the operator finds it (the banner prints only the latter)."""
     if os.environ.get("SELFHEAL_DASHBOARD_PASSWORD"):
-        return os.environ["SELFHEAL_DASHBOARD_PASSWORD"], "from SELFHEAL_DASHBOARD_PASSWORD"
+        return os.environ["SELFHEAL_DASHBOARD_PASSWORD"], "you set in SELFHEAL_DASHBOARD_PASSWORD"
     path = home / "dashboard-password"
     if path.exists():
-        return path.read_text().strip(), f"kept in {path}"
+        return path.read_text().strip(), f"kept in {path} (cat it)"
     password = secrets.token_urlsafe(12)
     home.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(password + "\n")
-    return password, f"generated and kept in {path}"
+    return password, f"generated and kept in {path} (cat it; readable only by you)"
 
 
 def _cli(*args: str) -> list[str]:
@@ -44,6 +46,25 @@ def _selfheal() -> str:
     """How to run the CLI of this installation, for the hints printed at start."""
     script = Path(sys.executable).parent / "selfheal"
     return str(script) if script.exists() else f"{sys.executable} -m healing"
+
+
+def banner_lines(home: Path, where: str) -> list[str]:
+    """What `make run` prints once everything started. The password itself is never printed (terminal
+    scrollback, screen sharing and CI logs keep it): only where it is. The ``export`` line makes the CLI
+    of another shell use this home (its default is ~/.selfheal, `make run`'s is ./.selfheal)."""
+    cli = _selfheal()
+    return [
+        "",
+        f"  dashboard: http://{HOST}:{PORT}",
+        f"  log in with any operator name and the password {where}",
+        f"  REST API:  http://{HOST}:{API_PORT} (docs /docs, metrics /metrics, health /health)",
+        "  in another shell, first:",
+        f"    export SELFHEAL_HOME={shlex.quote(str(home.resolve()))}",
+        f"  worker:    running ({cli} daemon status shows its heartbeat)",
+        f"  API token: {cli} api token create NAME --role viewer|operator (printed once)",
+        "  Ctrl-C stops all three.",
+        "",
+    ]
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -76,15 +97,7 @@ def main() -> int:
         procs.append(subprocess.Popen(_cli("worker"), env=env, start_new_session=True))
         procs.append(subprocess.Popen(_cli("dashboard", "--host", HOST, "--port", str(PORT)), env=env, start_new_session=True))
         procs.append(subprocess.Popen(_cli("api", "--host", HOST, "--port", str(API_PORT)), env=env, start_new_session=True))
-        print()
-        print(f"  dashboard: http://{HOST}:{PORT}")
-        print(f"  log in with any operator name and the password {password!r} ({where})")
-        print(f"  REST API:  http://{HOST}:{API_PORT} (docs /docs, metrics /metrics, health /health)")
-        print(f"  API token: SELFHEAL_HOME={home} {_selfheal()} api token create NAME --role viewer|operator "
-              "(printed once)")
-        print("  worker:    running (selfheal daemon status shows its heartbeat)")
-        print("  Ctrl-C stops all three.")
-        print()
+        print("\n".join(banner_lines(home, where)))
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         failed = [p for p in procs if p.poll() is not None]

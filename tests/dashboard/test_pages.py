@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -278,12 +277,29 @@ def test_audit_page_reports_a_broken_chain(seeded: dict[str, Any]) -> None:
     assert message.startswith("audit chain broken") and "event 2 (seq 2)" in message, message
 
 
-def test_settings_page_masks_secrets(seeded: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_page_is_a_grouped_table_with_secrets_masked(seeded: dict[str, Any], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "selfheal.yaml"
-    config.write_text("vision_model:\n  provider: openai\n  api_key: sk-very-secret\n")
+    config.write_text("vision_model:\n  provider: openai\n  api_key: sk-very-secret\n"
+                      "tuning:\n  reload_command: [curl, 'https://ops:hunter2-pass@deploy.example/reload?token=tok-777']\n"
+                      "  promotion_ttl_s: 3600\n  webhook_token: wh-secret-1\n")
     monkeypatch.setenv("SELFHEAL_CONFIG", str(config))
     at = logged_in_app("views/settings.py")
-    shown = at.json[0].value
-    assert json.loads(shown)["vision_model"]["api_key"] == "***"
-    assert "sk-very-secret" not in shown
+    assert len(at.json) == 0  # no JSON dumps any more
+    table = at.dataframe[0].value
+    cells = {(r["Section"], r["Setting"]): r["Value"] for r in table.to_dict("records")}
+    assert cells[("vision_model", "api_key")] == "***"
+    assert cells[("vision_model", "provider")] == "openai"
+    assert cells[("tuning", "promotion_ttl_s")] == "3600.0"
+    assert cells[("tuning", "rate_limits.max_runs")] == "3"  # defaults filled in: the effective values
+    assert cells[("tuning", "scoring.metrics.throughput.key")] != "***"  # a metric's name, not a secret
+    assert cells[("tuning", "webhook_token")] == "***"
+    reload = cells[("tuning", "reload_command")]
+    assert reload.startswith("curl, https://") and "hunter2-pass" not in reload and "tok-777" not in reload
+    assert cells[("dashboard", "page_size")] == "50"
+    assert list(table["Section"])[0] == "general"
+    everything = table.to_csv()
+    assert "sk-very-secret" not in everything and "wh-secret-1" not in everything
     assert {m.label: m.value for m in at.metric}["vision model"] == "openai"
+    at.multiselect(key="settings-sections").set_value(["tuning"]).run()
+    assert set(at.dataframe[0].value["Section"]) == {"tuning"}

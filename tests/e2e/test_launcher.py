@@ -68,7 +68,10 @@ def test_launcher_starts_worker_and_dashboard_and_any_stop_signal_stops_both(tmp
         assert f"database schema at revision {head_revision()}" in text
         assert "demo: done;" in text
         assert f"  dashboard: http://127.0.0.1:{port}\n" in text
-        assert f"password {password!r} (generated and kept in {home / 'dashboard-password'})" in text
+        # the password is never printed, only where it is kept
+        assert password not in text
+        assert (f"  log in with any operator name and the password generated and kept in {home / 'dashboard-password'} "
+                "(cat it; readable only by you)\n") in text
         children = _children(launcher.pid)
         assert len(children) == 3, children  # the worker, the dashboard and the API
         deadline = time.monotonic() + 60
@@ -81,9 +84,13 @@ def test_launcher_starts_worker_and_dashboard_and_any_stop_signal_stops_both(tmp
                 time.sleep(0.5)
         assert (health.status_code, health.json()["status"]) == (200, "healthy")
         assert f"  REST API:  http://127.0.0.1:{api_port} (docs /docs, metrics /metrics, health /health)\n" in text
-        assert f"  API token: SELFHEAL_HOME={home} " in text and " api token create NAME --role viewer|operator" in text
-        status = subprocess.run([sys.executable, "-m", "healing", "daemon", "status"], env=env, capture_output=True,
-                                text=True, timeout=60)
+        assert " api token create NAME --role viewer|operator (printed once)\n" in text
+        [export] = [line.strip() for line in text.splitlines() if line.strip().startswith("export SELFHEAL_HOME=")]
+        assert export == f"export SELFHEAL_HOME={home.resolve()}"
+        # another shell: no SELFHEAL_HOME until the printed line is pasted, elsewhere as working directory
+        other = {k: v for k, v in env.items() if k != "SELFHEAL_HOME"}
+        status = subprocess.run(["bash", "-c", f'{export} && "$0" -m healing daemon status', sys.executable],
+                                env=other, cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert status.returncode == 0 and status.stdout.startswith("worker running: pid "), status.stdout + status.stderr
 
         os.kill(launcher.pid, signum)
