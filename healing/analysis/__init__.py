@@ -2,7 +2,8 @@
 
 Pure functions (arrays in, results out): entropy maps (``block_entropy``, ``entropy_map``), edges
 (``sobel_edges``, ``canny_edges``), Fourier (``analyze_fourier``), clusters (``detect_clusters``,
-``dbscan``), anomaly scoring (``assess``), overlays (``entropy_heatmap``, ``edge_overlay``,
+``dbscan``), anomaly scoring (``assess_stream``: zero/noise runs of a curve stream, healing.analysis.ranges;
+``assess``: entropy outliers of square tiles), overlays (``entropy_heatmap``, ``edge_overlay``,
 ``findings_overlay``). The checker, ``VLMHealthChecker().check_health(path, ...)``, applies the
 decision rules of DESIGN.md §5 and returns a ``HealthCheckResult``; its status vocabulary
 (``HealthStatus``, ``finding``, the categories and severities) lives in ``healing.analysis.status``.
@@ -36,6 +37,9 @@ _EXPORTS = {
     "Outlier": "anomaly",
     "anomaly_score": "anomaly",
     "assess": "anomaly",
+    "assess_stream": "anomaly",
+    "RangeModel": "ranges",
+    "find_candidates": "ranges",
     "colormaps": "overlays",
     "edge_overlay": "overlays",
     "entropy_heatmap": "overlays",

@@ -12,7 +12,8 @@ Decision rules (DESIGN.md §5):
      A baseline also proves a plain PNG unchanged (its block hashes are a hash that can decide).
   3. Only where no hash can decide (a plain PNG without a baseline) do the providers'
      statistics decide, with ``anomaly_score`` against health_check.threshold.warning / critical,
-     confidence below 1 and the reason in the findings.
+     confidence below 1 and the reason in the findings. For curve streams the score comes from
+     zero- and noise-filled runs (healing.analysis.ranges, calibrated in docs/statistics.md).
 
 Providers are pluggable: any object with ``.name`` and ``.analyze(AnalysisContext) ->
 ProviderResult`` (healing.vision). The default is the ``statistical`` provider, which turns this
