@@ -52,7 +52,8 @@ def test_register_heal_monitor_exit_codes(home, image, tmp_path):
 
     out = run("heal", str(image), home=home)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith(f"{image}: healthy (restored from golden copy ")
+    # parity (healing.parity_percent, default 2) rebuilds the flipped block before any golden copy is read
+    assert out.stdout.startswith(f"{image}: healthy (repaired from parity: 1 damaged block(s) of 64 bytes rebuilt, sha256 ")
     assert image.read_bytes() == good
     quarantined = sorted(p.name for p in (home / "quarantine").iterdir())
     assert [n.split("-", 1)[1] for n in quarantined] == ["kernel.rts.png", "kernel.rts.png.meta.json"]
