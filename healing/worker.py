@@ -123,7 +123,7 @@ class _RunningCheck:
 
 
 # A check cycle records its unchanged images in transactions of this many checks (and audit events).
-CYCLE_BATCH = 500
+CYCLE_BATCH = 2000
 HASH_BYTES_PER_THREAD = 64 << 20  # a batch hashes in one more thread per this many bytes (up to worker.threads)
 
 
