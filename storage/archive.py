@@ -219,17 +219,17 @@ def archive_events(session: Session, *, before: datetime | None = None, upto_seq
         raise RuntimeError("archive_events needs a write session")
     paths = paths or audit_paths()
     head = _locked_head(session)  # SQLite: the write transaction; PostgreSQL: FOR UPDATE. Archivers queue here.
+    table = AuditEvent.__table__
+    live_min = session.execute(sa.select(sa.func.min(table.c.seq))).scalar()
+    if live_min is None:
+        return None
     key = load_key(paths.key_file)
     if key is None:
         raise AuditArchiveError(f"audit events not archived: the audit key {paths.key_file} does not exist")
     db = database_id(session)
-    table = AuditEvent.__table__
     segments = [s for s in read_manifest(paths, key)[0] if s.db == db and s.authentic]
     boundary = segments[-1].last_seq if segments else 0
     boundary_hash = segments[-1].last_hash if segments else GENESIS_HASH
-    live_min = session.execute(sa.select(sa.func.min(table.c.seq))).scalar()
-    if live_min is None:
-        return None
     folder = archive_dir(paths)
     if live_min <= boundary:
         return _finish_interrupted(session, segments[-1], live_min, paths, actor, now)

@@ -39,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                              description="Authenticate every audit event with the audit key, check the chain links and "
                                          "compare the chain with the checkpoint file. Exit 0 intact, 2 tampered (edited, "
                                          "deleted, reordered, truncated, wiped, checkpoint file or key replaced), "
-                                         "3 cannot verify (key missing or unreadable, database unavailable).")
+                                         "3 cannot verify (key missing or unreadable, database unavailable). Incremental "
+                                         "by default: resumes after the last seq found intact and reads only newer "
+                                         "events; --full re-reads everything, archive segments included.")
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument("--full", action="store_true",
                    help="re-read every event and every archive segment's contents (default: resume after the last "
