@@ -27,6 +27,7 @@ from storage.models import (
     CHECK_STATUSES,
     AuditEvent,
     AuditHead,
+    Check,
     Image,
     Promotion,
     RunRequest,
@@ -179,6 +180,52 @@ def images_frame(url: str | None = None) -> pd.DataFrame:
     columns = ["id", "name", "path", "last_status", "last_checked_at", "last_confidence", "last_findings_count",
                "last_duration_ms", "critical", "interval_s", "auto_heal_enabled", "marked_bad", "consecutive_heal_failures"]
     return pd.DataFrame.from_records(rows, columns=columns)
+
+
+IMAGE_LIST_COLUMNS = ("id", "name", "path", "last_status", "last_checked_at", "last_confidence", "last_findings_count",
+                      "last_duration_ms", "critical", "interval_s", "auto_heal_enabled", "marked_bad",
+                      "consecutive_heal_failures")
+
+
+def _image_filters(statuses: list[str] | None, contains: str | None) -> list[Any]:
+    i = Image.__table__.c
+    filters: list[Any] = []
+    if statuses:
+        filters.append(i.last_status.in_(statuses))
+    if contains:
+        filters.append(sa.or_(i.path.contains(contains, autoescape=True), i.name.contains(contains, autoescape=True)))
+    return filters
+
+
+def images_page(url: str | None = None, *, statuses: list[str] | None = None, contains: str | None = None,
+                offset: int = 0, limit: int = 50) -> tuple[pd.DataFrame, int]:
+    """One page of registered images (by path) with their latest check, and how many match in all.
+
+    The list is read a page at a time (LIMIT/OFFSET on the path index): 10,000 images cost what 50 do.
+    ``contains`` matches the path or the name as a literal substring."""
+    i = Image.__table__.c
+    c = Check.__table__.c
+    filters = _image_filters(statuses, contains)
+    query = (sa.select(i.id, i.name, i.path, i.last_status, i.last_checked_at, c.confidence.label("last_confidence"),
+                       c.findings.label("last_findings"), c.duration_ms.label("last_duration_ms"), i.critical,
+                       i.interval_s, i.auto_heal_enabled, i.marked_bad, i.consecutive_heal_failures)
+             .select_from(Image.__table__.outerjoin(Check.__table__, c.id == i.last_check_id))
+             .where(*filters).order_by(i.path).offset(max(0, offset)).limit(max(1, limit)))
+    with session_scope(url, write=False) as session:
+        rows = _rows(session.execute(query))
+        total = int(session.execute(sa.select(sa.func.count()).select_from(Image.__table__).where(*filters)).scalar_one())
+    for row in rows:
+        findings = row.pop("last_findings")
+        row["last_findings_count"] = len(findings) if isinstance(findings, list) else None
+    return pd.DataFrame.from_records(rows, columns=list(IMAGE_LIST_COLUMNS)), total
+
+
+def image_label(url: str | None = None, *, image_id: int) -> str | None:
+    """'name — path' of one registered image, or None."""
+    i = Image.__table__.c
+    with session_scope(url, write=False) as session:
+        row = session.execute(sa.select(i.name, i.path).where(i.id == image_id)).first()
+    return None if row is None else f"{row.name or short_name(row.path)}  —  {row.path}"
 
 
 def image_detail(url: str | None = None, *, image_id: int, history_limit: int = 500) -> dict[str, Any] | None:

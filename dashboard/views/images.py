@@ -5,24 +5,32 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import actions, charts, data
+from dashboard.pictures import base_picture, draw_findings, entropy_picture, magnitude_picture, png_bytes
 from dashboard.safe import md, rows, text, value
-from dashboard.upload import ENTROPY_TILE, block_entropy_map, display_cell, edge_magnitude
+from dashboard.upload import ENTROPY_TILE, block_entropy_map, edge_magnitude
 from dashboard.views.common import findings_rows, fmt_time, operator, settings, status_label
 
 ENV = settings()
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _image_maps(path: str, mtime_ns: int, size: int, max_pixels: int) -> dict[str, Any]:
-    """Pixels, entropy and edge maps of an image file; keyed by mtime and size so a change re-reads it."""
+def _image_pictures(path: str, mtime_ns: int, size: int, max_pixels: int) -> dict[str, Any]:
+    """The image, its entropy and edge maps as small opaque pictures (dashboard.pictures), keyed by
+    mtime and size so a change re-reads it. Only these pictures are cached, never the full pixels."""
     from healing.pixelrts import read_image
 
-    image = read_image(path, max_pixels=max_pixels)
-    pixels = image.pixels
-    return {"pixels": pixels, "entropy": block_entropy_map(pixels), "edges": edge_magnitude(pixels)}
+    pixels = read_image(path, max_pixels=max_pixels).pixels
+    base, scale = base_picture(pixels)
+    entropy = block_entropy_map(pixels)
+    edges = edge_magnitude(pixels)
+    return {"base": base, "scale": scale, "height": pixels.shape[0], "width": pixels.shape[1],
+            "entropy": png_bytes(entropy_picture(entropy)), "entropy_blocks": entropy.shape,
+            "entropy_range": (float(entropy.min()), float(entropy.max())), "edges": png_bytes(magnitude_picture(edges)),
+            "plain": png_bytes(base)}
 
 
 def draw_overlays(path: str, findings: list[dict[str, Any]]) -> None:
@@ -34,22 +42,28 @@ def draw_overlays(path: str, findings: list[dict[str, Any]]) -> None:
         st.warning(f"Cannot read {md(path)}: {md(exc.strerror or exc)}. The worker will report it on its next check.")
         return
     try:
-        maps = _image_maps(path, stat.st_mtime_ns, stat.st_size, ENV.pixelrts.max_pixels)
+        maps = _image_pictures(path, stat.st_mtime_ns, stat.st_size, ENV.pixelrts.max_pixels)
     except SelfHealError as exc:
         st.warning(f"Cannot draw {md(path)}: {md(exc)}")
         return
+    shown = f"{maps['width']}×{maps['height']} pixels" + (
+        f", shown at {maps['base'].shape[1]}×{maps['base'].shape[0]}" if maps["scale"] < 1 else "")
     tabs = st.tabs(["Findings overlay", "Entropy", "Edges"])
     with tabs[0]:
-        st.plotly_chart(charts.findings_overlay_figure(maps["pixels"], findings, title="Image with findings"),
-                        key="img-findings")
+        regions = sum(1 for f in findings if f.get("region"))
+        picture = png_bytes(draw_findings(maps["base"], maps["scale"], findings)) if regions else maps["plain"]
+        st.image(picture, output_format="PNG",
+                 caption=f"{shown}; opaque (alpha is payload); {regions} finding region(s) outlined and numbered "
+                         "as in the findings table")
     with tabs[1]:
-        st.plotly_chart(charts.heatmap_figure(maps["entropy"], title=f"Entropy per {ENTROPY_TILE}×{ENTROPY_TILE} block",
-                                              colorbar_title="bits/byte", cell=(ENTROPY_TILE, ENTROPY_TILE), zmin=0, zmax=8),
-                        key="img-entropy")
+        low, high = maps["entropy_range"]
+        rows_, cols_ = maps["entropy_blocks"]
+        st.image(maps["entropy"], output_format="PNG",
+                 caption=f"Entropy per {ENTROPY_TILE}×{ENTROPY_TILE}-pixel block ({cols_}×{rows_} blocks), viridis "
+                         f"from 0 (dark purple) to 8 bits/byte (yellow); this image: {low:.2f} … {high:.2f}")
     with tabs[2]:
-        st.plotly_chart(charts.heatmap_figure(maps["edges"], title="Edge magnitude (Sobel)", colorbar_title="gradient",
-                                              colorscale="Greys", cell=display_cell(maps["pixels"], maps["edges"])),
-                        key="img-edges")
+        st.image(maps["edges"], output_format="PNG",
+                 caption="Edge magnitude (Sobel on the luminance), white = strongest 0.5 %")
 
 
 def draw_actions(image: dict[str, Any]) -> None:
@@ -161,33 +175,54 @@ def draw_detail(image_id: int) -> None:
             st.caption("None yet.")
 
 
+PAGE_SIZE = 50
+
 st.title("Images")
-frame = data.images_frame()
-if frame.empty:
+if data.fleet()["total"] == 0:
     st.info("No images are registered yet. Register one with `selfheal register IMAGE.rts.png [--critical]`, "
             "or try an image without registering it on the Analyze page.")
     st.stop()
 
-status_filter = st.multiselect("Status", ["healthy", "warning", "critical", "unknown"], key="status-filter")
-shown = frame[frame["last_status"].isin(status_filter)] if status_filter else frame
-st.dataframe(
-    shown.assign(name=shown["name"].map(lambda v: text(v) if isinstance(v, str) else v), path=shown["path"].map(text),
-                 last_status=shown["last_status"].map(status_label),
-                 last_checked_at=shown["last_checked_at"].map(lambda t: fmt_time(t) if t is not None and t == t else "—")),
-    hide_index=True, width="stretch", height=min(400, 40 + 35 * len(shown)),
-    column_config={"id": None, "last_duration_ms": st.column_config.NumberColumn("last duration (ms)", format="%.0f")},
-)
-labels = dict(zip(shown["id"], (shown["name"].fillna(shown["path"]) + "  —  " + shown["path"]).map(text), strict=True))
-if not labels:
-    st.info("No image has one of the selected statuses.")
-    st.stop()
+filter_cols = st.columns([3, 3, 1])
+status_filter = filter_cols[0].multiselect("Status", ["healthy", "warning", "critical", "unknown"], key="status-filter")
+contains = filter_cols[1].text_input("Name or path contains", key="image-contains").strip() or None
+frame, total = data.images_page(statuses=status_filter or None, contains=contains, offset=0, limit=1)
+pages = max(1, -(-total // PAGE_SIZE))
+page = int(filter_cols[2].number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, step=1,
+                                       key="image-page"))
+frame, total = data.images_page(statuses=status_filter or None, contains=contains, offset=(page - 1) * PAGE_SIZE,
+                                limit=PAGE_SIZE)
+st.caption(f"{total:,} image(s) match; page {page} of {pages}, by path.")
+if not frame.empty:
+    st.dataframe(pd.DataFrame({
+        "Name": [text(n) if isinstance(n, str) and n else text(data.short_name(p)) for n, p in zip(frame["name"], frame["path"], strict=True)],
+        "Status": frame["last_status"].map(status_label),
+        "Last check": frame["last_checked_at"].map(lambda t: fmt_time(t) if t is not None and t == t else "—"),
+        "Findings": frame["last_findings_count"],
+        "Check time (ms)": frame["last_duration_ms"],
+        "Critical": frame["critical"], "Auto-heal": frame["auto_heal_enabled"], "Marked bad": frame["marked_bad"],
+        "Path": frame["path"].map(text),
+    }), hide_index=True, width="stretch", height=min(400, 40 + 35 * len(frame)),
+        column_config={"Check time (ms)": st.column_config.NumberColumn(format="%.0f"),
+                       "Path": st.column_config.TextColumn(width="large")})
+labels = dict(zip(frame["id"], (frame["name"].fillna(frame["path"]) + "  —  " + frame["path"]).map(text), strict=True))
 wanted = st.query_params.get("image")  # a link from the Overview (?image=ID) chooses the image once
 if wanted and wanted.isdigit() and st.session_state.get("image-link-seen") != wanted:
     st.session_state["image-link-seen"] = wanted
-    if int(wanted) in labels:
-        st.session_state["image-select"] = int(wanted)
+    label = data.image_label(image_id=int(wanted))
+    if label is None:
+        st.warning(f"Image {int(wanted)} is not registered.")
     else:
-        st.warning(f"Image {int(wanted)} is not registered or does not have one of the selected statuses.")
+        st.session_state["image-linked"] = (int(wanted), text(label))
+        st.session_state["image-select"] = int(wanted)
+linked = st.session_state.get("image-linked")
+if linked and linked[0] not in labels:  # the linked image stays choosable when it is on another page
+    labels = {linked[0]: linked[1], **labels}
+if not labels:
+    st.info("No image matches these filters.")
+    st.stop()
+if st.session_state.get("image-select") not in labels:
+    st.session_state.pop("image-select", None)
 selected = st.selectbox("Image details", list(labels), format_func=lambda i: labels[i], key="image-select")
 st.query_params["image"] = str(int(selected))  # the address names the image shown: a reload or a shared link keeps it
 st.session_state["image-link-seen"] = str(int(selected))

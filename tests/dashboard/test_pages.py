@@ -156,13 +156,13 @@ def queries_alerts() -> list[dict[str, Any]]:
 def test_images_list_detail_and_check_now_request(seeded: dict[str, Any]) -> None:
     at = logged_in_app("views/images.py")
     table = at.dataframe[0].value
-    assert list(table["path"]) == [seeded["image_path"]]
-    assert list(table["last_status"]) == ["🟡 warning"]
+    assert list(table["Path"]) == [seeded["image_path"]] and list(table["Name"]) == ["boot"]
+    assert list(table["Status"]) == ["🟡 warning"]
     findings = at.dataframe[1].value
     assert list(findings["byte range"]) == ["[3072, 4096)"]
     assert list(findings["region (x, y, w, h)"]) == ["0, 0, 16, 16"]
-    charts = [c for c in at.get("plotly_chart")]
-    assert len(charts) == 6  # findings overlay, entropy, edges + three trend charts
+    assert len(at.get("image")) == 3  # findings overlay, entropy, edges: PNG pictures, not Plotly heatmaps
+    assert len(at.get("plotly_chart")) == 3  # the three trend charts
     at.button(key="action-check").click()
     at.run()
     assert any(s.startswith("Requested check (#") for s in _texts(at, "success"))

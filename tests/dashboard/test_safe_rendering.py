@@ -129,9 +129,10 @@ def test_settings_mask_the_webhook_token_and_database_password(seeded: dict[str,
                       "vision_model:\n  provider: vllm\n  endpoint: http://user:ep-Pass-987@models.example/v1?key=k-555555\n")
     monkeypatch.setenv("SELFHEAL_CONFIG", str(config))
     at = logged_in_app("views/settings.py")
-    shown = json.loads(at.json[0].value)
-    assert shown["healing"]["notification"]["webhook"] == "https://hooks.example/h?token=***"
-    assert shown["vision_model"]["endpoint"] == "http://user:***@models.example/v1?key=***"
-    page = json.dumps([at.json[0].value, *_bodies(at)])
+    table = at.dataframe[0].value
+    shown = {(r["Section"], r["Setting"]): r["Value"] for r in table.to_dict("records")}
+    assert shown[("healing", "notification.webhook")] == "https://hooks.example/h?token=***"
+    assert shown[("vision_model", "endpoint")] == "http://user:***@models.example/v1?key=***"
+    page = json.dumps([table.to_csv(), *_bodies(at)])
     for secret in ("whk-Token-123456", "ep-Pass-987", "k-555555"):
         assert secret.lower() not in page.lower()
