@@ -167,9 +167,11 @@ def _status(home: Path, _timeout: float) -> int:
     beat = _heartbeat()
     if _running(beat):
         assert beat is not None
-        jobs = (beat.get("info") or {}).get("jobs")
+        info = beat.get("info") or {}
+        jobs = info.get("jobs")
+        role = f", node {info['node']} ({info['role']})" if info.get("node") and info.get("role") else ""
         print(f"worker running: pid {beat['pid']} on {beat['host']}, state {beat['state']}, last heartbeat "
-              f"{beat['age_s']:.1f} s ago" + (f", {jobs} image job(s)" if jobs is not None else ""))
+              f"{beat['age_s']:.1f} s ago" + (f", {jobs} image job(s)" if jobs is not None else "") + role)
         return EXIT_OK
     if beat is None:
         print("worker not running (no heartbeat recorded)")
