@@ -961,7 +961,8 @@ def verify_chain(session: Session, *, batch_size: int = 5000, paths: AuditPaths 
         for seg in segments:
             if not seg.authentic and seg.kid == kid:
                 walk.add("archive", f"archive manifest line {seg.line_no} ({seg.name}) fails authentication (edited)")
-    mine_segments = [seg for seg in segments if seg.db == db and seg.authentic]
+    # Without the key nothing can be authenticated: the segments still say where the live chain starts.
+    mine_segments = [seg for seg in segments if seg.db == db and (seg.authentic or key is None)]
     legacy_cap = anchor.seq if anchor is not None else 0
     totals = archive_mod.check_segments(mine_segments, key, paths, full=not incremental, legacy_limit=legacy_cap,
                                         pins=pins, add=walk.add)

@@ -267,3 +267,11 @@ def test_cli_archive_verify_and_export(tmp_path: Path, monkeypatch: pytest.Monke
     assert len(broken.stdout.splitlines()) == 1
     bad = _run(home, "audit", "archive", "--upto-seq", "0")
     assert (bad.returncode, bad.stdout, bad.stderr.strip().count("\n")) == (3, "", 0)
+
+
+@pytest.mark.parametrize("incremental", [False, True])
+def test_without_the_key_an_archived_chain_cannot_be_verified_rather_than_tampered(sqlite_url: str, incremental: bool) -> None:
+    _two_segments(sqlite_url)
+    audit_paths().key_file.unlink()
+    report = _verify(sqlite_url, incremental=incremental)
+    assert (report.ok, report.problem, report.exit_code) == (False, "key_missing", 3)
