@@ -208,6 +208,10 @@ def test_settings_defaults_and_refusals(tmp_path: Path) -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "retention.md").read_text()
     for field in dataclasses.fields(RetentionSettings):
         assert f"`{field.name}`" in docs, field.name
+    # The documented example is the defaults, key for key, and a valid configuration.
+    example = tmp_path / "documented.yaml"
+    example.write_text(docs.split("```yaml\n")[1].split("```")[0])
+    assert RetentionSettings.from_settings(load_settings(example)) == defaults
     with pytest.raises(ConfigError, match=r"^config: unknown key storage.retention.check_days \(did you mean "
                                           r"storage.retention.checks_days\?\)$"):
         RetentionSettings.from_settings(_settings(tmp_path, "sqlite://", check_days=3))
