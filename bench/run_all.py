@@ -11,7 +11,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 MODULES = ["bench_codec", "bench_analysis", "bench_worker", "bench_growth", "bench_dashboard", "bench_observer", "bench_api", "bench_parity",
-           "bench_calibration", "bench_tuning"]
+           "bench_calibration", "bench_tuning", "bench_fleet"]
 
 
 def main() -> int:
