@@ -195,7 +195,7 @@ def list_images_with_latest_status(session: Session) -> list[dict[str, Any]]:
         sa.select(
             i.id, i.path, i.name, i.critical, i.interval_s, i.golden_sha256, i.golden_path, i.baseline_path,
             i.auto_heal_enabled, i.marked_bad, i.consecutive_heal_failures, i.last_status, i.last_check_id,
-            i.last_checked_at, i.registered_at, i.updated_at,
+            i.last_checked_at, i.registered_at, i.updated_at, i.node,
             c.confidence.label("last_confidence"), c.duration_ms.label("last_duration_ms"),
             c.reused_analysis.label("last_reused_analysis"), c.findings.label("last_findings"),
         )

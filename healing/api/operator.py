@@ -188,6 +188,15 @@ async def get_request(_who: Viewer, request_id: RowId) -> Any:
     return {"success": True, "request": row}
 
 
+@router.get("/nodes", response_model=Envelope, tags=["images"])
+async def list_nodes(_who: Viewer) -> Any:
+    """The worker nodes sharing this database (storage.nodes): per node its images by status, its worker's
+    latest heartbeat, whether that worker runs, and whether it leads (runs the global jobs)."""
+    from storage.nodes import list_nodes as nodes
+
+    return {"success": True, "nodes": await _read(nodes)}
+
+
 # --------------------------------------------------------------------------- promotions
 
 @router.get("/promotions", response_model=Envelope, tags=["promotions"])

@@ -20,7 +20,7 @@ def test_every_endpoint_but_health_and_metrics_needs_a_token(api: ApiServer) -> 
     client = api.client()
     paths = [path for path, item in client.get("/openapi.json").json()["paths"].items() if "get" in item]
     assert paths == ["/health", "/api/v1/models", "/api/v1/images", "/api/v1/images/{image_id}", "/api/v1/requests/{request_id}",
-                     "/api/v1/promotions", "/api/v1/promotions/{promotion_id}", "/api/v1/tuning/status",
+                     "/api/v1/nodes", "/api/v1/promotions", "/api/v1/promotions/{promotion_id}", "/api/v1/tuning/status",
                      "/api/v1/tuning/rate-limits", "/api/v1/audit", "/api/v1/audit/export", "/api/v1/audit/verify", "/metrics"]
     for path in paths:
         if "{" in path:
