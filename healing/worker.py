@@ -691,14 +691,22 @@ class Worker:
 
         Each check is bounded by health_check.timeout_s like the scheduled ones; an overrun counts as unknown."""
         self.lock.acquire()
+        beating = False
         try:
             self.prepare()
             records, overruns = self.check_cycle(due_only=False)
+            # On a shared database the leader closes the running requests of workers without a live
+            # heartbeat: the requests this run takes must not look orphaned.
+            beating = database_is_shared()
+            if beating:
+                self.beat()
             requests = self.process_requests()
             self.prune_quarantine()
             self.service.remove_stale_temps()
             self.notifier.close(timeout=self.settings.healing.notification.timeout * 2)
         finally:
+            if beating:
+                self.beat("stopped")
             if self._leadership is not None:
                 self._leadership.release()
             self.lock.release()
