@@ -470,8 +470,10 @@ class Worker:
         One read gives the images and their last checks. The files are hashed in daemon threads ahead of
         the batches of CYCLE_BATCH images being recorded (one thread for small files, up to
         ``worker.threads`` for large ones). An image whose size and sha256 equal its last healthy/warning
-        check and its golden copy is recorded with the reused analysis, one transaction per batch (check
-        rows, statuses, audit events); every other image (changed, missing, replaced, unreadable,
+        check and its golden copy is recorded with the reused analysis, one transaction per batch
+        (storage.retention.record_cycle_checks: a healthy one without findings is counted in
+        check_summaries with a sampled row now and then, the others get check rows and audit events);
+        every other image (changed, missing, replaced, unreadable,
         critical, never checked) gets the full bounded per-image check. When hashing makes no progress
         for health_check.timeout_s, the hung image is recorded as an overrun like a stuck check and the
         images not hashed yet get their own bounded checks. Returns (CheckRecords, overruns)."""
@@ -548,9 +550,10 @@ class Worker:
         from healing.images.integrity import iso_now
         from healing.images.service import CheckRecord
         from storage.engine import session_scope
-        from storage.worker_queries import record_reused_checks
+        from storage.retention import RetentionSettings, record_cycle_checks
 
         facts, durations = hasher.results, hasher.durations_ms
+        samples_every_s = RetentionSettings.from_settings(self.settings).samples_every_s
         held, rest = [], []
         for row in rows:
             lock = self.service._lock_for(row["id"])
@@ -570,8 +573,8 @@ class Worker:
                                "duration_ms": durations.get(row["id"], 0.0), "file_size": size, "file_sha256": sha,
                                "file_mtime_ns": mtime_ns})
             try:
-                with session_scope() as session:
-                    ids = record_reused_checks(session, checks, actor=self.service.actor)
+                with session_scope() as session:  # healthy and finding-free: counted, not stored (storage.retention)
+                    ids = record_cycle_checks(session, checks, actor=self.service.actor, samples_every_s=samples_every_s)
             except SelfHealError as exc:
                 log.warning("%d unchanged checks not recorded in one batch (%s): checking them one by one", len(checks), exc)
                 return [row for row, _lock in held] + rest
@@ -580,6 +583,8 @@ class Worker:
                 lock.release()
         now = iso_now()
         for check, check_id in zip(checks, ids, strict=True):
+            if check_id is None:
+                continue  # unregistered meanwhile
             data = {"image_path": check["image_path"], "status": check["status"], "confidence": check["confidence"],
                     "metrics": dict(check["metrics"]), "findings": list(check["findings"]),
                     "recommendation": check["recommendation"], "timestamp": now, "duration_ms": check["duration_ms"]}

@@ -17,8 +17,13 @@ from healing.pixelrts import write_image
 from healing.worker import Worker
 from storage.audit import verify_chain
 from storage.engine import get_engine, session_scope
-from storage.models import Alert, Check
+from storage.models import Alert, Check, CheckSummary
 from tests.worker._procs import rows
+
+
+def summaries() -> list[tuple[int, int]]:
+    with session_scope(write=False) as session:
+        return sorted(session.exec(sa.select(CheckSummary.image_id, CheckSummary.unchanged_checks)).all())
 
 
 def _findings(result: dict) -> list[tuple]:
@@ -76,9 +81,15 @@ def test_cycle_results_equal_the_per_image_path(settings, make_image):
     # read and a write with its alert), so the count stays bounded whatever the number of unchanged images.
     assert commits.count <= 2 + 4 * 2
 
-    # Exactly one check row per image per cycle, and the per-image path agrees with every result.
+    # One check row per image per cycle, except the unchanged healthy ones: counted in check_summaries
+    # (storage.retention), their newest row (the first cycle's) standing for them.
     checks = rows(Check)
-    assert sorted(c["image_id"] for c in checks) == sorted(list(ids.values()) * 2)
+    changed = [ids[n] for n in names if not n.startswith("fine")]
+    assert sorted(c["image_id"] for c in checks) == sorted([*ids.values(), *changed])
+    assert {n: got[n].check_id for n in ("fine1", "fine2")} == {
+        n: next(c["id"] for c in checks if c["image_id"] == ids[n]) for n in ("fine1", "fine2")}
+    assert summaries() == [
+        (ids["fine1"], 1), (ids["fine2"], 1)]
     reference = ImageService(load_settings())
     for name in names:
         again = reference.check(ids[name], allow_heal=False)
@@ -105,7 +116,14 @@ def test_unchanged_images_cost_one_read_and_one_write_per_batch(settings, make_i
     with session_scope(write=False) as session:
         checks = session.exec(sa.select(Check.image_id, Check.reused_analysis, Check.status)).all()
         assert verify_chain(session).ok is True
-    assert sorted(checks) == sorted([(i, False, "healthy") for i in range(1, 11)] + [(i, True, "healthy") for i in range(1, 11)])
+    assert sorted(checks) == [(i, False, "healthy") for i in range(1, 11)]  # unchanged: counted, no new row
+    assert summaries() == [(i, 1) for i in range(1, 11)]
+    # An image whose newest row is older than storage.retention.samples_every_s gets a sampled row.
+    worker.settings.raw.setdefault("storage", {})["retention"] = {"samples_every_s": 0.001}
+    records, _ = worker.check_cycle(due_only=False)
+    with session_scope(write=False) as session:
+        sampled = session.exec(sa.select(Check.image_id).where(Check.reused_analysis.is_(True))).scalars().all()
+    assert sorted(sampled) == list(range(1, 11)) and sorted(r.check_id for r in records) == list(range(11, 21))
     # The due query: nothing is due right after a cycle (interval 300 s).
     assert worker.check_cycle(due_only=True) == ([], 0)
 
