@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -275,3 +276,39 @@ def test_without_the_key_an_archived_chain_cannot_be_verified_rather_than_tamper
     audit_paths().key_file.unlink()
     report = _verify(sqlite_url, incremental=incremental)
     assert (report.ok, report.problem, report.exit_code) == (False, "key_missing", 3)
+
+
+def archive_rounds(url: str, rounds: int) -> list[int]:
+    """Child process: archive everything live, ``rounds`` times, while others append (last seqs archived)."""
+    import time
+
+    done = []
+    for _ in range(rounds):
+        with session_scope(url) as session:
+            result = archive_events(session)
+        if result is not None:
+            done.append(result["last_seq"])
+        time.sleep(0.05)
+    return done
+
+
+@pytest.mark.slow  # three processes contending for the chain (~5 s)
+def test_archiving_while_two_processes_append_keeps_one_verifiable_chain(db_url: str) -> None:
+    from tests.storage._workers import append_events, run_in_processes
+
+    _append(db_url, 5)
+    first, second, archived = run_in_processes([(append_events, (db_url, "p1", 60)), (append_events, (db_url, "p2", 60)),
+                                                (archive_rounds, (db_url, 6))])
+    assert (first, second) == (60, 60) and len(archived) >= 1 and archived == sorted(archived)
+    report = _verify(db_url)
+    segments = len(archived)
+    assert (report.ok, report.segments, report.events) == (True, segments, 5 + 120 + segments), report.findings
+    assert report.archived == archived[-1]
+    with session_scope(db_url, write=False) as session:
+        live = session.execute(sa.text("SELECT count(*) FROM audit_events")).scalar_one()
+    lines = [json.loads(line) for p in _archive_dir(Path(os.environ["SELFHEAL_HOME"])).glob("*.gz")
+             for line in gzip.decompress(p.read_bytes()).splitlines()]
+    assert sorted(e["seq"] for e in lines) == list(range(1, archived[-1] + 1))  # each archived event in one segment
+    assert sum(e["kind"] == "test.append" for e in lines) <= 120
+    assert live + len(lines) == 5 + 120 + segments  # every event is live or archived, once
+    assert _verify(db_url, incremental=True).ok
