@@ -911,15 +911,16 @@ def run_tuning_hook(settings: Settings) -> tuple[bool, dict[str, Any]]:
 
 def wait_for_heartbeat(pid: int, timeout: float) -> dict[str, Any] | None:
     """Poll the database until the worker with ``pid`` reports running (the daemon command's start-up wait)."""
-    from storage import queries
     from storage.engine import session_scope
+    from storage.models import WorkerHeartbeat
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(SelfHealError):
-            with session_scope(write=False) as session:
-                beat = queries.worker_heartbeat(session)
-            if beat is not None and beat["pid"] == pid and beat["state"] in ("starting", "running"):
+            with session_scope(write=False) as session:  # its own row: other nodes' workers beat here too
+                row = session.get(WorkerHeartbeat, f"{socket.gethostname()}:{pid}")
+                beat = row.model_dump() if row is not None else None
+            if beat is not None and beat["state"] in ("starting", "running"):
                 return beat
         time.sleep(0.1)
     return None
