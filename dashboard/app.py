@@ -45,8 +45,6 @@ def main() -> None:
     except SelfHealError as exc:
         st.error(f"selfheal: {md(exc)}")
         st.stop()
-    operator = auth.require_operator()  # stops the run with the login form until someone logs in
-
     pages = [
         st.Page("views/overview.py", title="Overview", icon="🩺", url_path="overview", default=True),
         st.Page("views/images.py", title="Images", icon="🖼️", url_path="images"),
@@ -56,7 +54,11 @@ def main() -> None:
         st.Page("views/audit.py", title="Audit", icon="📜", url_path="audit"),
         st.Page("views/settings.py", title="Settings", icon="⚙️", url_path="settings"),
     ]
-    page = st.navigation(pages)
+    # Navigation first, hidden until someone logs in: the address's page (a deep link such as
+    # /promotions) is kept through the login form and opened once the operator is in.
+    logged_in = bool(auth.current_operator()) or bool(st.query_params.get(auth.SESSION_PARAM))
+    page = st.navigation(pages, position="sidebar" if logged_in else "hidden")
+    operator = auth.require_operator()  # stops the run with the login form until someone logs in
     with st.sidebar:
         st.caption(f"Logged in as **{md(operator)}** · mode **{settings.mode}**")
         if st.session_state.get(auth.SESSION_AUTH_METHOD) != "off" and st.button("Log out"):

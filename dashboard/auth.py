@@ -16,6 +16,15 @@ message, never silently honoured.
 
 No page is drawn before :func:`require_operator` returns: it calls ``st.stop()`` instead.
 
+Reloads: a password login gets a session token (32 random bytes, URL-safe) kept in the page address
+as ``?session=…``, so F5 or a bookmark of the current page does not log the operator out. Only its
+SHA-256 is stored, in this dashboard process's memory, with the operator name, the client address it
+was issued to and its expiry (``dashboard.session_ttl_s``, 8 h): a token is refused from another
+client address, after expiry, after logout (revoked) and after a dashboard restart (the store is
+gone). Trade-off: Streamlit cannot set an HttpOnly cookie, so the token is readable by the page and
+sits in the browser history and in any copied link; that is why it is bound to the client address,
+short-lived and revocable, and why pages link only to the dashboard itself (no Referer leaves it).
+
 Password guesses are throttled per operator name and per client address across every session and
 dashboard process, in the database (dashboard.throttle): 5 failures, then a lock that doubles with
 each further failure; while locked even the right password is refused. The client address is
@@ -46,6 +55,8 @@ SECRET_FIELDS = ("password", "client_secret", "cookie_secret")
 
 SESSION_OPERATOR = "operator"
 SESSION_AUTH_METHOD = "auth_method"
+SESSION_TOKEN = "session_token"
+SESSION_PARAM = "session"
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -164,6 +175,88 @@ def gate_config(secret_values: Mapping[str, Any], env: Mapping[str, str], server
     return GateConfig(disabled, warning, configured_password(secret_values, env), oidc_providers(secret_values))
 
 
+# --------------------------------------------------------------------------- session tokens
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class SessionStore:
+    """Password sessions by SHA-256 of their token: operator, client address, expiry (monotonic-free:
+    wall-clock seconds). Thread-safe enough for Streamlit: each operation is one dict operation."""
+
+    sessions: dict[str, tuple[str, str, float]]
+
+    def issue(self, operator: str, client: str, ttl_s: float, now: float) -> str:
+        token = secrets.token_urlsafe(32)
+        self.prune(now)
+        self.sessions[_token_hash(token)] = (operator, client, now + ttl_s)
+        return token
+
+    def resolve(self, token: str | None, client: str, now: float) -> str | None:
+        """The operator of a live token presented from the client it was issued to, else None."""
+        if not token or len(token) > 128:
+            return None
+        key = _token_hash(token)
+        found = self.sessions.get(key)
+        if found is None:
+            return None
+        operator, issued_to, expires = found
+        if now >= expires:
+            self.sessions.pop(key, None)
+            return None
+        return operator if hmac.compare_digest(issued_to, client) else None
+
+    def revoke(self, token: str | None) -> None:
+        if token:
+            self.sessions.pop(_token_hash(token), None)
+
+    def prune(self, now: float) -> None:
+        for key in [k for k, (_o, _c, expires) in list(self.sessions.items()) if now >= expires]:
+            self.sessions.pop(key, None)
+
+
+def session_store() -> SessionStore:
+    """This dashboard process's session store (shared by every browser session of the process)."""
+    import streamlit as st
+
+    @st.cache_resource(show_spinner=False)
+    def _store() -> SessionStore:
+        return SessionStore({})
+
+    return _store()
+
+
+def _keep_token_in_address() -> None:
+    """Put this session's token back into the address (page navigation drops query parameters)."""
+    import streamlit as st
+
+    token = st.session_state.get(SESSION_TOKEN)
+    if token and st.query_params.get(SESSION_PARAM) != token:
+        st.query_params[SESSION_PARAM] = token
+
+
+def _restore_from_token() -> str | None:
+    """Log this (new) browser session in from ``?session=`` when the token is live; else drop it."""
+    import time
+
+    import streamlit as st
+
+    token = st.query_params.get(SESSION_PARAM)
+    if not token:
+        return None
+    operator = session_store().resolve(token, client_address(), time.time())
+    if operator is None:
+        del st.query_params[SESSION_PARAM]
+        st.session_state["login-notice"] = "Your session has ended (expired, logged out or the dashboard restarted): log in again."
+        return None
+    st.session_state[SESSION_OPERATOR] = operator
+    st.session_state[SESSION_AUTH_METHOD] = "password"
+    st.session_state[SESSION_TOKEN] = token
+    return operator
+
+
 # --------------------------------------------------------------------------- Streamlit side
 
 def _secret_values() -> dict[str, Any]:
@@ -221,7 +314,10 @@ def logout() -> None:
 
     method = st.session_state.get(SESSION_AUTH_METHOD)
     operator = st.session_state.get(SESSION_OPERATOR)
-    for key in (SESSION_OPERATOR, SESSION_AUTH_METHOD):
+    session_store().revoke(st.session_state.get(SESSION_TOKEN))
+    if SESSION_PARAM in st.query_params:
+        del st.query_params[SESSION_PARAM]
+    for key in (SESSION_OPERATOR, SESSION_AUTH_METHOD, SESSION_TOKEN):
         st.session_state.pop(key, None)
     exports.revoke_session_grant()
     if operator:
@@ -250,7 +346,12 @@ def require_operator() -> str:
             return oidc_name
     operator = current_operator()
     if operator and st.session_state.get(SESSION_AUTH_METHOD) == "password":
+        _keep_token_in_address()
         return operator
+    if config.password:
+        operator = _restore_from_token()
+        if operator:
+            return operator
     _draw_login(config)
     st.stop()
     raise AssertionError("unreachable: st.stop() ends the run")  # pragma: no cover
@@ -260,6 +361,9 @@ def _draw_login(config: GateConfig) -> None:
     import streamlit as st
 
     st.title("selfheal — operator login")
+    notice = st.session_state.pop("login-notice", None)
+    if notice:
+        st.info(notice)
     if config.warning:
         st.warning(config.warning)
     if not config.usable:
@@ -303,7 +407,13 @@ def _attempt(name: str, password: str, configured: str) -> None:
     ok = verify_password(password, configured)
     throttle.finish_attempt(name, client, ok)
     if ok:
+        import time
+
+        ttl = dashboard_settings(load_settings()).session_ttl_s
+        token = session_store().issue(name, client, ttl, time.time())
         st.session_state[SESSION_OPERATOR] = name
         st.session_state[SESSION_AUTH_METHOD] = "password"
+        st.session_state[SESSION_TOKEN] = token
+        st.query_params[SESSION_PARAM] = token
         st.rerun()
     st.error("Wrong password.")

@@ -17,6 +17,10 @@ Keys (YAML ``dashboard:`` section; defaults in parentheses):
   login_lock_max_s   (3600)  ... up to this
   export_ttl_s       (60)    a generated export (audit CSV, upload report) is served at its download
                              URL for at most this long, and never after its session logs out
+  session_ttl_s      (28800) a password login survives page reloads for this long (dashboard.auth
+                             session tokens), never after logout or a dashboard restart
+  worker_stale_s is the fallback only: a worker that says its heartbeat interval counts as down after
+  two missed beats.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class DashboardSettings:
     login_lock_s: float = 60.0
     login_lock_max_s: float = 3600.0
     export_ttl_s: float = 60.0
+    session_ttl_s: float = 8 * 3600.0
 
     @property
     def max_upload_bytes(self) -> int:
@@ -80,4 +85,5 @@ def dashboard_settings(settings: Settings) -> DashboardSettings:
         login_lock_s=lock_s,
         login_lock_max_s=lock_max_s,
         export_ttl_s=number("export_ttl_s", float, 1, 3600),
+        session_ttl_s=number("session_ttl_s", float, 60, 7 * 86400),
     )

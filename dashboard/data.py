@@ -122,6 +122,39 @@ def alerts(url: str | None = None, *, limit: int = 20, states: tuple[str, ...] |
     return found
 
 
+def request_progress(request: dict[str, Any], now: datetime | None = None) -> str:
+    """One line on where a run-now request is: waiting, running (for how long, on which worker), or
+    its outcome (status of the check, heal result, accepted change, or the error)."""
+    from dashboard.views.common import fmt_duration
+
+    now = now or utcnow()
+    head = f"#{request['id']} {request['kind'].replace('_', ' ')} by {request['requested_by']}"
+    if request["status"] == "pending":
+        return f"⏳ {head}: waiting for the worker ({fmt_duration((now - request['created_at']).total_seconds())})"
+    if request["status"] == "running":
+        since = request.get("started_at") or request["created_at"]
+        worker = f" on {request['claimed_by']}" if request.get("claimed_by") else ""
+        return f"⚙️ {head}: running{worker} ({fmt_duration((now - since).total_seconds())})"
+    result = request.get("result") or {}
+    took = ""
+    if request.get("finished_at") is not None:
+        seconds = (request["finished_at"] - (request.get("started_at") or request["created_at"])).total_seconds()
+        took = f" in {seconds:.1f} s"
+    if request["status"] == "failed":
+        return f"❌ {head}: failed{took}: {result.get('error') or 'see the worker log'}"
+    if request["kind"] == "check":
+        outcome = f"{result.get('status', '?')}" + (" (analysis reused)" if result.get("reused_analysis") else "")
+    elif request["kind"] == "heal":
+        outcome = ("healed" if result.get("healthy") else "not healed") + (
+            f" ({result['action']})" if result.get("action") else "") + (
+            f": {result['message']}" if result.get("message") and not result.get("healthy") else "")
+    elif request["kind"] == "accept_change":
+        outcome = "new golden copy accepted" + (f", now {result['status']}" if result.get("status") else "")
+    else:
+        outcome = "done"
+    return f"✅ {head}: done{took}: {outcome}"
+
+
 def short_name(path: str) -> str:
     """The last component of a path ('kernel.rts.png' for /x/y/kernel.rts.png)."""
     return path.rstrip("/").rsplit("/", 1)[-1] or path
@@ -238,7 +271,8 @@ def image_detail(url: str | None = None, *, image_id: int, history_limit: int = 
         image.pop("baseline", None)  # large (per-block hashes); the page does not show it
         r = RunRequest.__table__.c
         requests = _rows(session.execute(
-            sa.select(r.id, r.kind, r.status, r.requested_by, r.created_at, r.finished_at, r.result)
+            sa.select(r.id, r.kind, r.status, r.requested_by, r.claimed_by, r.created_at, r.started_at, r.finished_at,
+                      r.result)
             .where(r.target == image["path"]).order_by(r.created_at.desc(), r.id.desc()).limit(20)
         ))
         return {

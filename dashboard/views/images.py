@@ -12,9 +12,10 @@ from dashboard import actions, charts, data
 from dashboard.pictures import base_picture, draw_findings, entropy_picture, magnitude_picture, png_bytes
 from dashboard.safe import md, rows, text, value
 from dashboard.upload import ENTROPY_TILE, block_entropy_map, edge_magnitude
-from dashboard.views.common import findings_rows, fmt_time, operator, settings, status_label
+from dashboard.views.common import dash_settings, findings_rows, fmt_time, operator, settings, status_label
 
 ENV = settings()
+LIMITS = dash_settings()
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -69,13 +70,16 @@ def draw_overlays(path: str, findings: list[dict[str, Any]]) -> None:
 def draw_actions(image: dict[str, Any]) -> None:
     st.subheader("Actions")
     st.caption("Requests are carried out by the worker; their outcome appears below and in the audit trail.")
+    message = st.session_state.pop("image-action-message", None)
+    if message:
+        (st.success if message[0] == "success" else st.info)(message[1])
     pending = st.session_state.get("confirm-image-action")
     columns = st.columns(3)
     labels = {"check": "Check now", "heal": "Heal now", "accept_change": "Accept change (new baseline)"}
     for column, kind in zip(columns, labels, strict=True):
         if column.button(labels[kind], key=f"action-{kind}"):
             if kind == "check":
-                _submit(kind, image["path"])
+                _submit(kind, image)
             else:
                 st.session_state["confirm-image-action"] = (kind, image["path"])
                 st.rerun()
@@ -87,29 +91,50 @@ def draw_actions(image: dict[str, Any]) -> None:
         yes, no = st.columns(2)
         if yes.button("Confirm", key="confirm-yes", type="primary"):
             st.session_state.pop("confirm-image-action", None)
-            _submit(kind, image["path"])
+            _submit(kind, image)
         if no.button("Cancel", key="confirm-no"):
             st.session_state.pop("confirm-image-action", None)
             st.rerun()
 
 
-def _submit(kind: str, path: str) -> None:
+def _submit(kind: str, image: dict[str, Any]) -> None:
+    """Queue the request, then rerun the page: its detail refreshes every 2 s until the worker is done."""
     try:
-        request = actions.request_run(kind, path, operator())
+        request = actions.request_run(kind, image["path"], operator())
     except actions.ActionRefused as exc:
         st.error(md(exc))
         return
     if request["duplicate"]:
-        st.info(f"A {kind} request (#{request['id']}) for this image is already waiting for the worker.")
+        message = ("info", f"A {kind} request (#{request['id']}) for this image is already waiting for the worker.")
     else:
-        st.success(f"Requested {kind} (#{request['id']}); the worker picks it up within seconds.")
+        message = ("success", f"Requested {kind.replace('_', ' ')} (#{request['id']}); the worker picks it up within "
+                              "seconds — its progress and outcome appear below.")
+    st.session_state["image-action-message"] = message
+    st.session_state[f"image-busy-{image['id']}"] = True
+    st.rerun()
 
 
 def draw_detail(image_id: int) -> None:
+    """The image's detail in a fragment that re-reads it every 2 s while one of its requests waits or
+    runs (its progress and outcome appear in place), else every dashboard.refresh_s seconds."""
+    busy = st.session_state.get(f"image-busy-{image_id}", False)
+
+    @st.fragment(run_every=2.0 if busy else LIMITS.refresh_s)
+    def live() -> None:
+        now_busy = _draw_detail(image_id)
+        if now_busy != busy:  # switch the refresh pace: a full rerun re-creates the fragment
+            st.session_state[f"image-busy-{image_id}"] = now_busy
+            st.rerun()
+
+    live()
+
+
+def _draw_detail(image_id: int) -> bool:
+    """Draw the detail; True while a request for this image is pending or running."""
     detail = data.image_detail(image_id=image_id)
     if detail is None:
         st.error(f"Image {image_id} is no longer registered.")
-        return
+        return False
     image, check = detail["image"], detail["latest_check"]
     st.header(md(image["name"] or os.path.basename(image["path"])))
     st.caption(md(image["path"]))
@@ -122,6 +147,19 @@ def draw_detail(image_id: int) -> None:
         st.error(f"Marked bad after {image['consecutive_heal_failures']} failed heal(s): operator attention needed.")
 
     draw_actions(image)
+    now = data.now_utc()
+    recent = detail["requests"][:3]
+    for request in recent:  # the newest requests' progress and outcome, in place
+        icon, line = data.request_progress(request, now).split(" ", 1)
+        if request["status"] in ("pending", "running"):
+            st.info(md(line), icon=icon)
+        elif request["status"] == "failed":
+            st.error(md(line), icon=icon)
+        elif request is recent[0]:
+            st.success(md(line), icon=icon)
+        else:
+            st.caption(f"{icon} {md(line)}")
+    busy = any(r["status"] in ("pending", "running") for r in detail["requests"])
 
     if check is None:
         st.info("This image has not been checked yet; press \"Check now\" or wait for the worker's interval.")
@@ -173,6 +211,7 @@ def draw_detail(image_id: int) -> None:
                               for r in detail["requests"]), hide_index=True)
         else:
             st.caption("None yet.")
+    return busy
 
 
 PAGE_SIZE = 50

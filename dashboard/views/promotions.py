@@ -9,9 +9,10 @@ import streamlit as st
 
 from dashboard import actions, charts, data
 from dashboard.safe import md, rows
-from dashboard.views.common import fmt_duration, fmt_time, operator, settings
+from dashboard.views.common import dash_settings, fmt_duration, fmt_time, operator, settings
 
 ENV = settings()
+LIMITS = dash_settings()
 CONFIRM_KEY = "confirm-promotion"
 ROLLBACK_KEY = "confirm-rollback"
 
@@ -100,41 +101,6 @@ def _report_late(pid: int, approve: bool, current: dict[str, Any] | None) -> Non
         f"{who}{' at ' + fmt_time(when) if when else ''}: your {verb} was not recorded.")
 
 
-st.title("Promotions")
-message = st.session_state.pop("promotion-message", None)
-if message:
-    {"success": st.success, "warning": st.warning}.get(message[0], st.error)(message[1])
-stale = st.session_state.get(CONFIRM_KEY)
-if stale:  # a confirmation left open while someone else decided: report it, drop the question
-    current = data.promotion(None, stale[0])
-    if current is None or current["status"] != "pending_review":
-        st.session_state.pop(CONFIRM_KEY, None)
-        _report_late(stale[0], stale[1], current)
-        message = st.session_state.pop("promotion-message")
-        st.warning(message[1])
-
-queue = data.promotions(status="pending_review")
-st.subheader(f"Waiting for review ({len(queue)})")
-if not queue:
-    hint = ("In prod mode, winning tuning candidates wait here for approval." if ENV.mode == "prod"
-            else f"Mode is {ENV.mode}: winners are not queued for review in this mode.")
-    st.info(f"Nothing to review. {hint}")
-for item in queue:
-    draw_pending(item)
-
-st.subheader("Decided")
-history = [p for p in data.promotions(limit=100) if p["status"] != "pending_review"]
-if not history:
-    st.caption("No decisions yet.")
-else:
-    st.dataframe(rows({
-        "#": p["id"], "subsystem": p["subsystem"], "status": p["status"], "decided by": p["decided_by"] or "—",
-        "decided": fmt_time(p["decided_at"]), "applied": fmt_time(p["applied_at"]), "note": p["reason"] or "—",
-        "change": ", ".join(f"{k}: {p['old_values'].get(k) if p['old_values'] else '—'} → {v}"
-                            for k, v in (p["new_values"] or {}).items()),
-    } for p in history), hide_index=True, width="stretch")
-
-
 def draw_applied(promotion: dict[str, Any]) -> None:
     """An applied promotion with its "Roll back" action (healing.tuning.promotions.rollback_promotion)."""
     from healing.errors import SelfHealError
@@ -171,8 +137,50 @@ def draw_applied(promotion: dict[str, Any]) -> None:
             st.rerun()
 
 
-applied = [p for p in history if p["status"] == "applied"]
-if applied:
-    st.subheader(f"Applied ({len(applied)})")
-    for item in applied:
-        draw_applied(item)
+@st.fragment(run_every=LIMITS.refresh_s)
+def live() -> None:
+    """The queue, the decisions and the applied promotions, re-read every dashboard.refresh_s seconds
+    (a promotion another operator decided, or a new one, shows up without a reload); the outcome of
+    this operator's own decision is shown here, at the top."""
+    message = st.session_state.pop("promotion-message", None)
+    if message:
+        {"success": st.success, "warning": st.warning}.get(message[0], st.error)(message[1])
+    stale = st.session_state.get(CONFIRM_KEY)
+    if stale:  # a confirmation left open while someone else decided: report it, drop the question
+        current = data.promotion(None, stale[0])
+        if current is None or current["status"] != "pending_review":
+            st.session_state.pop(CONFIRM_KEY, None)
+            _report_late(stale[0], stale[1], current)
+            message = st.session_state.pop("promotion-message")
+            st.warning(message[1])
+
+    queue = data.promotions(status="pending_review")
+    st.subheader(f"Waiting for review ({len(queue)})")
+    if not queue:
+        hint = ("In prod mode, winning tuning candidates wait here for approval." if ENV.mode == "prod"
+                else f"Mode is {ENV.mode}: winners are not queued for review in this mode.")
+        st.info(f"Nothing to review. {hint}")
+    for item in queue:
+        draw_pending(item)
+
+    st.subheader("Decided")
+    history = [p for p in data.promotions(limit=100) if p["status"] != "pending_review"]
+    if not history:
+        st.caption("No decisions yet.")
+    else:
+        st.dataframe(rows({
+            "#": p["id"], "subsystem": p["subsystem"], "status": p["status"], "decided by": p["decided_by"] or "—",
+            "decided": fmt_time(p["decided_at"]), "applied": fmt_time(p["applied_at"]), "note": p["reason"] or "—",
+            "change": ", ".join(f"{k}: {p['old_values'].get(k) if p['old_values'] else '—'} → {v}"
+                                for k, v in (p["new_values"] or {}).items()),
+        } for p in history), hide_index=True, width="stretch")
+
+    applied = [p for p in history if p["status"] == "applied"]
+    if applied:
+        st.subheader(f"Applied ({len(applied)})")
+        for item in applied:
+            draw_applied(item)
+
+
+st.title("Promotions")
+live()

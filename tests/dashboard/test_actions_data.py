@@ -114,7 +114,7 @@ def test_worker_status_absent(_isolated_home: Path) -> None:
     from storage.migrate import upgrade
 
     upgrade()
-    assert data.worker_status() == {"state": "absent", "beat": None, "pending_requests": 0}
+    assert data.worker_status() == {"state": "absent", "beat": None, "pending_requests": 0, "down": []}
 
 
 def test_rate_limits_from_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
