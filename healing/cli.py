@@ -59,7 +59,9 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``command``, the modules up to the one that defines it only (start-up time:
+    `selfheal validate` needs no other area's sub-commands)."""
     parser = _ArgumentParser(
         prog="selfheal",
         description=DESCRIPTION,
@@ -71,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+        if command is not None and command in sub.choices:
+            break
     _accept_config_everywhere(sub)
     return parser
 
@@ -90,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from healing.redaction import install_log_redaction
 
     install_log_redaction()  # before any command logs: no configured secret reaches a log line
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_word(argv))
     args = parser.parse_args(argv)
     if args.config:
         os.environ["SELFHEAL_CONFIG"] = args.config
@@ -109,6 +114,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         msg = " ".join(str(exc).split()) or type(exc).__name__
         return _fail(args, f"internal error: {type(exc).__name__}: {msg} (set SELFHEAL_DEBUG=1 for a traceback)", EXIT_UNKNOWN)
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The sub-command named on the command line (the first word that is not an option or --config's value)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def _apply_configuration() -> None:

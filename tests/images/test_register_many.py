@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,20 @@ def test_stdin_through_the_real_command_and_usage(_isolated_home, make_image, tm
     assert out.stdout.splitlines()[-1] == "2 of 2 images registered, 0 failed (exit 0)"
     out = subprocess.run([*selfheal_cmd(), "register"], env=env, capture_output=True, text=True, timeout=120)
     assert (out.returncode, out.stderr) == (64, "selfheal register: error: give at least one IMAGE or --from-file\n")
+
+
+LAZY = """
+import sys
+from healing.cli import main
+code = main(["validate", sys.argv[1]])
+print(code, sorted(m for m in sys.modules if m.endswith("commands")))
+"""
+
+
+def test_a_command_imports_only_the_modules_up_to_its_own(make_image, tmp_path):
+    image = make_image()
+    out = subprocess.run([sys.executable, "-c", LAZY, str(image)], env=subprocess_env(SELFHEAL_HOME=str(tmp_path / "h")),
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.splitlines()[-1] == "0 ['healing.pixelrts.commands']", out.stderr
+    usage = subprocess.run([*selfheal_cmd(), "--help"], env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 0 and all(f"\n    {name} " in usage.stdout for name in ("validate", "register", "worker", "demo"))
