@@ -125,10 +125,11 @@ def alerts_panel() -> None:
         return
     table = pd.DataFrame(rows({
         "Time": fmt_time(a["created_at"]), "Severity": f"{SEVERITY_ICONS.get(a['severity'], '')} {a['severity']}",
-        "Image": a["short"], "Message": a["message"],
+        "Image": a["short"],
         "State": ALERT_STATE_LABELS.get(a["state"], a["state"]) + (
             f" by {a['acknowledged_by']}" if a["state"] == "acknowledged" else
             f" {fmt_time(a['resolved_at'])}" if a["state"] == "resolved" else ""),
+        "Message": a["message"],
     } for a in recent))
     settled = [a["state"] != "open" for a in recent]
     # Open alerts in full colour; acknowledged, resolved and info ones greyed out.
@@ -160,12 +161,12 @@ def live_panels() -> None:
     needs_you_now()
     st.subheader("Fleet")
     fleet_tiles()
+    alerts_panel()
     left, right = st.columns([2, 3])
     with left:
         worker_panel()
-        rate_limit_panel()
     with right:
-        alerts_panel()
+        rate_limit_panel()
     st.caption(f"Refreshed {fmt_time(data.now_utc())} · every {LIMITS.refresh_s:g} s")
 
 

@@ -41,7 +41,7 @@ def test_needs_you_now_names_and_links_what_needs_attention(seeded: dict[str, An
     assert re.search(r"gpu_memory_utilization 0\.9 → 0\.85 · \*\*expires in (22h59m|23h00m)\*\*", text), text
     assert "marked bad after 3 failed heal(s)" in text
     assert at.get("plotly_chart") == [] or len(at.get("plotly_chart")) == 0  # no bar chart repeating the tiles
-    states = at.dataframe[1].value
+    states = at.dataframe[0].value
     assert list(states["State"]) == ["ℹ️ info", "🔔 open", "🔔 open"]  # the info event waits for nobody
     assert len([b for b in at.button if b.key and b.key.startswith("ack-")]) == 2
 
@@ -58,7 +58,7 @@ def test_alerts_resolve_when_the_image_is_healthy_again(seeded: dict[str, Any]) 
         assert queries.alerts_with_state(s, states=("open",)) == []
     at = logged_in_app()
     assert [link for link in _links(at) if link[1] == "images"] == []
-    assert list(at.dataframe[1].value["State"])[0].startswith("✅ resolved ")
+    assert list(at.dataframe[0].value["State"])[0].startswith("✅ resolved ")
 
 
 def test_a_worker_that_missed_two_beats_is_a_red_banner_at_the_top(seeded: dict[str, Any]) -> None:

@@ -115,7 +115,7 @@ def test_overview_tiles_worker_alerts_and_rate_limits(seeded: dict[str, Any]) ->
     assert metrics["🟢 healthy"] == "0" and metrics["🟡 warning"] == "1"
     assert metrics["🔴 critical"] == "0" and metrics["⚪ unknown"] == "0"
     assert any(s.startswith("Running: pid 4242 on testhost") for s in _texts(at, "success"))
-    limits, alerts = at.dataframe[0].value, at.dataframe[1].value  # left column first
+    alerts, limits = at.dataframe[0].value, at.dataframe[1].value  # alerts full width, then the rate limits
     assert list(alerts["Message"]) == ["boot.rts.png looks unusual"]
     assert list(alerts["State"]) == ["🔔 open"] and list(alerts["Image"]) == ["boot.rts.png"]
     assert list(limits["subsystem"]) == ["vllm"] and list(limits["runs used"]) == ["1/3"]
@@ -140,7 +140,7 @@ def test_acknowledge_alert_records_operator(seeded: dict[str, Any]) -> None:
     at.button(key=f"ack-{alert_id}").click()
     at.run()
     assert [b for b in at.button if b.key == f"ack-{alert_id}"] == []  # no longer in "needs you now"
-    assert list(at.dataframe[1].value["State"]) == [f"✔ acknowledged by {OPERATOR}"]
+    assert list(at.dataframe[0].value["State"]) == [f"✔ acknowledged by {OPERATOR}"]
     with session_scope(write=False) as s:
         alert = queries.recent_alerts(s)[0]
         event = queries.audit_page(s, kind="alert.acknowledged")[0]
