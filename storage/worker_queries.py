@@ -79,7 +79,9 @@ def images_due(session: Session, *, now: datetime | None = None, due_only: bool 
         query = query.where(i.id.in_(list(ids)))
     if node is not None:
         query = query.where(i.node == node)
-    return [dict(row) for row in session.execute(query).mappings()]
+    result = session.execute(query)
+    keys = list(result.keys())  # dict(zip) per row: RowMapping's dict() asks for the keys again each row
+    return [dict(zip(keys, row, strict=True)) for row in result]
 
 
 def record_reused_checks(session: Session, checks: Sequence[dict[str, Any]], *, actor: str,
