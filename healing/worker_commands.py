@@ -101,12 +101,24 @@ def _is_worker(pid: int) -> bool:
 
 
 def _heartbeat() -> dict[str, Any] | None:
+    """The newest heartbeat of a worker on this host, else of any worker (on a shared database the
+    other nodes' workers beat too)."""
+    import socket
+    from datetime import UTC, datetime
+
+    from sqlmodel import select
+
     from storage import queries
     from storage.engine import session_scope
+    from storage.models import WorkerHeartbeat
 
     try:
         with session_scope(write=False) as session:
-            return queries.worker_heartbeat(session)
+            mine = session.exec(select(WorkerHeartbeat).where(WorkerHeartbeat.host == socket.gethostname())
+                                .order_by(WorkerHeartbeat.last_beat.desc()).limit(1)).first()
+            if mine is None:
+                return queries.worker_heartbeat(session)
+            return {**mine.model_dump(), "age_s": max(0.0, (datetime.now(UTC) - mine.last_beat).total_seconds())}
     except SelfHealError:
         raise
     except Exception:  # no schema yet: no worker ever ran against this database
