@@ -50,6 +50,9 @@ MAX_NODE_LENGTH = 255
 # How many of the oldest pending requests one claim looks through for this node's.
 CLAIM_WINDOW = 500
 STALE_BEATS = 3  # a heartbeat older than this many intervals: that node's worker is not running
+# Closing another worker's running requests waits this much longer: a worker whose job threads are all
+# busy beats late, and a request closed under a live worker would be finished twice.
+ORPHAN_GRACE_S = 60
 
 
 def check_node_name(text: str) -> str:
@@ -205,7 +208,7 @@ def fail_orphaned_requests(session: Session, *, reason: str, node: str | None = 
         if node is not None and (beat.node or beat.host) == node and beat.worker_id != worker_id:
             continue
         interval = float((beat.info or {}).get("heartbeat_interval") or 10.0)
-        if (now - beat.last_beat).total_seconds() <= STALE_BEATS * interval:
+        if (now - beat.last_beat).total_seconds() <= STALE_BEATS * interval + ORPHAN_GRACE_S:
             alive.add(beat.worker_id)
     table = RunRequest.__table__
     running = [request_id for request_id, claimed_by in session.execute(

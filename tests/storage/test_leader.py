@@ -199,3 +199,30 @@ def test_list_nodes_counts_images_heartbeats_and_the_leader(pg_url: str) -> None
     assert [(n["node"], n["images"], n["statuses"], n["running"], n["leader"], (n["heartbeat"] or {}).get("worker_id"))
             for n in nodes] == [("node-a", 3, {"unknown": 3}, True, True, "h1:10"),
                                 ("node-b", 1, {"unknown": 1}, False, False, None)]
+
+
+def test_orphaned_requests_are_closed_and_live_workers_requests_kept(db_url: str) -> None:
+    from datetime import timedelta
+
+    from storage.nodes import fail_orphaned_requests, set_heartbeat_node
+
+    with session_scope(db_url) as session:
+        for worker, node, beat_at in (("h1:1", "node-a", T0), ("h2:2", "node-b", T0 - timedelta(minutes=10)),
+                                      ("h3:3", "node-c", T0), ("h4:4", "node-c", T0)):
+            queries.beat_heartbeat(session, worker, pid=int(worker[-1]), host=worker[:2], info={"heartbeat_interval": 10},
+                                   now=beat_at)
+            set_heartbeat_node(session, worker, node)
+        ids = {}
+        for claimer in ("h1:1", "h2:2", "h3:3", "h4:4", "gone:9"):
+            ids[claimer] = queries.enqueue_request(session, "check", f"/img/{claimer}.png", requested_by="op", now=T0)["id"]
+            queries.claim_next_request(session, claimer, now=T0)
+    with session_scope(db_url) as session:
+        # The leader: h2's beat is 10 minutes old (over 3 intervals + 60 s), gone:9 never beat.
+        assert fail_orphaned_requests(session, reason="gone", now=T0 + timedelta(seconds=20)) == 2
+    with session_scope(db_url) as session:
+        # node-c's new worker h4:4 starting: its node's other worker h3:3 is an earlier incarnation.
+        assert fail_orphaned_requests(session, reason="gone", node="node-c", worker_id="h4:4",
+                                      now=T0 + timedelta(seconds=20)) == 1
+    with session_scope(db_url, write=False) as session:
+        status = {r["claimed_by"]: r["status"] for r in queries.pending_requests(session)}
+    assert status == {"h1:1": "running", "h4:4": "running"}
