@@ -94,8 +94,10 @@ def _node_setting(value: Any) -> str | None:
 
     if value is None:
         return None
+    if not isinstance(value, str):
+        raise ConfigError(f"config: worker.node must be a name, got {value!r}")
     try:
-        return check_node_name(value) if isinstance(value, str) else check_node_name("")
+        return check_node_name(value)
     except ValueError as exc:
         raise ConfigError(f"config: worker.node: {exc}") from None
 

@@ -88,3 +88,39 @@ def test_sqlite_is_one_worker_that_checks_every_node_and_says_so(tmp_path: Path,
                                  f"lock {_isolated_home / 'worker.lock'})\n")
     finally:
         stop_worker(proc)
+
+
+@pytest.mark.parametrize(("yaml", "message"), [
+    ("worker:\n  node: ''\n", "config: worker.node: a node name must not be empty"),
+    ("worker:\n  node: 'two words'\n", "config: worker.node: a node name must be printable and without spaces, got 'two words'"),
+    ("worker:\n  node: 7\n", "config: worker.node must be a name, got 7"),
+    ("worker:\n  leader_interval: 30\n", "config: worker.leader_interval must be ≤ 10, got 30.0"),
+])
+def test_node_settings_are_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, yaml: str, message: str) -> None:
+    from healing.config import load_settings
+    from healing.errors import ConfigError
+    from healing.worker import WorkerSettings
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml)
+    monkeypatch.setenv("SELFHEAL_CONFIG", str(config))
+    with pytest.raises(ConfigError) as caught:
+        WorkerSettings.from_settings(load_settings())
+    assert str(caught.value) == message
+
+
+def test_worker_node_setting_names_the_worker_and_its_registrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from healing.config import load_settings
+    from healing.worker import Worker
+    from storage.nodes import current_node, use_node
+
+    config = tmp_path / "c.yaml"
+    config.write_text("worker:\n  node: rack-7\n  leader_interval: 0.5\n")
+    monkeypatch.setenv("SELFHEAL_CONFIG", str(config))
+    try:
+        worker = Worker(load_settings())
+        assert (worker.node, worker.config.leader_interval, current_node()) == ("rack-7", 0.5, "rack-7")
+        assert Worker(load_settings(), node="rack-8").node == "rack-8"  # --node wins
+    finally:
+        use_node(None)
+    assert current_node() == os.uname().nodename
