@@ -88,21 +88,17 @@ class Leadership:
             return True
         with self._lock:
             try:
-                if self._connection is not None:
+                if self._connection is None:  # followers keep theirs too: one connect, not one per poll
+                    self._connection = self._connect()
+                if self.is_leader:
                     self._connection.exec_driver_sql("SELECT 1")  # still our session, so still our lock
                     return True
-                connection = self._connect()
-                try:
-                    got = connection.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK_KEY}).scalar()
-                except BaseException:
-                    connection.close()
-                    raise
+                got = bool(self._connection.execute(sa.text("SELECT pg_try_advisory_lock(:key)"),
+                                                    {"key": LEADER_LOCK_KEY}).scalar())
                 if got:
-                    self._connection, self.is_leader, self.since = connection, True, time.time()
+                    self.is_leader, self.since = True, time.time()
                     log.debug("node %s took the leader lock", self.node)
-                else:
-                    connection.close()
-                return bool(got)
+                return got
             except sa.exc.SQLAlchemyError as exc:
                 if self.is_leader:
                     log.warning("node %s lost the lead: %s", self.node, " ".join(str(exc).split())[:200])
@@ -122,7 +118,7 @@ class Leadership:
         if not self.shared:
             return
         with self._lock:
-            if self._connection is not None:
+            if self._connection is not None and self.is_leader:
                 try:
                     self._connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": LEADER_LOCK_KEY})
                 except sa.exc.SQLAlchemyError:
