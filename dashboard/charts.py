@@ -65,8 +65,40 @@ def trend_figure(history: pd.DataFrame, metric: str, *, warning: float | None = 
     for value, name, color in ((warning, "warning", STATUS_COLORS["warning"]), (critical, "critical", STATUS_COLORS["critical"])):
         if value is not None:
             fig.add_hline(y=value, line_dash="dash", line_color=color, annotation_text=name)
+    if metric in TREND_RANGES:
+        low, high = TREND_RANGES[metric]
+        fig.update_yaxes(range=[low - (high - low) * 0.03, high + (high - low) * 0.03])
     fig.update_layout(title=title, xaxis_title="check time (UTC)", yaxis_title=y_title,
                       margin={"l": 50, "r": 10, "t": 40, "b": 40}, height=280, showlegend=False)
+    return fig
+
+
+STATUS_ORDER = ("healthy", "warning", "critical", "unknown")
+# fixed y ranges of the statistics trends: a 0.0001 change of mean entropy must not look like a cliff
+TREND_RANGES = {"mean_entropy": (0.0, 8.0), "anomaly_score": (0.0, 1.0)}
+
+
+def status_timeline_figure(history: pd.DataFrame) -> go.Figure:
+    """The status of every check over time, one row per status: what the operator was told, when.
+
+    ``history`` is storage.queries.check_history_frame's frame (created_at, status, reused_analysis …).
+    Markers are coloured by status; a reused analysis (file unchanged) is drawn hollow."""
+    fig = go.Figure()
+    for status in STATUS_ORDER:
+        rows = history[history["status"] == status] if len(history) else history
+        if not len(rows):
+            continue
+        reused = [bool(v) for v in rows["reused_analysis"]] if "reused_analysis" in rows else [False] * len(rows)
+        fig.add_trace(go.Scatter(
+            x=list(rows["created_at"]), y=[status] * len(rows), mode="markers", name=status,
+            marker={"color": STATUS_COLORS[status], "size": 11, "symbol": ["circle-open" if r else "circle" for r in reused],
+                    "line": {"width": 2, "color": STATUS_COLORS[status]}},
+            customdata=["analysis reused (file unchanged)" if r else "analysed" for r in reused],
+            hovertemplate="%{x}<br>" + status + " · %{customdata}<extra></extra>"))
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=list(reversed(STATUS_ORDER)),
+                     range=[-0.5, len(STATUS_ORDER) - 0.5], title=None)
+    fig.update_layout(title="Status of each check", xaxis_title="check time (UTC)", showlegend=False,
+                      margin={"l": 80, "r": 10, "t": 40, "b": 40}, height=240)
     return fig
 
 

@@ -41,11 +41,15 @@ def app_path() -> Path:
 
 
 def streamlit_command(host: str, port: int, max_upload_mb: int) -> list[str]:
-    """The argv that starts the dashboard (a list, never a shell string)."""
+    """The argv that starts the dashboard (a list, never a shell string).
+
+    Streamlit's transport accepts twice ``dashboard.max_upload_mb``: a file between the limit and twice
+    it reaches the page, which refuses it with a visible error in place of the previous result (a
+    file the browser itself refuses only gets a tooltip while the previous result stays on screen)."""
     return [
         sys.executable, "-m", "streamlit", "run", str(app_path()),
         "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-        "--server.maxUploadSize", str(max_upload_mb), "--browser.gatherUsageStats", "false",
+        "--server.maxUploadSize", str(2 * max_upload_mb), "--browser.gatherUsageStats", "false",
     ]
 
 

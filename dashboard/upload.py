@@ -221,6 +221,60 @@ def _hide_temp_path(check: dict[str, Any], temp_path: str, name: str) -> None:
             item["description"] = item["description"].replace(temp_path, name)
 
 
+def png_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, or None when the header is not there."""
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+UPLOAD_ADVICE = {
+    "critical": "an uploaded file has no golden copy here: replace it with a known-good copy; register the good "
+                "version (`selfheal register`) so that the worker can restore it next time",
+    "warning": "compare it with a known-good copy of the file; register the good version (`selfheal register`) to "
+               "have it checked against its own hash from now on",
+}
+
+
+def _upload_advice(check: dict[str, Any]) -> None:
+    """Recommendations written for registered images (`selfheal heal`, the golden copy) do not apply to an
+    upload, which has no golden copy: replace them with what an operator can do with the file."""
+    text = str(check.get("recommendation") or "")
+    if "selfheal heal" in text or "golden" in text:
+        check["recommendation"] = UPLOAD_ADVICE.get(str(check.get("status")), UPLOAD_ADVICE["warning"])
+
+
+def _analyze_plain(name: str, data: bytes, digest: str, settings: Settings, limits: DashboardSettings, *,
+                   maps: bool, why: str) -> UploadAnalysis:
+    """A PNG that is not a PixelRTS image: the checker's statistics (no hash to verify) and the maps."""
+    from healing.analysis import analyze_image, load_image
+    from healing.images.service import default_checker
+
+    with tempfile.TemporaryDirectory(prefix="selfheal-upload-") as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        try:
+            loaded = load_image(path, max_pixels=limits.max_upload_pixels)
+        except SelfHealError as exc:
+            return UploadAnalysis(name, len(data), digest, "unknown", {"status": "unknown", "findings": []},
+                                  error=str(exc))
+        started = time.perf_counter()
+        check = default_checker(settings).check_health(path).to_dict()
+        _hide_temp_path(check, str(path), name)
+        check.setdefault("duration_ms", round((time.perf_counter() - started) * 1000, 3))
+        _upload_advice(check)
+        analysis = UploadAnalysis(name, len(data), digest, str(check.get("status", "unknown")), check,
+                                  metadata={"plain_png": why}, pixels=loaded.pixels)
+        if maps:
+            entropy = block_entropy_map(loaded.pixels)
+            analysis.maps = {"entropy": entropy, "edges": edge_magnitude(loaded.pixels),
+                             "fourier": fourier_spectrum(loaded.pixels), "clusters": block_clusters(entropy, loaded.pixels)}
+            engine = analyze_image(loaded)
+            engine["image_path"] = name
+            analysis.summaries = {**engine, "display_maps": summarise_maps(analysis.maps)}
+    return analysis
+
+
 def analyze_upload(filename: str, data: bytes, settings: Settings, *, model: str | None = None,
                    maps: bool = True) -> UploadAnalysis:
     """Check and analyse one uploaded file; raises UploadRefused for input refused by the limits.
@@ -235,13 +289,19 @@ def analyze_upload(filename: str, data: bytes, settings: Settings, *, model: str
     check_upload_limits(data, limits)
     name = safe_filename(filename)
     digest = hashlib.sha256(data).hexdigest()
+    size = png_dimensions(data)
+    if size is not None and size[0] * size[1] > limits.max_upload_pixels:
+        raise UploadRefused(f"the image is {size[0]}×{size[1]} = {size[0] * size[1]:,} pixels; the dashboard analyses "
+                            f"at most {limits.max_upload_pixels:,} pixels (dashboard.max_upload_pixels)")
     try:
         image = read_image(name, data=data, max_pixels=limits.max_upload_pixels, use_sidecar=False,
                            max_metadata_bytes=settings.pixelrts.max_metadata_bytes)
     except InputError as exc:
         if "exceed the limit" in str(exc):
-            raise UploadRefused(f"{exc} — the dashboard analyses images up to {limits.max_upload_pixels} pixels") from None
-        return UploadAnalysis(name, len(data), digest, "unknown", {"status": "unknown", "findings": []}, error=str(exc))
+            raise UploadRefused(f"the image has more pixels than the dashboard analyses "
+                                f"({limits.max_upload_pixels:,}, dashboard.max_upload_pixels)") from None
+        # Not a PixelRTS image (not square, no metadata …): a plain PNG, judged by statistics.
+        return _analyze_plain(name, data, digest, settings, limits, maps=maps, why=str(exc))
     except CorruptedError as exc:
         return UploadAnalysis(name, len(data), digest, "critical", {
             "status": "critical", "findings": [{"category": "structural", "severity": "high", "description": str(exc),
@@ -256,6 +316,7 @@ def analyze_upload(filename: str, data: bytes, settings: Settings, *, model: str
         check = default_checker(settings).check_health(path).to_dict()
         _hide_temp_path(check, str(path), name)
         check.setdefault("duration_ms", round((time.perf_counter() - started) * 1000, 3))
+        _upload_advice(check)
         analysis = UploadAnalysis(name, len(data), digest, str(check.get("status", "unknown")), check,
                                   integrity=integrity, metadata=image.metadata, pixels=image.pixels)
         if maps and image.pixels is not None:

@@ -6,10 +6,11 @@ import json
 
 import streamlit as st
 
-from dashboard import charts, exports
+from dashboard import exports
+from dashboard.pictures import base_picture, draw_findings, entropy_picture, magnitude_picture, png_bytes
 from dashboard.safe import md, rows, value
-from dashboard.upload import ENTROPY_TILE, UploadAnalysis, UploadRefused, analyze_upload, display_cell
-from dashboard.views.common import dash_settings, findings_rows, settings, status_label
+from dashboard.upload import ENTROPY_TILE, UploadAnalysis, UploadRefused, analyze_upload
+from dashboard.views.common import dash_settings, findings_rows, settings, status_label, verdict_line
 
 ENV = settings()
 LIMITS = dash_settings()
@@ -28,6 +29,7 @@ def run_analysis(name: str, content: bytes, model: str | None) -> UploadAnalysis
         with st.spinner("Analysing …"):
             result = analyze_upload(name, content, ENV, model=model)
     except UploadRefused as exc:
+        st.session_state.pop("upload-analysis", None)  # the refusal replaces the previous result
         st.error(f"Upload refused: {md(exc)}")
         return None
     st.session_state["upload-analysis"] = (key, result)
@@ -40,6 +42,8 @@ def draw(result: UploadAnalysis) -> None:
     if result.error:
         st.error(md(result.error))
     check = result.check
+    hc = ENV.health_check
+    st.markdown(f"**{md(verdict_line(check, warning=hc.warning_threshold, critical=hc.critical_threshold))}**")
     if check.get("recommendation"):
         st.write(f"Recommendation: {md(check['recommendation'])}")
     metrics = check.get("metrics") or {}
@@ -59,25 +63,28 @@ def draw(result: UploadAnalysis) -> None:
     if result.pixels is not None and result.maps:
         st.subheader("Overlays")
         tabs = st.tabs(["Findings", "Entropy", "Edges", "Fourier", "Clusters"])
+        base, scale = base_picture(result.pixels)
+        height, width = result.pixels.shape[:2]
         with tabs[0]:
-            st.plotly_chart(charts.findings_overlay_figure(result.pixels, findings, title="Image with findings"),
-                            key="up-findings")
+            regions = sum(1 for f in findings if f.get("region"))
+            st.image(png_bytes(draw_findings(base, scale, findings)), output_format="PNG",
+                     caption=f"{width}×{height} pixels, opaque (alpha is payload); {regions} finding region(s) "
+                             "outlined and numbered as in the findings table")
         with tabs[1]:
-            st.plotly_chart(charts.heatmap_figure(result.maps["entropy"], title=f"Entropy per {ENTROPY_TILE}×{ENTROPY_TILE} block",
-                                                  colorbar_title="bits/byte", cell=(ENTROPY_TILE, ENTROPY_TILE), zmin=0, zmax=8),
-                            key="up-entropy")
+            st.image(png_bytes(entropy_picture(result.maps["entropy"])), output_format="PNG",
+                     caption=f"Entropy per {ENTROPY_TILE}×{ENTROPY_TILE}-pixel block, viridis from 0 (dark purple) to "
+                             "8 bits/byte (yellow)")
         with tabs[2]:
-            st.plotly_chart(charts.heatmap_figure(result.maps["edges"], title="Edge magnitude (Sobel)",
-                                                  colorbar_title="gradient", colorscale="Greys",
-                                                  cell=display_cell(result.pixels, result.maps["edges"])),
-                            key="up-edges")
+            st.image(png_bytes(magnitude_picture(result.maps["edges"])), output_format="PNG",
+                     caption="Edge magnitude (Sobel on the luminance), white = strongest 0.5 %")
         with tabs[3]:
-            st.plotly_chart(charts.heatmap_figure(result.maps["fourier"], title="Fourier spectrum (log magnitude)",
-                                                  colorbar_title="log |F|", colorscale="Magma"), key="up-fourier")
+            st.image(png_bytes(magnitude_picture(result.maps["fourier"])), output_format="PNG",
+                     caption="Fourier spectrum, log magnitude, zero frequency in the centre")
         with tabs[4]:
-            st.plotly_chart(charts.heatmap_figure(result.maps["clusters"], title="Block clusters (entropy, mean value)",
-                                                  colorbar_title="cluster", colorscale="Turbo",
-                                                  cell=(ENTROPY_TILE, ENTROPY_TILE)), key="up-clusters")
+            clusters = result.maps["clusters"].astype(float)
+            top = max(1.0, float(clusters.max()))
+            st.image(png_bytes(entropy_picture(clusters * (8.0 / top))), output_format="PNG",
+                     caption=f"Blocks grouped by (entropy, mean value) into {int(top) + 1} clusters, one colour each")
         with st.expander("Analysis summary"):
             st.json(value(result.summaries))
 
@@ -101,13 +108,17 @@ allowed = [name for name in ENV.vision_model.upload_allowlist]
 model_choice = st.selectbox("Vision model", [NO_MODEL, *allowed], key="vision-model",
                             help="Only models on vision_model.upload_allowlist can be chosen; their endpoints come "
                                  "from the server's configuration.")
-uploaded = st.file_uploader("Image", type=["png"], key="upload", max_upload_size=LIMITS.max_upload_mb)
+# Twice the limit in the widget (and the server, dashboard.commands): an over-size file reaches this page
+# and is refused with a visible error, instead of only a tooltip while the previous result stays shown.
+uploaded = st.file_uploader("Image", type=["png"], key="upload", max_upload_size=2 * LIMITS.max_upload_mb)
 if uploaded is None:
     st.info("Choose a file to start. The report lists findings with their byte ranges and pixel regions.")
     st.stop()
 if uploaded.size > LIMITS.max_upload_bytes:
     # Checked before reading the bytes; analyze_upload checks again on the data itself.
-    st.error(f"Upload refused: the file is {uploaded.size / 1048576:.1f} MiB; the limit is {LIMITS.max_upload_mb} MiB.")
+    st.session_state.pop("upload-analysis", None)
+    st.error(f"Upload refused: the file is {uploaded.size / 1048576:.1f} MiB; the dashboard analyses at most "
+             f"{LIMITS.max_upload_mb} MiB (dashboard.max_upload_mb).")
     st.stop()
 analysis = run_analysis(uploaded.name, uploaded.getvalue(), None if model_choice == NO_MODEL else model_choice)
 if analysis is not None:

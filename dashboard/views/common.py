@@ -73,3 +73,38 @@ def findings_rows(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "source": f.get("source"),
         })
     return rows
+
+
+def verdict_line(check: dict[str, Any] | None, *, warning: float | None = None, critical: float | None = None) -> str:
+    """Why the status is what it is, in one line ("Healthy: payload sha256 verified; statistics not used").
+
+    When the image carries its payload's sha256 and it verifies, the hash decides and the statistics are
+    only shown; a failed hash is corruption whatever the statistics say; without a hash (a plain PNG, a
+    stripped sidecar) the statistics decide, against the configured thresholds."""
+    if check is None:
+        return "Not checked yet."
+    status = str(check.get("status") or "unknown")
+    word = status.capitalize()
+    metrics = check.get("metrics") or {}
+    findings = list(check.get("findings") or [])
+    first = next((str(f.get("description")) for f in findings if f.get("severity") == "high"), None) or (
+        str(findings[0].get("description")) if findings else None)
+    verified = metrics.get("hash_verified")
+    reused = " (file unchanged since the last analysis)" if check.get("reused_analysis") else ""
+    if status == "unknown":
+        return f"Unknown: {first or 'the file could not be analysed'}{reused}"
+    if verified is True:
+        if any(f.get("category") == "security" for f in findings):
+            return (f"{word}: payload sha256 verifies, but the file differs from its golden copy (an unexpected "
+                    f"change: accept it or heal it); statistics not used{reused}")
+        if status == "healthy":
+            return f"Healthy: payload sha256 verified; statistics not used{reused}"
+        return f"{word}: payload sha256 verified; {first or 'see the findings'}{reused}"
+    if verified is False:
+        return f"{word}: payload sha256 does not match — the data is corrupted{'; ' + first if first else ''}{reused}"
+    score = metrics.get("anomaly_score")
+    if score is None:
+        return f"{word}: {first or 'no payload hash and no statistics'}{reused}"
+    limits = (f" (warning at {warning:g}, critical at {critical:g})" if warning is not None and critical is not None
+              else "")
+    return f"{word}: no payload hash to verify; judged by statistics, anomaly score {float(score):.3f}{limits}{reused}"

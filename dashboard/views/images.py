@@ -12,7 +12,15 @@ from dashboard import actions, charts, data
 from dashboard.pictures import base_picture, draw_findings, entropy_picture, magnitude_picture, png_bytes
 from dashboard.safe import md, rows, text, value
 from dashboard.upload import ENTROPY_TILE, block_entropy_map, edge_magnitude
-from dashboard.views.common import dash_settings, findings_rows, fmt_time, operator, settings, status_label
+from dashboard.views.common import (
+    dash_settings,
+    findings_rows,
+    fmt_time,
+    operator,
+    settings,
+    status_label,
+    verdict_line,
+)
 
 ENV = settings()
 LIMITS = dash_settings()
@@ -167,6 +175,8 @@ def _draw_detail(image_id: int) -> bool:
     else:
         findings = list(check["findings"] or [])
         st.subheader("Latest check")
+        hc = ENV.health_check
+        st.markdown(f"**{md(verdict_line(check, warning=hc.warning_threshold, critical=hc.critical_threshold))}**")
         st.write(f"{status_label(check['status'])} · confidence {check['confidence']:.2f} · "
                  f"{check['duration_ms']:.0f} ms · {fmt_time(check['created_at'])}"
                  + (" · analysis reused (file unchanged)" if check["reused_analysis"] else ""))
@@ -183,17 +193,22 @@ def _draw_detail(image_id: int) -> bool:
     if st.toggle("Show the image and its overlays", value=True, key="show-overlays"):
         draw_overlays(image["path"], findings)
 
-    st.subheader("Trends")
+    st.subheader("History")
     history = detail["history"]
     if len(history) < 2:
-        st.info("Trend charts appear after two checks.")
+        st.info("The status timeline appears after two checks.")
     else:
-        hc = ENV.health_check
-        cols = st.columns(3)
-        cols[0].plotly_chart(charts.trend_figure(history, "mean_entropy"), key="trend-entropy")
-        cols[1].plotly_chart(charts.trend_figure(history, "anomaly_score", warning=hc.warning_threshold,
-                                                 critical=hc.critical_threshold), key="trend-anomaly")
-        cols[2].plotly_chart(charts.trend_figure(history, "duration_ms"), key="trend-duration")
+        st.plotly_chart(charts.status_timeline_figure(history), key="status-timeline")
+        verified = check is not None and (check.get("metrics") or {}).get("hash_verified") is True
+        label = ("Statistics (not used for this image: its payload sha256 decides)" if verified
+                 else "Statistics (they decide for this image: it has no payload hash)")
+        with st.expander(label, expanded=not verified):
+            hc = ENV.health_check
+            cols = st.columns(3)
+            cols[0].plotly_chart(charts.trend_figure(history, "mean_entropy"), key="trend-entropy")
+            cols[1].plotly_chart(charts.trend_figure(history, "anomaly_score", warning=hc.warning_threshold,
+                                                     critical=hc.critical_threshold), key="trend-anomaly")
+            cols[2].plotly_chart(charts.trend_figure(history, "duration_ms"), key="trend-duration")
 
     left, right = st.columns(2)
     with left:

@@ -34,7 +34,7 @@ def test_streamlit_argv() -> None:
     assert argv[:4] == [sys.executable, "-m", "streamlit", "run"]
     assert Path(argv[4]) == ROOT / "dashboard" / "app.py"
     assert argv[5:] == ["--server.address", "127.0.0.1", "--server.port", "8600", "--server.headless", "true",
-                        "--server.maxUploadSize", "25", "--browser.gatherUsageStats", "false"]
+                        "--server.maxUploadSize", "50", "--browser.gatherUsageStats", "false"]
 
 
 def test_bad_port_is_a_usage_error() -> None:

@@ -162,7 +162,7 @@ def test_images_list_detail_and_check_now_request(seeded: dict[str, Any]) -> Non
     assert list(findings["byte range"]) == ["[3072, 4096)"]
     assert list(findings["region (x, y, w, h)"]) == ["0, 0, 16, 16"]
     assert len(at.get("image")) == 3  # findings overlay, entropy, edges: PNG pictures, not Plotly heatmaps
-    assert len(at.get("plotly_chart")) == 3  # the three trend charts
+    assert len(at.get("plotly_chart")) == 4  # the status timeline and the three statistics trends
     at.button(key="action-check").click()
     at.run()
     assert any(s.startswith("Requested check (#") for s in _texts(at, "success"))
@@ -201,7 +201,7 @@ def test_analyze_upload_through_the_widget(seeded: dict[str, Any], tmp_path: Pat
     assert not at.exception
     assert _texts(at, "subheader")[0] == "up.rts.png: 🟢 healthy"
     assert {m.label: m.value for m in at.metric}["hash verified"] == "True"
-    assert len(at.get("plotly_chart")) == 5
+    assert len(at.get("image")) == 5 and len(at.get("plotly_chart")) == 0  # opaque PNG pictures
     assert at.get("download_button")[0].proto.label == "Download JSON report"
 
 
