@@ -59,6 +59,8 @@ def main() -> None:
     logged_in = bool(auth.current_operator()) or bool(st.query_params.get(auth.SESSION_PARAM))
     page = st.navigation(pages, position="sidebar" if logged_in else "hidden")
     operator = auth.require_operator()  # stops the run with the login form until someone logs in
+    if not logged_in:  # logged in within this run (gate off, single sign-on): rerun to show the navigation
+        st.rerun()
     with st.sidebar:
         st.caption(f"Logged in as **{md(operator)}** · mode **{settings.mode}**")
         if st.session_state.get(auth.SESSION_AUTH_METHOD) != "off" and st.button("Log out"):

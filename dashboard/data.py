@@ -348,6 +348,17 @@ def intent_outcome(intent: dict[str, Any], promotion: dict[str, Any] | None) -> 
     return f"{PROMOTION_INTENT_OUTCOME.get(promotion['status'], stored)} ({promotion_state_line(promotion)})"
 
 
+def tuning_blocked(url: str | None = None, *, limit: int = 50) -> list[dict[str, Any]]:
+    """Failures the tuning loop saw but could not act on (cooldown, rate limit), newest first: one row
+    per episode with how often it repeated."""
+    from storage.models import TuningBlocked
+
+    b = TuningBlocked.__table__.c
+    with session_scope(url, write=False) as session:
+        return _rows(session.execute(sa.select(TuningBlocked.__table__).order_by(b.last_seen.desc(), b.id.desc())
+                                     .limit(limit)))
+
+
 # --------------------------------------------------------------------------- promotions
 
 def promotions(url: str | None = None, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

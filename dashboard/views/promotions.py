@@ -155,6 +155,9 @@ def live() -> None:
             st.warning(message[1])
 
     queue = data.promotions(status="pending_review")
+    linked = st.query_params.get("promotion")  # the Overview's link: that promotion first
+    if linked and linked.isdigit():
+        queue.sort(key=lambda p: p["id"] != int(linked))
     st.subheader(f"Waiting for review ({len(queue)})")
     if not queue:
         hint = ("In prod mode, winning tuning candidates wait here for approval." if ENV.mode == "prod"

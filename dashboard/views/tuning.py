@@ -58,6 +58,21 @@ def draw_intents() -> None:
     } for i in intents), hide_index=True, width="stretch")
 
 
+def draw_blocked() -> None:
+    """Repeated failures the loop could not act on (Observer cooldown, rate limit): they leave a trace here."""
+    blocked = data.tuning_blocked(limit=50)
+    if not blocked:
+        return
+    st.subheader("Failures seen while blocked")
+    st.caption("The service failed again while tuning could not run (cooldown or rate limit): one row per episode, "
+               "repeats counted. They are alerted once; the next allowed run picks the failure up again.")
+    st.dataframe(rows({
+        "subsystem": b["subsystem"], "class": b["error_class"], "cause": b["cause"].replace("_", " "),
+        "times seen": b["count"], "first seen": fmt_time(b["first_seen"]), "last seen": fmt_time(b["last_seen"]),
+        "blocked until": fmt_time(b["until"]), "reason": b["reason"] or "—",
+    } for b in blocked), hide_index=True, width="stretch")
+
+
 def draw_runs() -> None:
     st.subheader("Runs")
     runs = data.tuning_runs(limit=20)
@@ -110,4 +125,5 @@ st.write(f"Mode **{ENV.mode}**: {MODE_TEXT.get(ENV.mode, '')}. Set it with `SELF
          "`KLR_SELF_HEALING_MODE` or `tuning.mode` in the config.")
 draw_rate_limits()
 draw_intents()
+draw_blocked()
 draw_runs()

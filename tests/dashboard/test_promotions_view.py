@@ -73,3 +73,43 @@ def test_decided_table_has_the_note(seeded: dict[str, Any]) -> None:
     actions.decide_promotion(pid, False, "bob", reason="too risky")
     at = logged_in_app("views/promotions.py")
     assert at.dataframe[-1].value.to_dict("records")[0]["note"] == "too risky"
+
+
+def test_tuning_page_keeps_a_trace_of_repeated_failures_while_blocked(seeded: dict[str, Any]) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from storage.models import TuningBlocked
+
+    first = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
+    with session_scope() as s:
+        s.add(TuningBlocked(subsystem="vllm", error_class="KV_CACHE_INSUFFICIENT", cause="rate_limited",
+                            reason="3 runs in the last 24h", first_seen=first, last_seen=first + timedelta(minutes=40),
+                            until=first + timedelta(hours=6), count=4))
+    at = logged_in_app("views/tuning.py")
+    assert "Failures seen while blocked" in [h.value for h in at.subheader]
+    [row] = at.dataframe[1].value.to_dict("records")  # after the intents
+    assert row == {"subsystem": "vllm", "class": "KV_CACHE_INSUFFICIENT", "cause": "rate limited", "times seen": 4,
+                   "first seen": "2026-05-01 09:00:00 UTC", "last seen": "2026-05-01 09:40:00 UTC",
+                   "blocked until": "2026-05-01 15:00:00 UTC", "reason": "3 runs in the last 24h"}
+
+
+def test_the_overview_link_puts_its_promotion_first(seeded: dict[str, Any]) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    with session_scope() as s:
+        newer = Promotion(subsystem="vllm", old_values={"vllm.max_num_seqs": 16}, new_values={"vllm.max_num_seqs": 8},
+                          reason="fewer sequences", created_at=datetime.now(UTC),
+                          expires_at=datetime.now(UTC) + timedelta(hours=2))
+        s.add(newer)
+        s.flush()
+        newer_id = newer.id
+    at = _as("dave", "views/promotions.py")
+
+    def order() -> list[int]:
+        return [int(m) for m in re.findall(r"\*\*Promotion \\?#(\d+)\*\* · vllm · proposed", "\n".join(
+            str(x.value) for x in at.markdown))]
+
+    assert order() == [newer_id, seeded["promotion_id"]]  # newest first
+    at.query_params["promotion"] = str(seeded["promotion_id"])
+    at.run()
+    assert order() == [seeded["promotion_id"], newer_id]
