@@ -191,7 +191,7 @@ def test_heartbeat(db_url: str) -> None:
     with session_scope(db_url, write=False) as s:
         beat = q.worker_heartbeat(s, now=T0 + 3 * M)
     assert beat == {"worker_id": "w1", "pid": 100, "host": "h", "started_at": T0, "last_beat": T0 + M,
-                    "state": "running", "info": {"jobs": 4}, "age_s": 120.0}
+                    "state": "running", "info": {"jobs": 4}, "age_s": 120.0, "node": None}
 
 
 def test_list_promotions(db_url: str) -> None:
