@@ -219,6 +219,9 @@ def _reusable(row: dict[str, Any], facts: tuple[int, int, str] | None) -> bool:
     no heal can follow). Everything else gets the full per-image check."""
     if facts is None or row["last_status"] not in ("healthy", "warning"):
         return False
+    checked, updated = row.get("last_checked_at"), row.get("updated_at")
+    if checked is not None and updated is not None and checked < updated:
+        return False  # re-registered or accepted since: that analysis was judged against the old golden copy
     size, _mtime, sha = facts
     golden = row["golden_sha256"]
     return row["last_file_sha256"] == sha and row["last_file_size"] == size and (not golden or golden == sha)

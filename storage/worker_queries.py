@@ -68,7 +68,7 @@ def images_due(session: Session, *, now: datetime | None = None, due_only: bool 
     i = Image.__table__.c
     c = Check.__table__.c
     query = (
-        sa.select(i.id, i.path, i.interval_s, i.golden_sha256, i.last_check_id, i.last_checked_at,
+        sa.select(i.id, i.path, i.interval_s, i.golden_sha256, i.last_check_id, i.last_checked_at, i.updated_at,
                   *(getattr(c, name).label(f"last_{name}") for name in _LAST_CHECK_COLUMNS))
         .select_from(Image.__table__.outerjoin(Check.__table__, c.id == i.last_check_id))
         .order_by(i.path)

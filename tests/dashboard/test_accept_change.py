@@ -56,3 +56,16 @@ def test_re_registering_a_changed_image_is_not_judged_by_the_old_analysis(settin
     assert (record.status, record.reused) == ("healthy", False)
     check = latest(image_id)
     assert (check["status"], check["reused_analysis"], check["findings"]) == ("healthy", False, [])
+
+
+def test_the_batched_cycle_does_not_reuse_an_analysis_made_before_a_re_registration(settings, make_image):  # noqa: F811
+    image = make_image()
+    image_id = register_image(image, settings=settings)["image"]["id"]
+    write_image(b"third content " * 400, image)
+    worker = Worker(load_settings())
+    worker.run_once()
+    assert latest(image_id)["status"] == "warning"
+    register_image(image, settings=settings, accept_current=True, actor="alice")  # `selfheal register` accepts it
+    summary = worker.run_once()  # the worker's batched cycle: golden == sha now, but the last analysis is stale
+    assert (summary["healthy"], summary["warning"], summary["reused"]) == (1, 0, 0)
+    assert (latest(image_id)["status"], latest(image_id)["reused_analysis"]) == ("healthy", False)
