@@ -2,8 +2,9 @@
 
 A node is a name (``selfheal worker --node NAME``, default ``worker.node`` or the host name). Each
 image belongs to one node, ``images.node``: the node that registered it (``selfheal register --node``
-or the registering host's default), re-assignable with ``selfheal images assign``. Each node keeps its
-own golden store, parity and quarantine under its own ``$SELFHEAL_HOME``; the database is shared.
+or the registering host's default), re-assignable with ``selfheal nodes assign`` (which touches the
+image's updated_at, so its next check is a full one, never a reused analysis). Each node keeps its own
+golden store, parity and quarantine under its own ``$SELFHEAL_HOME``; the database is shared.
 
 - A new image row takes this process's node (current_node: what use_node set — the worker's node,
   ``register --node`` — else the host name), in the same INSERT, so no other node can see it unowned.
