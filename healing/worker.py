@@ -126,7 +126,7 @@ class _RunningCheck:
 
 # A check cycle records its unchanged images in transactions of this many checks (and audit events).
 CYCLE_BATCH = 2000
-HASH_BYTES_PER_THREAD = 64 << 20  # a batch hashes in one more thread per this many bytes (up to worker.threads)
+LARGE_FILE_BYTES = 4 << 20  # files this large hash in their own threads (up to worker.threads - 1)
 
 
 def hash_entry(path: str) -> tuple[int, int, str] | None:
@@ -149,7 +149,11 @@ class _CycleHasher:
     gives up when no hash has completed for the timeout, and ``cancel`` stops what has not started."""
 
     def __init__(self, rows: list[dict[str, Any]], threads: int, batch_size: int) -> None:
-        self._pending = deque(rows)
+        # Two lanes: small files in one thread (more would only fight over the GIL), large ones (last seen
+        # at LARGE_FILE_BYTES or more) in up to threads - 1 others, so they never hold up the small ones.
+        large = [row for row in rows if int(row.get("last_file_size") or 0) >= LARGE_FILE_BYTES]
+        big = {row["id"] for row in large}
+        self._lanes = {"small": deque(row for row in rows if row["id"] not in big), "large": deque(large)}
         self._cond = threading.Condition()
         self._cancelled = False
         self._batch_of = {row["id"]: n // batch_size for n, row in enumerate(rows)}
@@ -158,15 +162,16 @@ class _CycleHasher:
         self.results: dict[int, tuple[int, int, str] | None] = {}
         self.running: dict[int, float] = {}  # image id → when its hash started (monotonic)
         self.durations_ms: dict[int, float] = {}
-        for n in range(min(threads, len(rows))):
-            threading.Thread(target=self._work, name=f"check-hash-{n}", daemon=True).start()
+        lanes = ["small"] * bool(self._lanes["small"]) + ["large"] * min(max(1, threads - 1), len(large))
+        for n, lane in enumerate(lanes):
+            threading.Thread(target=self._work, args=(self._lanes[lane],), name=f"check-hash-{n}", daemon=True).start()
 
-    def _work(self) -> None:
+    def _work(self, pending: deque[dict[str, Any]]) -> None:
         while True:
             with self._cond:
-                if self._cancelled or not self._pending:
+                if self._cancelled or not pending:
                     return
-                row = self._pending.popleft()
+                row = pending.popleft()
                 began = self.running[row["id"]] = time.monotonic()
             result = hash_entry(row["path"])
             with self._cond:
@@ -474,7 +479,7 @@ class Worker:
 
         One read gives the images and their last checks. The files are hashed in daemon threads ahead of
         the batches of CYCLE_BATCH images being recorded (one thread for small files, up to
-        ``worker.threads`` for large ones). An image whose size and sha256 equal its last healthy/warning
+        ``worker.threads`` - 1 others for large ones). An image whose size and sha256 equal its last healthy/warning
         check and its golden copy is recorded with the reused analysis, one transaction per batch
         (storage.retention.record_cycle_checks: a healthy one without findings is counted in
         check_summaries with a sampled row now and then, the others get check rows and audit events);
@@ -502,9 +507,7 @@ class Worker:
         for image_id, busy_for in busy:
             self._record_overrun(image_id, busy_for, first=False)
             overruns += 1
-        # Small files hash fastest in one thread (more only fight over the GIL); large ones in worker.threads.
-        expected = sum(int(row["last_file_size"] or 0) for row in todo)
-        hasher = _CycleHasher(todo, min(self.config.threads, 1 + expected // HASH_BYTES_PER_THREAD), CYCLE_BATCH)
+        hasher = _CycleHasher(todo, self.config.threads, CYCLE_BATCH)
         hung = False
         try:
             for number, start in enumerate(range(0, len(todo), CYCLE_BATCH)):
