@@ -369,10 +369,44 @@ def promotions(url: str | None = None, *, status: str | None = None, limit: int 
         c = TuningCandidate.__table__.c
         scores = {row.id: row for row in session.execute(
             sa.select(c.id, c.score, c.score_breakdown).where(c.id.in_(ids)))} if ids else {}
+        runs = [p["run_id"] for p in rows if p["run_id"] is not None]
+        r, i = TuningRun.__table__.c, TuningIntent.__table__.c
+        intents = {row.run_id: row for row in session.execute(
+            sa.select(r.id.label("run_id"), i.error_class, i["values"], i.evidence, i.source)
+            .select_from(TuningRun.__table__.join(TuningIntent.__table__, r.intent_id == i.id))
+            .where(r.id.in_(runs)))} if runs else {}
     for row in rows:
         found = scores.get(row["candidate_id"])
         row["score"] = found.score if found is not None else None
         row["score_breakdown"] = found.score_breakdown if found is not None else None
+        intent = intents.get(row["run_id"])
+        row["intent"] = dict(intent._mapping) if intent is not None else None
+    return rows
+
+
+# canary metric (score_breakdown["metrics"] key) → (label, unit)
+CANARY_METRICS = (("latency_p50_ms", "latency p50", "ms"), ("latency_p95_ms", "latency p95", "ms"),
+                  ("throughput_tps", "throughput", "tokens/s"), ("error_rate", "error rate", ""),
+                  ("kv_cache_usage_max", "KV cache usage (max)", ""), ("kv_headroom", "KV headroom", ""),
+                  ("preemptions", "preemptions", ""), ("requests_waiting_max", "requests waiting (max)", ""))
+
+
+def canary_evidence(breakdown: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The canary's measured numbers next to what they were judged against (the baseline run's value, or
+    the target when no baseline ran) and the judge's verdict, one row per metric the canary reported."""
+    breakdown = breakdown or {}
+    measured = breakdown.get("metrics") or {}
+    judged = {entry.get("metric"): entry for entry in (breakdown.get("per_metric") or {}).values()
+              if isinstance(entry, dict)}
+    rows = []
+    for key, label, unit in CANARY_METRICS:
+        if key not in measured or measured[key] is None:
+            continue
+        entry = judged.get(key) or {}
+        reference = entry.get("reference")
+        rows.append({"metric": label + (f" ({unit})" if unit else ""), "canary": _plain(measured[key]),
+                     "compared with": "—" if reference is None else f"{_plain(reference)} ({entry.get('against', '?')})",
+                     "verdict": entry.get("classification") or "not judged", "why": entry.get("why") or "—"})
     return rows
 
 

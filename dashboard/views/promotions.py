@@ -8,7 +8,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard import actions, charts, data
-from dashboard.safe import md, rows
+from dashboard.safe import md, rows, text
 from dashboard.views.common import dash_settings, fmt_duration, fmt_time, operator, settings
 
 ENV = settings()
@@ -31,6 +31,26 @@ def draw_pending(promotion: dict[str, Any]) -> None:
             st.write(md(promotion["reason"]))
         changes = data.value_changes(promotion["old_values"], promotion["new_values"])
         st.dataframe(rows(changes.to_dict("records")), hide_index=True, width="stretch")
+        intent = promotion.get("intent")
+        breakdown = promotion["score_breakdown"] or {}
+        if intent or breakdown.get("origin"):
+            with st.expander("Why this change: the failure and the numbers behind it", expanded=True):
+                if intent:
+                    st.write(f"Failure class **{md(intent['error_class'])}**"
+                             + (f" in {md(intent['source'])}" if intent.get("source") else "")
+                             + (f" · {md(', '.join(f'{k}={v}' for k, v in (intent['values'] or {}).items()))}"
+                                if intent.get("values") else ""))
+                    lines = [e for e in intent.get("evidence") or [] if isinstance(e, dict)]
+                    if lines:
+                        st.code(text("\n".join(f"{e.get('line', '?')}: {e.get('text', '')}" for e in lines[:20])),
+                                language=None)
+                if breakdown.get("origin"):
+                    st.caption(f"Candidate: {md(breakdown['origin'])}")
+        evidence = data.canary_evidence(breakdown)
+        if evidence:
+            baseline = "against the baseline run" if breakdown.get("baseline_ran") else "against the targets (no baseline run)"
+            st.caption(f"Canary evidence, judged {baseline}:")
+            st.dataframe(rows(evidence), hide_index=True, width="stretch")
         if promotion["score_breakdown"]:
             st.plotly_chart(charts.score_breakdown_figure(promotion["score_breakdown"]), key=f"promo-score-{pid}")
             if promotion["score_breakdown"].get("why"):

@@ -113,3 +113,38 @@ def test_the_overview_link_puts_its_promotion_first(seeded: dict[str, Any]) -> N
     at.query_params["promotion"] = str(seeded["promotion_id"])
     at.run()
     assert order() == [seeded["promotion_id"], newer_id]
+
+
+def test_the_promotion_card_shows_the_failure_and_the_canary_evidence(seeded: dict[str, Any]) -> None:
+    from storage.models import TuningCandidate, TuningIntent
+
+    with session_scope() as s:
+        promotion = s.get(Promotion, seeded["promotion_id"])
+        candidate = s.get(TuningCandidate, promotion.candidate_id)
+        candidate.score_breakdown = {
+            "origin": "seed_fix (rank 1): raises gpu_memory_utilization 0.8→0.9", "verdict": "pass", "score": 1.0,
+            "baseline_ran": True,
+            "metrics": {"latency_p50_ms": 66.063, "latency_p95_ms": 86.099, "throughput_tps": 162.647, "error_rate": 0.0,
+                        "kv_headroom": 0.0844},
+            "per_metric": {"latency_p95": {"metric": "latency_p95_ms", "value": 86.099, "reference": 90.5,
+                                           "against": "baseline", "classification": "pass", "why": "86.099 ≤ 113.1"},
+                           "errors": {"metric": "error_rate", "value": 0.0, "reference": 0.0, "against": "baseline",
+                                      "classification": "pass", "why": "0 ≤ 0"}}}
+        s.add(candidate)
+        intent = s.exec(__import__("sqlmodel").select(TuningIntent)).first()
+        intent.evidence = [{"line": 42, "text": "ValueError: No available memory for the cache blocks."}]
+        intent.source = "/var/log/vllm.log"
+        s.add(intent)
+    at = logged_in_app("views/promotions.py")
+    assert at.code[0].value == "42: ValueError: No available memory for the cache blocks."
+    assert "Candidate: seed_fix (rank 1): raises gpu_memory_utilization 0.8→0.9" in _plain(at.caption)
+    assert "Canary evidence, judged against the baseline run:" in _plain(at.caption)
+    evidence = at.dataframe[1].value.to_dict("records")
+    assert evidence == [
+        {"metric": "latency p50 (ms)", "canary": "66.063", "compared with": "—", "verdict": "not judged", "why": "—"},
+        {"metric": "latency p95 (ms)", "canary": "86.099", "compared with": "90.5 (baseline)", "verdict": "pass",
+         "why": "86.099 ≤ 113.1"},
+        {"metric": "throughput (tokens/s)", "canary": "162.647", "compared with": "—", "verdict": "not judged", "why": "—"},
+        {"metric": "error rate", "canary": "0.0", "compared with": "0.0 (baseline)", "verdict": "pass", "why": "0 ≤ 0"},
+        {"metric": "KV headroom", "canary": "0.0844", "compared with": "—", "verdict": "not judged", "why": "—"},
+    ]
