@@ -26,7 +26,7 @@ from healing.tuning.simargs import add_arguments as add_simulator_arguments
 
 def register(sub: argparse._SubParsersAction) -> None:
     tune = sub.add_parser("tune", help="config self-healing for vLLM: observe logs",
-                          description="Config self-healing for vLLM (VLLM_MESSAGES.md).")
+                          description="Config self-healing for vLLM (docs/vllm_messages.md, docs/tuning.md).")
     tsub = tune.add_subparsers(dest="tune_command", metavar="ACTION", parser_class=type(tune))
     tsub.required = True
     p = tsub.add_parser("observe", help="read a vLLM log and list its failures with minimal fixes",
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "the numbers read, the fix in the safe direction, or an escalation. "
                                     "Exit 0 when the log was read (events or not), 3 unreadable, 64 usage error.")
     p.add_argument("logfile", metavar="LOGFILE")
-    p.add_argument("--json", action="store_true", help="print a JSON array (DESIGN.md §4)")
+    p.add_argument("--json", action="store_true", help="print a JSON array, one object per failure (docs/vllm_messages.md)")
     p.add_argument("--current", action="append", default=[], metavar="PARAM=VALUE",
                    help="running value, e.g. vllm.gpu_memory_utilization=0.6 (repeatable; default: the log, then vLLM defaults)")
     p.add_argument("--gpu-total-gib", type=float, metavar="GIB", help="GPU size when the log does not print it")
