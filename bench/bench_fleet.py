@@ -4,7 +4,8 @@ Each node has its own SELFHEAL_HOME (golden store) and registers its own 3,000 P
 payload with `selfheal register --node NAME DIR` (SELFHEAL_BENCH_QUICK=1: 3 × 300). Then the three nodes'
 workers run their check cycles at the same time, each in its own process (Worker(node=NAME).check_cycle,
 the body of the worker's scheduled checks): first the first cycle (never-checked images, full
-analysis), then an unchanged cycle (hash every file, record the reused results).
+analysis), then an unchanged cycle (hash every file, record the reused results: the first one creates
+each image's check summary), then a second unchanged cycle ("steady": what every later cycle costs).
 
 PostgreSQL: SELFHEAL_TEST_POSTGRES_URL (a role that may create databases), else a throwaway server
 started with initdb as the tests do (tests/pg_server.py); without either the bench says why and skips.
@@ -189,7 +190,7 @@ def main() -> list[tuple[str, float, float | None]]:
         rows: list[tuple[str, float, float | None]] = [
             (f"fleet register {PER_NODE} images node {node} (s)", register_s[node], None) for node in NODES]
         notes = []
-        for name in ("first", "unchanged"):
+        for name in ("first", "unchanged", "steady"):
             cycle_rows, note = _cycle(name, url, envs, postmaster)
             rows += cycle_rows
             notes.append(note)
