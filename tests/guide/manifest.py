@@ -14,7 +14,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-GUIDE = Path(__file__).resolve().parents[3] / "shared" / "seeds" / "vlm_self_healing_os_guide.md"
+SHARED_GUIDE = Path(__file__).resolve().parents[3] / "shared" / "seeds" / "vlm_self_healing_os_guide.md"
+# The guide sits beside the project in the team's checkout, not in CI's clean clone: there the copy of its
+# code blocks (tests/guide/guide_blocks.md, checked against the guide whenever both exist) stands in.
+BLOCKS_COPY = Path(__file__).resolve().with_name("guide_blocks.md")
+GUIDE = SHARED_GUIDE if SHARED_GUIDE.is_file() else BLOCKS_COPY
 
 CHECKER = "from systems.pixel_compiler.vlm_health_checker import"
 DAEMON = "from systems.pixel_compiler.vlm_self_healing_daemon import VLMSelfHealingDaemon"

@@ -46,3 +46,24 @@ def test_reference_definitions_match_ours() -> None:
     ours = [f.name for f in dataclasses.fields(HealthCheckResult)]
     assert fields == ours[: len(fields)] == ["image_path", "status", "confidence", "metrics", "findings",
                                              "recommendation", "timestamp"]
+
+
+def test_the_copy_of_the_guides_blocks_matches_the_guide() -> None:
+    """CI runs these tests from tests/guide/guide_blocks.md; it must hold exactly the guide's code blocks."""
+    import re
+
+    import pytest
+
+    from tests.guide.manifest import BLOCKS_COPY, SHARED_GUIDE
+
+    if not SHARED_GUIDE.is_file():
+        pytest.skip(f"the guide is not beside the project ({SHARED_GUIDE}); the copy is used as it is")
+    fence = re.compile(r"^([ \t]*)```(\w+)\n(.*?)^\1```", re.S | re.M)
+
+    def blocks(path):
+        import textwrap
+
+        return [(m.group(2), textwrap.dedent(m.group(3))) for m in fence.finditer(path.read_text(encoding="utf-8"))]
+
+    assert blocks(BLOCKS_COPY) == blocks(SHARED_GUIDE)
+    assert python_blocks(BLOCKS_COPY.read_text(encoding="utf-8")) == python_blocks(SHARED_GUIDE.read_text(encoding="utf-8"))
