@@ -93,7 +93,8 @@ def draw_actions(image: dict[str, Any]) -> None:
                 st.rerun()
     if pending and pending[1] == image["path"]:
         kind = pending[0]
-        explain = {"heal": "restore the file from its golden copy (the current file is quarantined first)",
+        explain = {"heal": "heal the file: rebuild it from its parity, else restore its golden copy "
+                           "(the current file is quarantined first)",
                    "accept_change": "accept the current file as the new golden copy and baseline"}[kind]
         st.warning(f"Really {explain}?")
         yes, no = st.columns(2)
@@ -137,6 +138,24 @@ def draw_detail(image_id: int) -> None:
     live()
 
 
+def parity_line(image: dict[str, Any]) -> str:
+    """One line on the image's parity (issue 14): present, overhead, what it can rebuild, last verified."""
+    from healing.images.parity import parity_status
+
+    try:
+        p = parity_status(image, golden_dir=ENV.golden_dir)
+    except Exception as exc:  # a broken parity file must not take the page down; say what is wrong
+        return f"Parity: unreadable ({' '.join(str(exc).split())[:160]})"
+    if not p["present"]:
+        problem = p.get("problem")
+        return f"Parity: damaged or unreadable ({problem})" if problem else \
+            "Parity: none (heals need the golden copy; `selfheal parity create` adds it)"
+    verified = fmt_time(p["last_verified"]) if p.get("last_verified") else "never"
+    state = "intact" if p.get("parity_intact", True) else "DAMAGED (some shards are erasures)"
+    return (f"Parity: {state}, {p['overhead_percent']:.2f} % of the file, rebuilds a burst of up to "
+            f"{p['recoverable_burst_bytes']:,} bytes without the golden copy; last verified {verified}")
+
+
 def _draw_detail(image_id: int) -> bool:
     """Draw the detail; True while a request for this image is pending or running."""
     detail = data.image_detail(image_id=image_id)
@@ -153,6 +172,7 @@ def _draw_detail(image_id: int) -> bool:
     columns[3].metric("auto-heal", "on" if image["auto_heal_enabled"] else "off")
     if image["marked_bad"]:
         st.error(f"Marked bad after {image['consecutive_heal_failures']} failed heal(s): operator attention needed.")
+    st.caption(md(parity_line(image)))
 
     draw_actions(image)
     now = data.now_utc()

@@ -113,7 +113,7 @@ async def register(who: Operator, request: Request, body: RegisterBody) -> Any:
             "accepted_current": outcome["accepted_current"]}
 
 
-def _image_detail(image_id: int) -> dict[str, Any]:
+def _image_detail(image_id: int, settings: Any) -> dict[str, Any]:
     import sqlalchemy as sa
 
     from storage import queries
@@ -129,15 +129,22 @@ def _image_detail(image_id: int) -> dict[str, Any]:
         r = RunRequest.__table__.c
         requests = [dict(row._mapping) for row in session.execute(
             sa.select(RunRequest.__table__).where(r.target == image["path"]).order_by(r.id.desc()).limit(20))]
+    from healing.images.parity import parity_status
+
+    try:
+        parity = parity_status(image, golden_dir=settings.golden_dir)
+    except Exception as exc:  # an unreadable parity file is reported, not a 500
+        parity = {"present": False, "problem": " ".join(str(exc).split())[:300]}
     image.pop("baseline", None)
     return {"image": image, "latest_check": latest, "findings": (latest or {}).get("findings") or [],
-            "heals": heals, "requests": requests}
+            "heals": heals, "requests": requests, "parity": parity}
 
 
 @router.get("/images/{image_id}", response_model=Envelope, tags=["images"])
-async def image_detail(_who: Viewer, image_id: RowId) -> Any:
-    """One image: its row, the latest check (with findings), recent heals and run-now requests."""
-    return {"success": True, **await run_in_threadpool(_image_detail, image_id)}
+async def image_detail(_who: Viewer, image_id: RowId, request: Request) -> Any:
+    """One image: its row, the latest check (with findings), recent heals (each names its method:
+    repair_parity, restore_golden …), run-now requests and its parity (present, overhead, last verified)."""
+    return {"success": True, **await run_in_threadpool(_image_detail, image_id, request.app.state.settings)}
 
 
 async def _request(kind: str, image_id: int, who: Principal) -> Any:

@@ -40,6 +40,11 @@ def test_register_list_filter_page_and_detail(api: ApiServer, tmp_path: Path) ->
     detail = viewer.get(f"/api/v1/images/{b['image']['id']}").json()
     assert detail["image"]["path"] == str(tmp_path / "b.rts.png")
     assert (detail["latest_check"], detail["findings"], detail["heals"], detail["requests"]) == (None, [], [], [])
+    # register made parity beside the golden copy (healing.parity_percent 2): the detail reports it
+    size = (tmp_path / "b.rts.png").stat().st_size
+    parity = detail["parity"]
+    assert (parity["present"], parity["parity_intact"], parity["last_verified"]) == (True, True, None)
+    assert 0 < parity["recoverable_burst_bytes"] < size and 0 < parity["overhead_percent"] < 100
 
 
 def test_register_refuses_bad_paths_with_one_line(api: ApiServer, tmp_path: Path) -> None:

@@ -162,6 +162,8 @@ def test_images_list_detail_and_check_now_request(seeded: dict[str, Any]) -> Non
     assert list(findings["byte range"]) == ["[3072, 4096)"]
     assert list(findings["region (x, y, w, h)"]) == ["0, 0, 16, 16"]
     assert len(at.get("image")) == 3  # findings overlay, entropy, edges: PNG pictures, not Plotly heatmaps
+    parity = [c.value.replace("\\", "") for c in at.caption if c.value.startswith("Parity")]
+    assert parity == ["Parity: none (heals need the golden copy; `selfheal parity create` adds it)"]  # seeded without one
     assert len(at.get("plotly_chart")) == 4  # the status timeline and the three statistics trends
     at.button(key="action-check").click()
     at.run()
@@ -177,7 +179,8 @@ def test_heal_now_needs_confirmation(seeded: dict[str, Any]) -> None:
     at.run()
     with session_scope(write=False) as s:
         assert queries.pending_requests(s) == []
-    assert any("Really restore the file from its golden copy" in w for w in _texts(at, "warning"))
+    assert any("Really heal the file: rebuild it from its parity, else restore its golden copy" in w
+               for w in _texts(at, "warning"))
     at.button(key="confirm-yes").click()
     at.run()
     with session_scope(write=False) as s:
