@@ -353,13 +353,24 @@ def _delegated_keys(section: str) -> list[str]:
     return ["key_file", "checkpoint_file"]  # audit (storage.audit.audit_paths)
 
 
+# The top-level keys of ``tuning`` (its sub-sections check their own keys): what parse_tuning_section and
+# parse_runner_settings read, plus ``mode`` (read by healing.config). A test keeps this in step with them.
+TUNING_KEYS = ("mode", "actuators", "observer", "max_params_per_candidate", "log_sources", "target_config",
+               "reload_command", "promotion_ttl_s", "interval_s", "stale_after_s", "intents_per_call", "rate_limits",
+               "candidates", "gpu_profile", "preflight", "canary", "scoring", "verify_window_s", "watch")
+
+
 def _delegated_parsers() -> list[tuple[str, Callable[[Settings], Any]]]:
     def tuning(s: Settings) -> Any:
         from healing.tuning.actuators import parse_tuning_section
         from healing.tuning.runner_config import parse_runner_settings
 
-        parse_tuning_section(s.section("tuning"))
-        return parse_runner_settings(s.section("tuning"))
+        section = s.section("tuning") or {}
+        for key in map(str, section):
+            if key not in TUNING_KEYS:
+                raise ConfigError(unknown_key_line(f"tuning.{key}", list(TUNING_KEYS)))
+        parse_tuning_section(section)
+        return parse_runner_settings(section)
 
     def api(s: Settings) -> Any:
         try:

@@ -260,3 +260,25 @@ def test_every_command_refuses_a_bad_subsystem_section(tmp_path: Path) -> None:
     lines = proc.stderr.splitlines()
     assert len(lines) == 2 and lines[0].startswith("selfheal: config: tuning.canary has unknown key(s) comand (expected ")
     assert lines[1] == "selfheal: config: worker.threads must be ≥ 1, got 0"
+
+
+def test_a_misspelled_top_level_tuning_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
+    from healing.config import validate_configuration
+
+    path = tmp_path / "c.yaml"
+    path.write_text("tuning:\n  verify_window: 600\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        validate_configuration(load_settings(path, env={"SELFHEAL_HOME": str(tmp_path)}))
+    assert str(err.value) == "config: unknown key tuning.verify_window (did you mean tuning.verify_window_s?)"
+
+
+def test_tuning_keys_are_the_ones_the_tuning_parsers_read() -> None:
+    """TUNING_KEYS (the top-level check) names exactly the keys the tuning parsers and healing.config read."""
+    import inspect
+
+    from healing.config_schema import TUNING_KEYS
+    from healing.tuning import actuators, runner_config
+
+    source = inspect.getsource(actuators.parse_tuning_section) + inspect.getsource(runner_config.parse_runner_settings)
+    read = set(re.findall(r'(?:section|data|raw)\.get\("([a-z_]+)"', source)) | {"mode"}
+    assert read == set(TUNING_KEYS)
