@@ -157,6 +157,10 @@ def uncapped_target(error_class: str, values: Mapping[str, Any], param: str, bou
                 return act.floor_to_step(to_decimal(values[name]))
     if param == MAX_NUM_SEQS and error_class == SAMPLER_OOM and values.get("num_dummy_requests") is not None:
         return act.floor_to_step(to_decimal(values["num_dummy_requests"]) / 2)
+    # the message names the ceiling: "at most N" Mamba cache blocks, or max_num_batched_tokens
+    ceiling = {MAMBA_BLOCKS: "mamba_cache_blocks", BATCHED_BELOW_SEQS: "max_num_batched_tokens"}.get(error_class)
+    if param == MAX_NUM_SEQS and ceiling is not None and values.get(ceiling) is not None:
+        return act.floor_to_step(to_decimal(values[ceiling]))
     running = current.get(param)
     if running is not None and not act.in_bounds(running):
         # a one-step fix from a running value outside the bounds: the step the arithmetic took

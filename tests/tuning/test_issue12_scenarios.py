@@ -469,19 +469,20 @@ def test_the_seeds_1155_mib_scenario_promotes_nothing(db_env: Path) -> None:
     assert (alert["kind"], alert["reason"]) == ("tuning_escalation", "preflight_rejected_all")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "healing/tuning/candidates.py uncapped_target: for mamba_cache_blocks_below_max_num_seqs (and "
-    "batched_tokens_below_max_num_seqs) it records one grid step below the running 1024 (1022) instead of what the "
-    "message asks for, 'at most 585' floored to the grid (584)"))
-def test_the_recorded_uncapped_target_of_a_mamba_fix_is_the_blocks() -> None:
+@pytest.mark.parametrize(("error_class", "values", "wanted"), [
+    ("mamba_cache_blocks_below_max_num_seqs", {"max_num_seqs": 1024, "mamba_cache_blocks": 585}, 584),
+    ("batched_tokens_below_max_num_seqs", {"max_num_seqs": 1024, "max_num_batched_tokens": 101}, 100),
+])
+def test_the_recorded_uncapped_target_of_a_seqs_ceiling_is_the_printed_ceiling(error_class: str, values: dict[str, int],
+                                                                                wanted: int) -> None:
+    """With the built-in bounds [2, 16] the fix is clamped to 16; what the arithmetic wanted is the printed
+    ceiling floored to the grid (was one step below the running 1024: 1022)."""
     from decimal import Decimal
 
     from healing.tuning.actuators import default_settings
     from healing.tuning.candidates import generate_candidates
 
-    # the mamba scenario with the built-in bounds [2, 16]: the fix is clamped to 16, the arithmetic wanted 584
-    intent = {"error_class": "mamba_cache_blocks_below_max_num_seqs", "seed_fix": {MAX_NUM_SEQS: 16},
-              "values": {"max_num_seqs": 1024, "mamba_cache_blocks": 585}}
+    intent = {"error_class": error_class, "seed_fix": {MAX_NUM_SEQS: 16}, "values": values}
     current = {GMU: Decimal("0.92"), MAX_NUM_SEQS: Decimal(1024), MAX_MODEL_LEN: Decimal(8192)}
     first = generate_candidates(intent, current, default_settings())[0]
-    assert (first.params, first.uncapped) == ({MAX_NUM_SEQS: 16}, {MAX_NUM_SEQS: 584})
+    assert (first.params, first.uncapped) == ({MAX_NUM_SEQS: 16}, {MAX_NUM_SEQS: wanted})
