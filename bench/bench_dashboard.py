@@ -1,7 +1,8 @@
-"""Dashboard benchmark: server-side render time of every page with 100,000 audit events and 1,000 images.
+"""Dashboard benchmark: server-side render time of every page with 1,000,000 audit events and 10,000 images
+(issue 16's fleet; SELFHEAL_BENCH_QUICK=1: 100,000 events and 1,000 images).
 
 A temporary SELFHEAL_HOME gets a database at the current schema, bulk-loaded with a valid audit chain
-(100,000 events), 1,000 registered images with 20 checks each, 2,000 alerts, tuning runs with candidates
+(1,000,000 events), 10,000 registered images with 20 checks each, 2,000 alerts, tuning runs with candidates
 and pending promotions. Each page is then rendered through streamlit.testing AppTest (the script run
 on the server, without a browser): the first render (module imports; the audit page starts its background
 chain verification) and then the median of REPEAT runs. Target ≤ 1.5 s for both.
@@ -21,8 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-N_EVENTS = 100_000
-N_IMAGES = 1_000
+QUICK = os.environ.get("SELFHEAL_BENCH_QUICK") == "1"
+N_EVENTS = 100_000 if QUICK else 1_000_000
+N_IMAGES = 1_000 if QUICK else 10_000
 CHECKS_PER_IMAGE = 20
 N_ALERTS = 2_000
 N_RUNS = 30
@@ -50,21 +52,21 @@ def seed(url: str) -> None:
     events, prev = [], GENESIS_HASH
     for i in range(1, N_EVENTS + 1):
         created = t0 + timedelta(seconds=i)
-        kind, subject = KINDS[i % len(KINDS)], f"/fleet/img-{i % N_IMAGES:04d}.rts.png"
+        kind, subject = KINDS[i % len(KINDS)], f"/fleet/img-{i % N_IMAGES:05d}.rts.png"
         payload = canonical_json({"i": i, "status": "healthy"})
         digest = event_hash(i, created, kind, subject, "worker", payload, prev)
         events.append((i, i, _ts(created), kind, subject, "worker", payload, prev, digest))
         prev = digest
     statuses = ("healthy", "warning", "critical", "unknown")
-    images = [(i, f"/fleet/img-{i:04d}.rts.png", f"img-{i:04d}", statuses[i % 4], _ts(now), i * CHECKS_PER_IMAGE, _ts(now))
+    images = [(i, f"/fleet/img-{i:05d}.rts.png", f"img-{i:05d}", statuses[i % 4], _ts(now), i * CHECKS_PER_IMAGE, _ts(now))
               for i in range(1, N_IMAGES + 1)]
     finding = json.dumps([{"category": "anomaly", "severity": "medium", "description": "entropy spike",
                            "byte_range": [4096, 8192], "region": [0, 0, 16, 16], "source": "statistical"}])
-    checks = [((i - 1) * CHECKS_PER_IMAGE + k + 1, i, f"/fleet/img-{i:04d}.rts.png", statuses[i % 4], 0.9,
+    checks = [((i - 1) * CHECKS_PER_IMAGE + k + 1, i, f"/fleet/img-{i:05d}.rts.png", statuses[i % 4], 0.9,
                json.dumps({"anomaly_score": 0.05 * (k % 10), "mean_entropy": 5 + 0.1 * (k % 7)}),
                finding if i % 4 else "[]", 10.0 + k, _ts(now - timedelta(minutes=5 * (CHECKS_PER_IMAGE - k))))
               for i in range(1, N_IMAGES + 1) for k in range(CHECKS_PER_IMAGE)]
-    alerts = [(f"/fleet/img-{i % N_IMAGES:04d}.rts.png", _ts(now - timedelta(seconds=N_ALERTS - i))) for i in range(N_ALERTS)]
+    alerts = [(f"/fleet/img-{i % N_IMAGES:05d}.rts.png", _ts(now - timedelta(seconds=N_ALERTS - i))) for i in range(N_ALERTS)]
     runs = [(r, "vllm", "prod", "succeeded" if r % 3 else "failed", _ts(now - timedelta(hours=2 * r)),
              _ts(now - timedelta(hours=2 * r) + timedelta(minutes=5))) for r in range(1, N_RUNS + 1)]
     candidates = [(r * 3 + c, r, json.dumps({"vllm.gpu_memory_utilization": 0.8 + 0.05 * c}), 1, json.dumps({"ready": True}),
