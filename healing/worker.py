@@ -1,9 +1,11 @@
 """`selfheal worker`: the one process that checks, heals and runs requested work (DESIGN.md §3).
 
 An APScheduler 3.x ``BlockingScheduler`` runs:
-  check:<image id>   one job per registered image at its interval (default health_check.interval)
-  sync-images        registers/updates config ``monitoring.images`` and adds/removes/reschedules the
-                     per-image jobs when images are registered or removed (every ``worker.sync_interval``)
+  check-cycle        every ``worker.cycle_interval`` (0.5 s): the batched check cycle (``check_cycle``) over
+                     the images due at their interval (default health_check.interval) — one read, hashing
+                     in threads, unchanged images recorded in batches, the rest checked one by one
+  sync-images        registers/updates config ``monitoring.images``, reconciles interrupted heals (their
+                     images are checked in the next cycle) (every ``worker.sync_interval``)
   poll-requests      claims "run now" requests from the dashboard/CLI (every ``worker.poll_interval``)
   heartbeat          refreshes this worker's row in worker_heartbeats (every ``worker.heartbeat_interval``)
   prune-quarantine   deletes quarantine copies older than ``healing.quarantine_retention_days`` (hourly)
@@ -47,10 +49,10 @@ TUNING_HOOK = "healing.tuning.runner:process_pending_intents"
 # Other areas add their periodic jobs (log observation, intent processing, promotion expiry) here:
 # each is called as hook(scheduler, settings, job_options) when importable, and skipped otherwise.
 JOB_HOOKS = ["healing.tuning.worker_jobs:register_jobs", "storage.retention:register_jobs"]
-SYNC_JOB, POLL_JOB, HEARTBEAT_JOB = "sync-images", "poll-requests", "heartbeat"
+SYNC_JOB, POLL_JOB, HEARTBEAT_JOB, CYCLE_JOB = "sync-images", "poll-requests", "heartbeat", "check-cycle"
 LEADER_JOB = "leader"  # PostgreSQL: keep or take the fleet's lead (storage.leader), every worker.leader_interval
 QUARANTINE_JOB, QUARANTINE_PRUNE_INTERVAL_S = "prune-quarantine", 3600
-CHECK_JOB_PREFIX = "check:"
+CHECK_JOB_PREFIX = "check:"  # per-image jobs of earlier versions; sync_jobs removes any left in a scheduler
 
 
 class WorkerLockedError(SelfHealError):
@@ -62,6 +64,7 @@ class WorkerSettings:
     """The ``worker`` config section (all in seconds, except threads)."""
 
     poll_interval: float = 2.0
+    cycle_interval: float = 0.5  # how often the scheduled check cycle looks for images due at their interval
     heartbeat_interval: float = 10.0
     sync_interval: float = 30.0
     threads: int = 4
@@ -76,6 +79,7 @@ class WorkerSettings:
         d = cls()
         return cls(
             poll_interval=_as_number("worker.poll_interval", raw.get("poll_interval", d.poll_interval), float, 0.1, 3600),
+            cycle_interval=_as_number("worker.cycle_interval", raw.get("cycle_interval", d.cycle_interval), float, 0.1, 3600),
             heartbeat_interval=_as_number("worker.heartbeat_interval", raw.get("heartbeat_interval", d.heartbeat_interval),
                                           float, 0.5, 3600),
             sync_interval=_as_number("worker.sync_interval", raw.get("sync_interval", d.sync_interval), float, 0.5, 86400),
@@ -329,6 +333,9 @@ class Worker:
         self._stopping = threading.Event()
         self._checks: dict[int, _RunningCheck] = {}  # image id → its check thread (may outlive its deadline)
         self._checks_lock = threading.Lock()
+        self._forced: set[int] = set()  # images the next scheduled cycle checks whether due or not
+        self._first_cycle = True  # the scheduled worker's first cycle checks every image
+        self._retry_at: dict[int, float] = {}  # image id → monotonic time: a failed check waits its interval
         self.abandoned_threads = 0  # threads still running when run_forever returned (the CLI must not wait)
 
     # ------------------------------------------------------------------ preparation
@@ -474,7 +481,23 @@ class Worker:
             return None, False
         return running.record, False
 
-    def check_cycle(self, *, due_only: bool = True) -> tuple[list[Any], int]:
+    def run_cycle(self) -> None:
+        """The scheduled check-cycle job: the images due (and any forced), batched; never raises."""
+        with self._checks_lock:
+            forced, self._forced = self._forced, set()
+            first, self._first_cycle = self._first_cycle, False
+        try:
+            # The first cycle after start checks every image, as the per-image jobs of earlier versions did;
+            # later ones take the images due within half a tick (checks land at interval ± cycle_interval/2).
+            self.check_cycle(due_only=not first, also=forced, lead_s=self.config.cycle_interval / 2)
+        except SelfHealError as exc:
+            with self._checks_lock:
+                self._forced |= forced
+                self._first_cycle = self._first_cycle or first
+            log.warning("check cycle failed: %s", exc)
+
+    def check_cycle(self, *, due_only: bool = True, also: set[int] | None = None,
+                    lead_s: float = 0.0) -> tuple[list[Any], int]:
         """Check the images that are due (all of them when not ``due_only``), batched.
 
         One read gives the images and their last checks. The files are hashed in daemon threads ahead of
@@ -491,7 +514,15 @@ class Worker:
         from storage.worker_queries import images_due
 
         with session_scope(write=False) as session:
-            rows = images_due(session, due_only=due_only, node=self.own_node())
+            rows = images_due(session, due_only=due_only, node=self.own_node(),
+                              now=datetime.now(UTC) + timedelta(seconds=lead_s))
+            if also:
+                seen = {row["id"] for row in rows}
+                rows += [row for row in images_due(session, due_only=False, ids=sorted(also), node=self.own_node())
+                         if row["id"] not in seen]
+        if due_only:  # an image whose check failed (not recorded) waits its interval instead of every tick
+            moment = time.monotonic()
+            rows = [row for row in rows if self._retry_at.get(row["id"], 0.0) <= moment or row["id"] in (also or ())]
         records: list[Any] = []
         overruns = 0
         todo = []
@@ -549,6 +580,9 @@ class Worker:
             record, overran = self._bounded_check(row["id"])
             if record is not None:
                 records.append(record)
+                self._retry_at.pop(row["id"], None)
+            elif not overran:
+                self._retry_at[row["id"]] = time.monotonic() + float(row["interval_s"] or 60)
             overruns += overran
         return overruns
 
@@ -678,14 +712,30 @@ class Worker:
                           "check_id": record.check_id if record is not None else None}
         return False, {"error": f"unknown request kind {kind!r}"}
 
+    def _watched_images(self) -> int | None:
+        import sqlalchemy as sa
+
+        from storage.engine import session_scope
+        from storage.models import Image
+
+        node = self.own_node()
+        query = sa.select(sa.func.count()).select_from(Image.__table__)
+        if node is not None:
+            query = query.where(Image.__table__.c.node == node)
+        try:
+            with session_scope(write=False) as session:
+                return int(session.execute(query).scalar_one())
+        except SelfHealError:
+            return None
+
     def beat(self, state: str = "running") -> None:
         from storage import queries
         from storage.engine import session_scope
 
         with self._stats_lock:
             info: dict[str, Any] = dict(self._stats)
-        if self.scheduler is not None:
-            info["jobs"] = len([j for j in self.scheduler.get_jobs() if j.id.startswith(CHECK_JOB_PREFIX)])
+        if self.scheduler is not None:  # the images the check cycle keeps an eye on (one "job" each, as before)
+            info["jobs"] = self._watched_images()
         info["heartbeat_interval"] = self.config.heartbeat_interval
         info["node"], info["role"] = self.node, self.leadership.describe()
         try:
@@ -740,30 +790,19 @@ class Worker:
             log.warning("quarantine prune failed: %s", exc)
 
     def sync_jobs(self) -> None:
-        """Make the check:<id> jobs match the registered images and their intervals."""
-        from storage.engine import session_scope
-        from storage.worker_queries import image_schedule
-
+        """Register config images, reconcile interrupted heals (their images join the next cycle), and
+        remove per-image check jobs an earlier version left in the scheduler."""
         self.sync_config_images()
         recheck = self.service.reconcile_heals()
         if self.leadership.shared and self.leadership.is_leader:
             self.lead_housekeeping()
-        with session_scope(write=False) as session:
-            wanted = {f"{CHECK_JOB_PREFIX}{row['id']}": row for row in image_schedule(session, node=self.own_node())}
-        existing = {job.id: job for job in self.scheduler.get_jobs() if job.id.startswith(CHECK_JOB_PREFIX)}
-        for job_id in existing.keys() - wanted.keys():
-            self.scheduler.remove_job(job_id)
-        for job_id, row in wanted.items():
-            job = existing.get(job_id)
-            interval = timedelta(seconds=row["interval_s"])
-            if job is None:
-                self.scheduler.add_job(guarded("check", self.check_image), "interval", seconds=row["interval_s"],
-                                       args=[row["id"]], id=job_id,
-                                       name=f"check {row['path']}", next_run_time=datetime.now(UTC), **self._job_options())
-            elif job.trigger.interval != interval:
-                job.reschedule("interval", seconds=row["interval_s"])
-            elif row["id"] in recheck:
-                job.modify(next_run_time=datetime.now(UTC))  # an interrupted heal: look at the file now
+        if recheck:
+            with self._checks_lock:
+                self._forced |= set(recheck)  # an interrupted heal: look at the file in the next cycle
+        if self.scheduler is not None:
+            for job in self.scheduler.get_jobs():
+                if job.id.startswith(CHECK_JOB_PREFIX):
+                    self.scheduler.remove_job(job.id)
 
     def _job_options(self) -> dict[str, Any]:
         return {"coalesce": True, "max_instances": 1, "misfire_grace_time": self.config.misfire_grace_time,
@@ -795,6 +834,7 @@ class Worker:
             self.scheduler = BlockingScheduler(executors={"default": executor}, timezone=UTC)
             now = datetime.now(UTC)
             for job_id, body, seconds in ((SYNC_JOB, self.sync_jobs, self.config.sync_interval),
+                                          (CYCLE_JOB, self.run_cycle, self.config.cycle_interval),
                                           (POLL_JOB, self.process_requests, self.config.poll_interval),
                                           (HEARTBEAT_JOB, self.beat, self.config.heartbeat_interval),
                                           (QUARANTINE_JOB, self.prune_quarantine, QUARANTINE_PRUNE_INTERVAL_S)):

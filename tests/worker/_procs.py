@@ -70,6 +70,16 @@ def checks() -> list[dict[str, Any]]:
     return rows(Check)
 
 
+def checks_done() -> int:
+    """Every check the worker made: the stored rows plus the unchanged checks only counted in
+    check_summaries (storage.retention.record_unchanged; its sampled ones are also rows)."""
+    from storage.models import CheckSummary
+
+    with session_scope(write=False) as session:
+        summaries = session.exec(select(CheckSummary)).all()
+        return len(session.exec(select(Check.id)).all()) + sum(s.unchanged_checks - s.sampled_checks for s in summaries)
+
+
 def heals() -> list[dict[str, Any]]:
     return rows(Heal)
 

@@ -113,24 +113,39 @@ def test_config_images_are_registered_relative_to_the_config_file(settings, make
     assert str(image.parent / "missing.rts.png") in worker._register_failures
 
 
-def test_jobs_follow_registered_images(settings, make_image):
+def test_the_scheduled_cycle_checks_images_when_due_at_their_interval(settings, make_image):
+    """One check-cycle job replaces the per-image jobs: each run checks exactly the images due."""
+    from datetime import UTC, datetime, timedelta
+
+    from storage.models import Check
+
     ids = [register_image(make_image(f"{n}.rts.png"), settings=settings, interval_s=60)["image"]["id"] for n in "abc"]
     worker = Worker(load_settings())
     worker.scheduler = BlockingScheduler()
+    worker.scheduler.add_job(print, "interval", seconds=60, id=f"{CHECK_JOB_PREFIX}{ids[0]}")  # left by an old version
     worker.sync_jobs()
-    jobs = {j.id: j for j in worker.scheduler.get_jobs()}
-    assert set(jobs) == {f"{CHECK_JOB_PREFIX}{i}" for i in ids}
-    job = jobs[f"{CHECK_JOB_PREFIX}{ids[0]}"]
-    assert (job.coalesce, job.max_instances, job.misfire_grace_time, job.trigger.interval.total_seconds()) == (True, 1, 600, 60)
-    with session_scope() as session:
-        session.delete(session.get(Image, ids[2]))
+    assert [j.id for j in worker.scheduler.get_jobs()] == []
+
+    def checks() -> dict[int, int]:
+        with session_scope(write=False) as session:
+            found = [c.image_id for c in session.exec(select(Check))]
+        return {i: found.count(i) for i in ids}
+
+    worker.run_cycle()
+    assert checks() == {ids[0]: 1, ids[1]: 1, ids[2]: 1}  # never checked: all due
+    worker.run_cycle()
+    assert checks() == {ids[0]: 1, ids[1]: 1, ids[2]: 1}  # checked a moment ago, interval 60 s: none due
+    with session_scope() as session:  # image b's last check is now 61 s old
         image = session.get(Image, ids[1])
-        image.interval_s = 7
+        image.last_checked_at = datetime.now(UTC) - timedelta(seconds=61)
         session.add(image)
-    worker.sync_jobs()
-    jobs = {j.id: j for j in worker.scheduler.get_jobs()}
-    assert set(jobs) == {f"{CHECK_JOB_PREFIX}{ids[0]}", f"{CHECK_JOB_PREFIX}{ids[1]}"}
-    assert jobs[f"{CHECK_JOB_PREFIX}{ids[1]}"].trigger.interval.total_seconds() == 7
+    with session_scope(write=False) as session:
+        before = {i: session.get(Image, i).last_checked_at for i in ids}
+    worker.run_cycle()  # b only (an unchanged healthy image is summarised, not a new row: compare the times)
+    with session_scope(write=False) as session:
+        after = {i: session.get(Image, i).last_checked_at for i in ids}
+    assert [after[i] == before[i] for i in ids] == [True, False, True]
+    assert after[ids[1]].replace(tzinfo=UTC) > datetime.now(UTC) - timedelta(seconds=30)
 
 
 def test_one_worker_per_home(settings):
@@ -243,17 +258,22 @@ def test_each_sync_reconciles_abandoned_heals_and_checks_their_images_now(settin
     import socket
     import subprocess
     import sys
-    from datetime import UTC, datetime, timedelta
 
     from storage.models import Heal
 
     image = register_image(make_image(), settings=settings, interval_s=3600)["image"]
     worker = Worker(load_settings())
-    worker.scheduler = BlockingScheduler(timezone=UTC)
-    worker.sync_jobs()
-    job_id = f"{CHECK_JOB_PREFIX}{image['id']}"
-    later = datetime.now(UTC) + timedelta(hours=1)
-    worker.scheduler.get_job(job_id).modify(next_run_time=later)
+    worker.scheduler = BlockingScheduler()
+
+    def last_checked() -> object:  # unchanged healthy checks are summarised, not stored as rows: read the image
+        with session_scope(write=False) as session:
+            return session.get(Image, image["id"]).last_checked_at
+
+    worker.run_cycle()  # checked now: not due again for an hour
+    first = last_checked()
+    assert first is not None
+    worker.run_cycle()
+    assert last_checked() == first
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     with session_scope() as session:  # what a process killed mid-heal leaves behind
@@ -263,4 +283,8 @@ def test_each_sync_reconciles_abandoned_heals_and_checks_their_images_now(settin
     worker.sync_jobs()
     with session_scope(write=False) as session:
         assert session.get(Heal, heal_id).outcome == "interrupted"
-    assert worker.scheduler.get_job(job_id).next_run_time < later - timedelta(minutes=59)
+    worker.run_cycle()  # the interrupted heal's image is looked at in the next cycle, an hour early
+    second = last_checked()
+    assert second > first
+    worker.run_cycle()
+    assert last_checked() == second
