@@ -52,7 +52,8 @@ class H(BaseHTTPRequestHandler):
         self.send(404, {"detail": "Not Found"})
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        print("REQ", self.path, body.get("model"), "messages" in body, flush=True)
+        line = f"REQ {self.path} {body.get('model')} {'messages' in body}\n"
+        sys.stdout.write(line); sys.stdout.flush()  # one write: print() writes its pieces apart, threads interleave them
         if self.path == "/v1/chat/completions" and not chat:
             return self.send(400, {"error": {"message": NO_TEMPLATE, "type": "BadRequestError", "param": None, "code": 400}})
         if self.path not in ("/v1/chat/completions", "/v1/completions"):
