@@ -161,7 +161,8 @@ def test_an_accepted_change_turns_healthy(_isolated_home: Path, home_env: dict[s
                     page.get_by_role("heading", name="Images").wait_for()
                     expect(page.get_by_text("Recommendation: review the change: re-register the image to accept it",
                                             exact=False)).to_be_visible(timeout=60_000)
-                    expect(page.get_by_text("🟡 warning").first).to_be_visible()
+                    # the first *visible* match: a fragment re-run can leave a hidden copy of the status first
+                    expect(page.locator("text=🟡 warning >> visible=true").first).to_be_visible()
                     _shot(page, "shift-05-unexpected-change")
                     page.get_by_role("button", name="Accept change (new baseline)").click()
                     page.get_by_role("button", name="Confirm").click()
@@ -169,7 +170,7 @@ def test_an_accepted_change_turns_healthy(_isolated_home: Path, home_env: dict[s
                     expect(page.get_by_text("accept change by shift-operator: done in", exact=False)).to_be_visible(
                         timeout=60_000)
                     expect(page.get_by_text("new golden copy accepted, now healthy", exact=False)).to_be_visible()
-                    expect(page.get_by_text("🟢 healthy").first).to_be_visible()
+                    expect(page.locator("text=🟢 healthy >> visible=true").first).to_be_visible()
                     _shot(page, "shift-06-accepted-healthy")
                 finally:
                     browser.close()
