@@ -27,10 +27,12 @@ import contextlib
 import hashlib
 import importlib
 import inspect
+import json
 import logging
 import os
 import signal
 import socket
+import stat
 import threading
 import time
 from collections import deque
@@ -136,15 +138,34 @@ LARGE_FILE_BYTES = 4 << 20  # files this large hash in their own threads (up to 
 def hash_entry(path: str) -> tuple[int, int, str] | None:
     """(size, mtime_ns, sha256) of the regular file that is the directory entry ``path`` (never through a
     symlink, never a FIFO or device), or None when it is anything else or unreadable: the full check
-    then says why."""
-    from healing.safeio import open_regular
+    then says why.
 
+    The same refusals as healing.safeio.open_regular (O_NOFOLLOW, O_NONBLOCK, fstat before any read), on
+    the bare descriptor: most files of a cycle are small, and for them the file object and the two
+    fcntl calls cost more than the hashing."""
     try:
-        with open_regular(path, follow_symlinks=False) as fh:
-            st = os.fstat(fh.fileno())
-            return st.st_size, st.st_mtime_ns, hashlib.file_digest(fh, "sha256").hexdigest()
-    except SelfHealError:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
         return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if st.st_size > _SMALL_READ:
+            with os.fdopen(fd, "rb", closefd=False) as fh:  # O_NONBLOCK does not apply to regular files
+                digest = hashlib.file_digest(fh, "sha256")
+        else:
+            digest = hashlib.sha256()
+            while chunk := os.read(fd, _SMALL_READ):
+                digest.update(chunk)
+        return st.st_size, st.st_mtime_ns, digest.hexdigest()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+_SMALL_READ = 1 << 20  # files up to this size are read with os.read, larger ones streamed by hashlib.file_digest
 
 
 class _CycleHasher:
@@ -234,6 +255,19 @@ def _reusable(row: dict[str, Any], facts: tuple[int, int, str] | None) -> bool:
     size, _mtime, sha = facts
     golden = row["golden_sha256"]
     return row["last_file_sha256"] == sha and row["last_file_size"] == size and (not golden or golden == sha)
+
+
+def _no_findings(text: str | None) -> bool:
+    """True for the JSON text of an empty findings list (or none stored)."""
+    return text is None or text.strip() in ("[]", "null", "")
+
+
+def _json(text: str | None, empty: Any) -> Any:
+    """The value of a JSON column read as text (storage.worker_queries.images_due); ``empty`` when NULL."""
+    if text is None:
+        return empty
+    value = json.loads(text)
+    return empty if value is None else value
 
 
 def guarded(name: str, body: Any) -> Any:
@@ -574,15 +608,49 @@ class Worker:
             else:
                 full.append(row)  # not hashed before hashing stopped: its own bounded check
         full.extend(self._record_reused(fast, hasher, records))
-        for row in full:
+        # (the hash threads are still filling hasher.results for later batches: look up, never iterate)
+        sizes = {row["id"]: facts[0] for row in full if (facts := hasher.results.get(row["id"])) is not None}
+        return overruns + self._full_checks(full, records, sizes)
+
+    def _full_checks(self, rows: list[dict[str, Any]], records: list[Any], sizes: dict[int, int]) -> int:
+        """The full bounded checks of a batch (changed, never checked, unreadable…); records appended in
+        ``rows`` order; returns the overruns. An image whose check failed waits its interval.
+
+        Large files (``sizes``: this cycle's hashes, LARGE_FILE_BYTES or more) are checked in up to
+        worker.threads - 1 threads while the small ones go one after another in this thread: decoding a
+        large image mostly runs outside the GIL (zlib, numpy), a small one mostly inside it, where more
+        threads only slowed a first cycle of 1,000 small images down (6.0 s → 6.5-6.8 s on 2 cores)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(row: dict[str, Any]) -> tuple[Any, bool]:
             if self._stopping.is_set():
-                break
+                return None, False
             record, overran = self._bounded_check(row["id"])
             if record is not None:
-                records.append(record)
                 self._retry_at.pop(row["id"], None)
             elif not overran:
                 self._retry_at[row["id"]] = time.monotonic() + float(row["interval_s"] or 60)
+            return record, overran
+
+        large = [n for n, row in enumerate(rows) if sizes.get(row["id"], 0) >= LARGE_FILE_BYTES]
+        results: dict[int, tuple[Any, bool]] = {}
+        threads = min(self.config.threads - 1, len(large))
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="check-large") if threads >= 1 else None
+        try:
+            futures = {n: pool.submit(one, rows[n]) for n in large} if pool is not None else {}
+            for n, row in enumerate(rows):
+                if n not in futures:
+                    results[n] = one(row)
+            for n, future in futures.items():
+                results[n] = future.result()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        overruns = 0
+        for n in range(len(rows)):
+            record, overran = results[n]
+            if record is not None:
+                records.append(record)
             overruns += overran
         return overruns
 
@@ -609,9 +677,15 @@ class Worker:
             checks = []
             for row, _lock in held:
                 size, mtime_ns, sha = facts[row["id"]]
+                if row["last_status"] == "healthy" and _no_findings(row["last_findings_json"]):
+                    # Only counted (storage.retention.record_unchanged): no JSON to decode here.
+                    checks.append({"image_id": row["id"], "status": "healthy", "findings": [], "row": row,
+                                   "file_sha256": sha})
+                    continue
                 checks.append({"image_id": row["id"], "image_path": row["path"], "status": row["last_status"],
-                               "confidence": row["last_confidence"], "metrics": row["last_metrics"] or {},
-                               "findings": row["last_findings"] or [], "recommendation": row["last_recommendation"] or "",
+                               "confidence": row["last_confidence"], "metrics": _json(row["last_metrics_json"], {}),
+                               "findings": _json(row["last_findings_json"], []), "row": row,
+                               "recommendation": row["last_recommendation"] or "",
                                "duration_ms": durations.get(row["id"], 0.0), "file_size": size, "file_sha256": sha,
                                "file_mtime_ns": mtime_ns})
             try:
@@ -627,11 +701,12 @@ class Worker:
         for check, check_id in zip(checks, ids, strict=True):
             if check_id is None:
                 continue  # unregistered meanwhile
-            data = {"image_path": check["image_path"], "status": check["status"], "confidence": check["confidence"],
-                    "metrics": dict(check["metrics"]), "findings": list(check["findings"]),
-                    "recommendation": check["recommendation"], "timestamp": now, "duration_ms": check["duration_ms"]}
-            records.append(CheckRecord(check["image_path"], check["image_id"], data, check_id, check["file_sha256"],
-                                       True, False))
+            row = check["row"]
+            data = {"image_path": row["path"], "status": check["status"], "confidence": row["last_confidence"],
+                    "metrics": check["metrics"] if "metrics" in check else _json(row["last_metrics_json"], {}),
+                    "findings": list(check["findings"]), "recommendation": row["last_recommendation"] or "",
+                    "timestamp": now, "duration_ms": durations.get(row["id"], 0.0)}
+            records.append(CheckRecord(row["path"], row["id"], data, check_id, check["file_sha256"], True, False))
         return rest
 
     def _record_overrun(self, image_id: int, seconds: float, *, first: bool) -> None:

@@ -130,7 +130,11 @@ _COPIED = ("image_id", "image_path", "status", "confidence", "metrics", "finding
 
 def record_unchanged(session: Session, image_ids: Iterable[int], *, at: datetime | None = None,
                      samples_every_s: float | None = None, actor: str = "worker") -> dict[str, Any]:
-    """Count one unchanged check of each image (see the module docstring); returns what was written."""
+    """Count one unchanged check of each image (see the module docstring); returns what was written.
+
+    Set-wise, whatever the number of images: per IN-list of _IN_CHUNK ids one SELECT (whether a sample is
+    due is decided in SQL, so no timestamp is parsed), one UPDATE of the counters and one of
+    last_checked_at; the samples of the call are one multi-row INSERT and two executemany UPDATEs."""
     at = _utc(at)
     if samples_every_s is None:
         from healing.config import load_settings
@@ -138,28 +142,31 @@ def record_unchanged(session: Session, image_ids: Iterable[int], *, at: datetime
         samples_every_s = RetentionSettings.from_settings(load_settings()).samples_every_s
     ids = sorted({int(i) for i in image_ids})
     i, c, s = Image.__table__.c, Check.__table__.c, CheckSummary.__table__.c
-    known: list[int] = []
+    newest: dict[int, int | None] = {}  # image id → its newest check id (what the caller reports)
     due: list[tuple[int, int]] = []  # (image id, check id to copy)
-    have_summary: set[int] = set()
+    missing: list[int] = []  # images without a check_summaries row yet
+    if samples_every_s > 0:
+        # A sample is due when the newest row (the check, or the last sample) is samples_every_s old.
+        cutoff = at - timedelta(seconds=samples_every_s)
+        wanted: Any = sa.case((sa.and_(c.id.is_not(None), c.created_at <= cutoff,
+                                       sa.or_(s.last_sample_at.is_(None), s.last_sample_at <= cutoff)), 1), else_=0)
+    else:
+        wanted = sa.literal(0)
     for chunk in _chunks(ids):
-        query = (sa.select(i.id, i.last_check_id, c.id.label("check_id"), c.created_at, s.image_id.label("summary"),
-                           s.last_sample_at)
+        query = (sa.select(i.id, i.last_check_id, s.image_id, wanted)
                  .select_from(Image.__table__
                               .outerjoin(Check.__table__, c.id == i.last_check_id)
                               .outerjoin(CheckSummary.__table__, s.image_id == i.id))
                  .where(i.id.in_(chunk)))
-        for row in session.execute(query):
-            known.append(row.id)
-            if row.summary is not None:
-                have_summary.add(row.id)
-            if row.check_id is None or samples_every_s <= 0:
-                continue
-            newest = max(t for t in (row.created_at, row.last_sample_at) if t is not None)
-            if (at - newest).total_seconds() >= samples_every_s:
-                due.append((row.id, row.check_id))
-    if not known:
+        for image_id, check_id, summary, sample in session.execute(query):
+            newest[image_id] = check_id
+            if summary is None:
+                missing.append(image_id)
+            if sample:
+                due.append((image_id, check_id))
+    if not newest:
         return {"counted": 0, "sampled": {}, "check_ids": {}}
-    missing = [n for n in known if n not in have_summary]
+    known = sorted(newest)
     if missing:
         session.execute(sa.insert(CheckSummary.__table__),
                         [{"image_id": n, "unchanged_checks": 0, "sampled_checks": 0, "first_unchanged_at": at} for n in missing])
@@ -168,31 +175,45 @@ def record_unchanged(session: Session, image_ids: Iterable[int], *, at: datetime
                         .values(unchanged_checks=s.unchanged_checks + 1, last_unchanged_at=at))
         session.execute(sa.update(Image.__table__).where(i.id.in_(chunk)).values(last_checked_at=at))
     sampled: dict[int, int] = {}
-    audit_rows: list[list[Any]] = []
     if due:
-        sources = {}
-        for chunk in _chunks([check_id for _, check_id in due]):
-            for row in session.execute(sa.select(*(getattr(c, n) for n in ("id", *_COPIED))).where(c.id.in_(chunk))):
-                sources[row.id] = row._mapping
-        for image_id, check_id in due:
-            source = sources[check_id]
-            new_id = session.execute(sa.insert(Check.__table__).values(
-                **{n: source[n] for n in _COPIED}, reused_analysis=True, created_at=at).returning(c.id)).scalar_one()
-            session.execute(sa.update(Image.__table__).where(i.id == image_id).values(last_check_id=new_id))
-            counted = session.execute(
-                sa.update(CheckSummary.__table__).where(s.image_id == image_id)
-                .values(sampled_checks=s.sampled_checks + 1, last_sample_at=at, last_sample_check_id=new_id)
-                .returning(s.unchanged_checks)).scalar_one()
-            sampled[image_id] = new_id
-            audit_rows.append([image_id, new_id, source["status"], int(counted)])
+        written = _write_samples(session, due, at)
+        sampled = {image_id: new_id for image_id, (new_id, _status) in written.items()}
+        newest.update(sampled)
+        counted: dict[int, int] = {}
+        for chunk in _chunks(sorted(sampled)):
+            counted.update(session.execute(sa.select(s.image_id, s.unchanged_checks).where(s.image_id.in_(chunk))).all())
         append_event(session, KIND_CHECK_SAMPLED, "images", {
-            "counted": len(known), "samples": audit_rows, "samples_every_s": samples_every_s,
+            "counted": len(known),
+            "samples": [[image_id, *written[image_id], int(counted[image_id])] for image_id, _ in due],
+            "samples_every_s": samples_every_s,
         }, actor, now=at)
     session.flush()
-    newest = {}
-    for chunk in _chunks(known):
-        newest.update((row[0], row[1]) for row in session.execute(sa.select(i.id, i.last_check_id).where(i.id.in_(chunk))))
-    return {"counted": len(known), "sampled": sampled, "check_ids": newest}
+    return {"counted": len(known), "sampled": sampled, "check_ids": {n: newest[n] for n in known}}
+
+
+def _write_samples(session: Session, due: list[tuple[int, int]], at: datetime) -> dict[int, tuple[int, str]]:
+    """Copy each (image id, check id) row as a sampled check at ``at``, point the image and its summary at
+    the copy; returns {image id: (new check id, its status)}."""
+    c = Check.__table__.c
+    sources: dict[int, Any] = {}
+    for chunk in _chunks([check_id for _, check_id in due]):
+        for row in session.execute(sa.select(c.id, *(getattr(c, n) for n in _COPIED)).where(c.id.in_(chunk))):
+            sources[row.id] = row._mapping
+    rows = [{**{n: sources[check_id][n] for n in _COPIED}, "reused_analysis": True, "created_at": at}
+            for _, check_id in due]
+    # RETURNING in any order (parameter order makes SQLite insert row by row): an image is sampled once per call.
+    table = Check.__table__
+    new = dict(session.connection().execute(sa.insert(table).returning(table.c.image_id, table.c.id), rows).all())
+    connection = session.connection()
+    images, summaries = Image.__table__, CheckSummary.__table__
+    connection.execute(sa.update(images).where(images.c.id == sa.bindparam("b_id"))
+                       .values(last_check_id=sa.bindparam("b_check")),
+                       [{"b_id": image_id, "b_check": new[image_id]} for image_id, _ in due])
+    connection.execute(sa.update(summaries).where(summaries.c.image_id == sa.bindparam("b_id"))
+                       .values(sampled_checks=summaries.c.sampled_checks + 1, last_sample_at=at,
+                               last_sample_check_id=sa.bindparam("b_check")),
+                       [{"b_id": image_id, "b_check": new[image_id]} for image_id, _ in due])
+    return {image_id: (new[image_id], sources[check_id]["status"]) for image_id, check_id in due}
 
 
 def record_cycle_checks(session: Session, checks: list[dict[str, Any]], *, actor: str, now: datetime | None = None,

@@ -7,7 +7,8 @@
       id, path and interval_s of every registered image (of one node): what the scheduler needs to sync its jobs.
   images_due(session, *, now=None, due_only=True, ids=None, node=None) -> list[dict]
       One read for a check cycle: each image (policy columns) with its latest check's result columns
-      (``last_*``, None when never checked), by path. ``due_only``: only images never checked or whose
+      (``last_*``, None when never checked; metrics and findings as their JSON text, ``last_metrics_json``
+      and ``last_findings_json``, decoded only where needed: most images of a cycle never need them), by path. ``due_only``: only images never checked or whose
       last check is at least interval_s old. Further filters (a node) are one more WHERE here.
   record_reused_checks(session, checks, *, actor, now=None) -> list[int]
       The checks of unchanged images (reused analysis) of one cycle batch: check rows, image status
@@ -47,7 +48,8 @@ def image_schedule(session: Session, *, node: str | None = None) -> list[dict[st
     return [{"id": i, "path": p, "interval_s": s} for i, p, s in rows]
 
 
-_LAST_CHECK_COLUMNS = ("status", "confidence", "metrics", "findings", "recommendation", "file_size", "file_sha256")
+_LAST_CHECK_COLUMNS = ("status", "confidence", "recommendation", "file_size", "file_sha256")
+_LAST_CHECK_JSON = ("metrics", "findings")
 
 
 def _due(now: datetime, dialect: str) -> Any:
@@ -69,7 +71,8 @@ def images_due(session: Session, *, now: datetime | None = None, due_only: bool 
     c = Check.__table__.c
     query = (
         sa.select(i.id, i.path, i.interval_s, i.golden_sha256, i.last_check_id, i.last_checked_at, i.updated_at,
-                  *(getattr(c, name).label(f"last_{name}") for name in _LAST_CHECK_COLUMNS))
+                  *(getattr(c, name).label(f"last_{name}") for name in _LAST_CHECK_COLUMNS),
+                  *(sa.cast(getattr(c, name), sa.Text).label(f"last_{name}_json") for name in _LAST_CHECK_JSON))
         .select_from(Image.__table__.outerjoin(Check.__table__, c.id == i.last_check_id))
         .order_by(i.path)
     )

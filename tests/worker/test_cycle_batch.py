@@ -160,3 +160,60 @@ def test_a_hung_file_is_an_overrun_and_the_rest_of_the_cycle_goes_on(settings, m
     assert "did not finish within health_check.timeout_s (0.3 s)" in hung[1][1][0]["description"]
     assert "the previous check is still running" in hung[2][1][0]["description"]
     assert [a["kind"] for a in rows(Alert)] == ["image.check_timeout"]
+
+
+def test_hash_entry_hashes_regular_files_and_refuses_everything_else(tmp_path):
+    import hashlib
+
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"x" * 4096)
+    large = tmp_path / "large.bin"
+    large.write_bytes(os.urandom((1 << 20) + 12345))  # over the os.read limit: streamed by file_digest
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    for path in (small, large, empty):
+        st = path.stat()
+        assert worker_module.hash_entry(str(path)) == (st.st_size, st.st_mtime_ns,
+                                                       hashlib.sha256(path.read_bytes()).hexdigest())
+    link = tmp_path / "link.bin"
+    link.symlink_to(small)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # with no writer: opening it for reading without O_NONBLOCK would hang here
+    unreadable = tmp_path / "unreadable.bin"
+    unreadable.write_bytes(b"y")
+    unreadable.chmod(0)
+    expected_unreadable = None if os.geteuid() != 0 else (1, unreadable.stat().st_mtime_ns,
+                                                         hashlib.sha256(b"y").hexdigest())
+    assert [worker_module.hash_entry(str(p)) for p in (link, fifo, tmp_path, tmp_path / "missing", "/dev/null")] == [None] * 5
+    assert worker_module.hash_entry(str(unreadable)) == expected_unreadable
+
+
+def test_large_files_get_their_full_checks_in_threads_small_ones_in_order(settings, make_image, monkeypatch):
+    """Changed images are checked in full: the large ones (LARGE_FILE_BYTES or more) in up to worker.threads - 1
+    threads beside the small ones, which go one by one; every result is recorded, in the cycle's order."""
+    names = [f"img{n}" for n in range(6)]
+    paths = {}
+    for n, name in enumerate(names):
+        paths[name] = make_image(f"{name}.rts.png")
+        if n % 2:  # the odd ones become large
+            write_image(os.urandom(40_000 + n), paths[name])
+    small = max(paths[n].stat().st_size for n in names[::2])
+    assert small < 40_000 <= min(paths[n].stat().st_size for n in names[1::2])
+    monkeypatch.setattr(worker_module, "LARGE_FILE_BYTES", small + 1)
+    ids = {name: register_image(p, settings=settings)["image"]["id"] for name, p in paths.items()}
+    worker = Worker(load_settings())
+    started_by: dict[int, str] = {}
+    real = worker._bounded_check
+
+    def bounded(image_id):
+        started_by[image_id] = threading.current_thread().name
+        return real(image_id)
+
+    monkeypatch.setattr(worker, "_bounded_check", bounded)
+    records, overruns = worker.check_cycle(due_only=False)  # never checked: every image gets the full check
+    assert overruns == 0
+    assert [r.image_id for r in records] == [ids[n] for n in names]  # images_due's order (by path)
+    assert {r.status for r in records} == {"healthy"}
+    here = threading.current_thread().name
+    assert {n: started_by[ids[n]] == here for n in names} == {n: int(n[-1]) % 2 == 0 for n in names}
+    assert all(started_by[ids[n]].startswith("check-large") for n in names if int(n[-1]) % 2)
