@@ -12,8 +12,10 @@ import errno
 import os
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import BinaryIO
 
@@ -159,7 +161,17 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, mode: int =
 
 
 def fsync_directory(directory: str | os.PathLike[str]) -> None:
-    """fsync a directory so a rename in it survives power loss (best effort where unsupported)."""
+    """fsync a directory so a rename in it survives power loss (best effort where unsupported).
+
+    Inside deferred_directory_fsyncs the fsync is left to that batch's flush (each directory once)."""
+    batch = _DEFERRED.get()
+    if batch is not None:
+        batch.add(directory)
+        return
+    _fsync_directory_now(directory)
+
+
+def _fsync_directory_now(directory: str | os.PathLike[str]) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -170,6 +182,48 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class DirectorySyncs:
+    """The directories whose fsync a batch of atomic writes has deferred (see deferred_directory_fsyncs)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._dirs: set[str] = set()
+
+    def add(self, directory: str | os.PathLike[str]) -> None:
+        with self._lock:
+            self._dirs.add(os.fspath(directory))
+
+    def flush(self) -> int:
+        """fsync every directory added since the last flush, once each; returns how many."""
+        with self._lock:
+            dirs, self._dirs = self._dirs, set()
+        for directory in sorted(dirs):
+            _fsync_directory_now(directory)
+        return len(dirs)
+
+
+_DEFERRED: ContextVar[DirectorySyncs | None] = ContextVar("selfheal_deferred_directory_fsyncs", default=None)
+
+
+@contextmanager
+def deferred_directory_fsyncs() -> Iterator[DirectorySyncs]:
+    """Within this block (and in threads that run a contextvars.copy_context() taken inside it),
+    fsync_directory only notes the directory; ``flush()`` then syncs each noted directory once, and the
+    block's end flushes what is left.
+
+    Each file is still fsynced before its rename, so a crash can lose only renames not yet flushed: the
+    file is then absent (never empty or partial). A caller must flush before it records anything that
+    refers to those files (register_many flushes before each batch's transaction): many images written
+    into a few hundred content-addressed directories then cost one fsync per directory, not one per file."""
+    batch = DirectorySyncs()
+    token = _DEFERRED.set(batch)
+    try:
+        yield batch
+    finally:
+        _DEFERRED.reset(token)
+        batch.flush()
 
 
 @contextmanager

@@ -10,6 +10,8 @@ in the same transaction, so a row and its audit record are committed together or
 Writes (need a write session, the default of session_scope)
   upsert_image(session, path, *, name, critical, interval_s, golden_sha256, golden_path, baseline_path,
                baseline, auto_heal_enabled, actor, now) -> dict          audit: image.registered / image.updated
+  insert_images(session, images, *, actor, now) -> list[dict | None]      audit: image.registered (one per image)
+      upsert_image for many new paths at once: one SELECT, one multi-row INSERT, one append_events.
   set_image_flags(session, image_id, *, marked_bad, consecutive_heal_failures, auto_heal_enabled,
                   actor, now) -> dict                                     audit: image.updated
   record_check(session, result, *, image_id, file_size, file_sha256, file_mtime_ns, reused_analysis,
@@ -66,6 +68,7 @@ from storage.audit import (
     KIND_REQUEST_ENQUEUED,
     KIND_REQUEST_FINISHED,
     append_event,
+    append_events,
 )
 from storage.models import (
     ALERT_SEVERITIES,
@@ -149,6 +152,52 @@ def upsert_image(
         append_event(session, KIND_IMAGE_REGISTERED if created else KIND_IMAGE_UPDATED, path,
                      {"image_id": image.id, **changed}, actor, now=now)
     return image.model_dump()
+
+
+_IN_CHUNK = 500  # values per IN (...) list: well under SQLite's 999 host parameters
+
+
+def insert_images(session: Session, images: Sequence[Mapping[str, Any]], *, actor: str = "system",
+                  now: datetime | None = None) -> list[dict[str, Any] | None]:
+    """Register many new images at once: each mapping holds ``path`` and upsert_image's keyword
+    arguments (None keeps the column's default). The rows and their ``image.registered`` events are the
+    ones upsert_image would write one by one, with one SELECT, one multi-row INSERT and one
+    append_events. A path already registered (or given twice) is left alone: None in its place, for
+    the caller to upsert_image. Returns the new rows as dicts, in order."""
+    now = _now(now)
+    table = Image.__table__
+    paths = [str(image["path"]) for image in images]
+    taken: set[str] = set()
+    for start in range(0, len(paths), _IN_CHUNK):
+        taken.update(session.execute(sa.select(table.c.path).where(table.c.path.in_(paths[start:start + _IN_CHUNK]))).scalars())
+    template = Image(path="", registered_at=now, updated_at=now).model_dump()  # the model's defaults (node too)
+    del template["id"]
+    rows: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
+    wanted: list[int | None] = []
+    for image, path in zip(images, paths, strict=True):
+        if path in taken:
+            wanted.append(None)
+            continue
+        taken.add(path)
+        interval = image.get("interval_s")
+        if interval is not None and interval < 1:
+            raise ValueError(f"interval_s must be ≥ 1, got {interval}")
+        changed = {field: image[field] for field in _IMAGE_POLICY_FIELDS if image.get(field) is not None}
+        row = {**template, **changed, "path": path}
+        if image.get("baseline") is not None:
+            row["baseline"] = image["baseline"]
+            changed["baseline"] = "updated"  # as upsert_image: the audit says the baseline changed
+        wanted.append(len(rows))
+        rows.append(row)
+        changes.append(changed)
+    if not rows:
+        return [None] * len(images)
+    # RETURNING in any order (asking for parameter order makes SQLite insert row by row): the path names the row.
+    ids = dict(session.connection().execute(sa.insert(table).returning(table.c.path, table.c.id), rows).all())
+    append_events(session, [(KIND_IMAGE_REGISTERED, row["path"], {"image_id": ids[row["path"]], **changed}, actor)
+                            for row, changed in zip(rows, changes, strict=True)], now=now)
+    return [None if n is None else {"id": ids[rows[n]["path"]], **rows[n]} for n in wanted]
 
 
 def set_image_flags(

@@ -212,7 +212,7 @@ def register_many(
     interval_s: int | None = None,
     accept_current: bool = False,
     actor: str = "cli",
-    threads: int = 8,
+    threads: int = 4,
 ) -> Iterator[tuple[str, dict[str, Any] | SelfHealError]]:
     """Register many files: (normalised path, register_image's result or the error) for each, in order.
 
@@ -220,9 +220,10 @@ def register_many(
     threads; the rows and audit events of REGISTER_BATCH files are written in one transaction. A file
     that fails is reported and does not stop the others; refusals are audited as by register_image.
     A path given twice is registered once (its second result repeats the first)."""
-    from concurrent.futures import ThreadPoolExecutor
+    import contextvars
+    from concurrent.futures import Future, ThreadPoolExecutor
 
-    from storage.audit import append_event
+    from healing.safeio import deferred_directory_fsyncs
     from storage.engine import session_scope
 
     def prepare(text: str) -> _Prepared | SelfHealError:
@@ -233,22 +234,53 @@ def register_many(
 
     texts = list(dict.fromkeys(normalise_path(p) for p in paths))
     chunks = [texts[start:start + REGISTER_BATCH] for start in range(0, len(texts), REGISTER_BATCH)]
-    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="register") as pool:
+    with deferred_directory_fsyncs() as syncs, \
+            ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="register") as pool:
+
+        def submit(chunk: list[str]) -> list[Future[_Prepared | SelfHealError]]:
+            # Each task runs in a copy of this context: its directory fsyncs are left to ``syncs``.
+            return [pool.submit(contextvars.copy_context().run, prepare, text) for text in chunk]
+
         # The files of the next chunk are prepared while this chunk's rows are written.
-        ahead = [pool.submit(prepare, text) for text in chunks[0]] if chunks else []
+        ahead = submit(chunks[0]) if chunks else []
         for number, chunk in enumerate(chunks):
             current = ahead
-            ahead = [pool.submit(prepare, text) for text in chunks[number + 1]] if number + 1 < len(chunks) else []
+            ahead = submit(chunks[number + 1]) if number + 1 < len(chunks) else []
             prepared = [future.result() for future in current]
-            results: list[dict[str, Any] | SelfHealError] = []
+            syncs.flush()  # every rename this chunk's rows will refer to is durable before they commit
             with session_scope() as session:
-                for item in prepared:
-                    if isinstance(item, _Refused):
-                        append_event(session, *item.event, actor)
-                        results.append(CorruptedError(str(item)))
-                    elif isinstance(item, SelfHealError):
-                        results.append(item)
-                    else:
-                        results.append(_record(session, item, settings=settings, critical=critical,
-                                               interval_s=interval_s, actor=actor))
+                results = _record_chunk(session, prepared, settings=settings, critical=critical,
+                                        interval_s=interval_s, actor=actor)
             yield from zip(chunk, results, strict=True)
+
+
+def _record_chunk(session: Any, prepared: list[_Prepared | SelfHealError], *, settings: Settings,
+                  critical: bool | None, interval_s: int | None, actor: str) -> list[dict[str, Any] | SelfHealError]:
+    """The database part of register_many for one chunk, in the caller's transaction: the new paths in one
+    insert (storage.queries.insert_images: the rows and events _record would write), the paths already
+    registered one by one through _record (re-registration: change accepted, flags cleared), refusals audited."""
+    from storage.audit import append_event
+    from storage.queries import insert_images
+
+    fresh = [item for item in prepared if isinstance(item, _Prepared)]
+    rows = insert_images(session, [{
+        "path": item.text, "name": item.name, "critical": critical if critical is not None else False,
+        "interval_s": interval_s or settings.health_check.interval, "golden_sha256": item.golden_sha256,
+        "golden_path": item.golden_path, "baseline_path": item.baseline_path, "baseline": item.summary,
+    } for item in fresh], actor=actor)
+    inserted = {item.text: row for item, row in zip(fresh, rows, strict=True) if row is not None}
+    results: list[dict[str, Any] | SelfHealError] = []
+    for item in prepared:
+        if isinstance(item, _Refused):
+            append_event(session, *item.event, actor)
+            results.append(CorruptedError(str(item)))
+        elif isinstance(item, SelfHealError):
+            results.append(item)
+        elif item.text in inserted:
+            results.append({"image": inserted[item.text], "golden_sha256": item.sha, "baseline_path": item.baseline_path,
+                            "changed": False, "hash_verified": item.hash_verified,
+                            "accepted_current": item.accepted_current})
+        else:
+            results.append(_record(session, item, settings=settings, critical=critical, interval_s=interval_s,
+                                   actor=actor))
+    return results

@@ -4,6 +4,7 @@ files, --json, and the exit code (the worst: damaged 2 over unreadable 3, as for
 from __future__ import annotations
 
 import io
+import os
 import json
 import subprocess
 import sys
@@ -128,3 +129,88 @@ def test_a_command_imports_only_the_modules_up_to_its_own(make_image, tmp_path):
     assert out.stdout.splitlines()[-1] == "0 ['healing.pixelrts.commands']", out.stderr
     usage = subprocess.run([*selfheal_cmd(), "--help"], env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert usage.returncode == 0 and all(f"\n    {name} " in usage.stdout for name in ("validate", "register", "worker", "demo"))
+
+
+def test_the_batch_insert_writes_what_registering_one_by_one_writes(settings, make_image, tmp_path, monkeypatch):
+    """register_many records new paths with one multi-row INSERT and one append_events (storage.queries.
+    insert_images); rows and audit payloads must equal register_image's, also for a chunk that mixes new
+    paths, a re-registration (per image: change accepted) and a refusal, and the chain must verify."""
+    import sqlalchemy as sa
+
+    from healing.images import registry
+    from healing.images.registry import register_image, register_many
+    from healing.pixelrts import write_image
+    from storage.audit import verify_chain
+    from storage.models import AuditEvent, Image
+
+    monkeypatch.setattr(registry, "REGISTER_BATCH", 3)
+    one = [make_image(f"one{n}.rts.png") for n in range(3)]
+    many = [make_image(f"many{n}.rts.png") for n in range(5)]
+    for path in one:
+        register_image(path, settings=settings, interval_s=120)
+    again = one[0]
+    write_image(b"accepted new content " * 50, again)
+    broken = make_image("broken.rts.png")
+    hash_mismatch(broken)
+    results = dict(register_many([*many[:2], again, broken, *many[2:]], settings=settings, interval_s=120))
+    assert isinstance(results[str(broken)], registry.CorruptedError)
+    assert results[str(again)]["changed"] is True and results[str(many[0])]["changed"] is False
+
+    def normalised(path: Path) -> tuple:
+        with session_scope(write=False) as session:
+            row = session.execute(sa.select(Image).where(Image.path == str(path))).scalar_one().model_dump()
+            events = session.execute(sa.select(AuditEvent.kind, AuditEvent.actor, AuditEvent.payload)
+                                     .where(AuditEvent.subject == str(path)).order_by(AuditEvent.seq)).all()
+        row = {k: v for k, v in row.items() if k not in ("id", "path", "name", "registered_at", "updated_at",
+                                                         "golden_sha256", "golden_path", "baseline_path", "baseline")}
+        payloads = []
+        for kind, actor, payload in events:
+            data = json.loads(payload)
+            for key in ("image_id", "name", "golden_sha256", "golden_path", "baseline_path"):
+                data.pop(key, None)
+            payloads.append((kind, actor, data))
+        return row, payloads
+
+    assert normalised(many[0]) == normalised(one[1]) == normalised(many[4])
+    assert normalised(many[0])[1] == [("image.registered", "cli", {"baseline": "updated", "critical": False,
+                                                                    "interval_s": 120})]
+    for path in many:  # what the caller got is the stored row
+        with session_scope(write=False) as session:
+            assert results[str(path)]["image"] == queries.get_image(session, path=str(path))
+    with session_scope(write=False) as session:
+        assert [e["kind"] for e in queries.audit_page(session, subject=str(again), limit=10)][:1] == ["image.change_accepted"]
+        assert verify_chain(session).ok
+
+
+def test_directory_fsyncs_are_batched_and_done_before_each_chunk_commits(settings, make_image, monkeypatch):
+    import sqlalchemy as sa
+
+    from healing import safeio
+    from healing.images import registry
+    from healing.images.registry import register_many
+    from storage.engine import get_engine
+
+    monkeypatch.setattr(registry, "REGISTER_BATCH", 2)
+    paths = [make_image(f"img{n}.rts.png") for n in range(5)]
+    log: list[tuple[str, str]] = []
+    monkeypatch.setattr(safeio, "_fsync_directory_now", lambda d: log.append(("sync", os.fspath(d))))
+    engine = get_engine()
+
+    def committed(_conn: object) -> None:
+        log.append(("commit", ""))
+
+    sa.event.listen(engine, "commit", committed)
+    try:
+        results = [outcome for _path, outcome in register_many(paths, settings=settings)]
+    finally:
+        sa.event.remove(engine, "commit", committed)
+    commits = [n for n, (what, _) in enumerate(log) if what == "commit"]
+    assert len(commits) == 3  # chunks of 2, 2, 1
+    for number, outcome in enumerate(results):
+        wanted = {str(Path(outcome["image"]["golden_path"]).parent), str(Path(outcome["baseline_path"]).parent)}
+        synced = {d for what, d in log[:commits[number // 2]] if what == "sync"}
+        assert wanted <= synced, (number, wanted - synced)
+    syncs = [d for what, d in log if what == "sync"]
+    first = [d for what, d in log[:commits[0]] if what == "sync"]
+    # Each directory once per flush, not once per file (4 atomic writes per image here).
+    assert len(syncs) < 4 * len(paths) and len(first) == len(set(first))

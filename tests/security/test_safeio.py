@@ -86,3 +86,35 @@ def test_write_atomic_name_too_long_is_one_line(tmp_path):
         write_atomic(tmp_path / ("n" * 300), b"x")
     assert str(info.value).endswith(": file name too long")
     assert sorted(tmp_path.iterdir()) == []
+
+
+def test_deferred_directory_fsyncs_sync_each_directory_once_at_flush(tmp_path, monkeypatch):
+    import contextvars
+    import threading
+
+    from healing import safeio
+    from healing.images.golden import atomic_write_bytes
+
+    synced: list[str] = []
+    monkeypatch.setattr(safeio, "_fsync_directory_now", lambda d: synced.append(os.fspath(d)))
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        d.mkdir()
+    with safeio.deferred_directory_fsyncs() as syncs:
+        for n in range(3):
+            for d in dirs:
+                atomic_write_bytes(d / f"f{n}", b"data", mode=0o600)
+        # A thread running a copy of this context defers too; a plain thread (no copy) syncs at once.
+        copied = threading.Thread(target=contextvars.copy_context().run,
+                                  args=(safeio.fsync_directory, tmp_path / "c"))
+        plain = threading.Thread(target=safeio.fsync_directory, args=(tmp_path / "d",))
+        for thread in (copied, plain):
+            thread.start()
+            thread.join()
+        assert synced == [str(tmp_path / "d")]  # the files are written, their renames not yet synced
+        assert sorted(p.name for d in dirs for p in d.iterdir()) == ["f0", "f0", "f1", "f1", "f2", "f2"]
+        assert syncs.flush() == 3 and synced[1:] == [str(tmp_path / n) for n in ("a", "b", "c")]
+        atomic_write_bytes(dirs[0] / "late", b"x", mode=0o600)
+    assert synced[4:] == [str(dirs[0])]  # the end of the block flushes what is left
+    safeio.fsync_directory(dirs[1])  # outside any block: at once
+    assert synced[5:] == [str(dirs[1])]
