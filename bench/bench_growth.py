@@ -22,15 +22,16 @@ SELFHEAL_BENCH_QUICK=1: fewer images and events (the per-image figures are the s
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import print_rows, scratch_home  # noqa: E402
 
 QUICK = os.environ.get("SELFHEAL_BENCH_QUICK") == "1"
 IMAGES = 100 if QUICK else 500
@@ -154,10 +155,7 @@ def _verify_times(url: str) -> tuple[float, float, int, float]:
 
 
 def main() -> list[tuple[str, float, float | None]]:
-    tmp = Path(tempfile.mkdtemp(prefix="selfheal-bench-growth-"))
-    old_home = os.environ.get("SELFHEAL_HOME")
-    os.environ["SELFHEAL_HOME"] = str(tmp / "home")
-    try:
+    with scratch_home("selfheal-bench-growth-") as tmp:
         from storage.migrate import upgrade
 
         print(f"== growth: {IMAGES} unchanged images, extrapolated to {FLEET:,} at {INTERVAL_S} s"
@@ -183,18 +181,8 @@ def main() -> list[tuple[str, float, float | None]]:
             (f"audit verify incremental +{read} (s)", t_incremental, None),
             ("audit verify full, 90 % archived (s)", t_archived, None),
         ]
-        for metric, value, target in rows:
-            print(f"{metric:<40} {value:10.3f}" + ("" if target is None else f"   target ≤ {target}"))
+        print_rows(rows)
         return rows
-    finally:
-        if old_home is None:
-            os.environ.pop("SELFHEAL_HOME", None)
-        else:
-            os.environ["SELFHEAL_HOME"] = old_home
-        from storage.engine import dispose_engines
-
-        dispose_engines()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -22,15 +22,16 @@ Rows:
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import print_rows, scratch_home  # noqa: E402
 
 QUICK = os.environ.get("SELFHEAL_BENCH_QUICK") == "1"
 SMALL, SMALL_BYTES = (1000 if QUICK else 10_000), 4096
@@ -99,13 +100,9 @@ def _hash_times(paths: list[Path]) -> tuple[float, float]:
 
 
 def main() -> list[tuple[str, float, float | None]]:
-    tmp = Path(tempfile.mkdtemp(prefix="selfheal-bench-worker-"))
-    old_home = os.environ.get("SELFHEAL_HOME")
-    home = tmp / "home"
-    os.environ["SELFHEAL_HOME"] = str(home)
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    selfheal = [sys.executable, "-m", "healing"]
-    try:
+    with scratch_home("selfheal-bench-worker-") as tmp:
+        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        selfheal = [sys.executable, "-m", "healing"]
         from healing.config import load_settings
         from healing.worker import Worker
 
@@ -156,18 +153,8 @@ def main() -> list[tuple[str, float, float | None]]:
         print(f"files: {n}, {total_bytes / (1 << 20):.1f} MiB; hashlib floor {t_floor:.2f} s (process, start-up included); "
               f"worker --once {t_once:.2f} s; validate {t_validate * 1000:.0f} ms, import cv2 {t_cv2 * 1000:.0f} ms; "
               f"hashing: ours {total_bytes / t_ours / (1 << 20):.0f} MiB/s, sha256sum {total_bytes / t_core / (1 << 20):.0f} MiB/s")
-        for metric, value, target in rows:
-            print(f"{metric:<40} {value:10.3f}" + ("" if target is None else f"   target ≤ {target}"))
+        print_rows(rows)
         return rows
-    finally:
-        if old_home is None:
-            os.environ.pop("SELFHEAL_HOME", None)
-        else:
-            os.environ["SELFHEAL_HOME"] = old_home
-        from storage.engine import dispose_engines
-
-        dispose_engines()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

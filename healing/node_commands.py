@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from healing.errors import EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE, InputError, printable
+from healing.errors import EXIT_OK, EXIT_UNKNOWN, EXIT_USAGE, printable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = nsub.add_parser("assign", help="move registered images to NODE (its worker checks them from then on)")
     a.add_argument("node", metavar="NODE", type=_node_name)
     a.add_argument("image", metavar="IMAGE", nargs="*", help="registered image paths (or ids)")
-    a.add_argument("--from-file", metavar="FILE", help="read more paths from FILE, one per line")
+    a.add_argument("--from-file", metavar="FILE", help="read more paths from FILE, one per line ('-' for standard input)")
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.set_defaults(func=cmd_nodes_assign)
 
@@ -78,11 +77,9 @@ def cmd_nodes_assign(args: argparse.Namespace) -> int:
 
     targets = list(args.image)
     if args.from_file is not None:
-        try:
-            lines = Path(args.from_file).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"{args.from_file}: cannot read the list of paths ({getattr(exc, 'strerror', None) or exc})") from None
-        targets += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        from healing.images.commands import read_path_list
+
+        targets += read_path_list(args.from_file)
     if not targets:
         print("selfheal nodes assign: error: give at least one IMAGE or --from-file", file=sys.stderr)
         return EXIT_USAGE

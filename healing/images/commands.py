@@ -148,6 +148,19 @@ def _move_to_node(paths: list[str], node: str | None) -> None:
 _GLOB_CHARS = frozenset("*?[")
 
 
+def read_path_list(from_file: str) -> list[str]:
+    """The paths listed in ``from_file`` ('-': standard input), one per line; blank lines and # comments
+    skipped. An unreadable list is one InputError line."""
+    try:
+        if from_file == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            lines = Path(from_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{from_file}: cannot read the list of paths ({getattr(exc, 'strerror', None) or exc})") from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
 def register_targets(items: list[str], from_file: str | None, *, recursive: bool) -> tuple[list[str], list[str]]:
     """(paths to register, one error line per argument that named nothing) for `register`.
 
@@ -158,14 +171,7 @@ def register_targets(items: list[str], from_file: str | None, *, recursive: bool
 
     texts = list(items)
     if from_file is not None:
-        try:
-            if from_file == "-":
-                lines = sys.stdin.read().splitlines()
-            else:
-                lines = Path(from_file).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"{from_file}: cannot read the list of paths ({getattr(exc, 'strerror', None) or exc})") from None
-        texts.extend(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+        texts.extend(read_path_list(from_file))
     out: list[str] = []
     errors: list[str] = []
     for text in texts:

@@ -43,6 +43,61 @@ class HealOutcome:
         }
 
 
+def _quarantine_and_start(outcome: HealOutcome, image: Path, kind: str | None,
+                          quarantine_dir: str | os.PathLike[str] | None,
+                          started: Callable[[HealOutcome], None] | None, doing: str) -> bool:
+    """Keep what is at ``image`` in quarantine (a FIFO or device holds no content: noted, not kept), then
+    call ``started``; False, with the reason in ``outcome.message``, when the file must not be touched."""
+    if quarantine_dir is not None and kind is not None:
+        try:
+            outcome.quarantine_path = str(quarantine_copy(image, quarantine_dir))
+        except InputError as exc:
+            outcome.details["quarantine"] = f"not kept: {exc}"
+        except SelfHealError as exc:
+            # The damaged file must be kept before it is overwritten: no copy, no heal.
+            outcome.message = f"could not quarantine the damaged file: {exc}"
+            return False
+    if started is not None:
+        try:
+            started(outcome)
+        except SelfHealError as exc:
+            outcome.message = f"could not record the heal before {doing}: {exc}"
+            if outcome.quarantine_path:
+                Path(outcome.quarantine_path).unlink(missing_ok=True)  # nothing refers to it
+                outcome.quarantine_path = None
+            return False
+    return True
+
+
+def _replace_and_verify(outcome: HealOutcome, image: Path, write: Callable[[], str], expected_sha256: str,
+                        noun: str, mismatch: str) -> Any:
+    """Replace the file (``write`` returns the new sha256), compare it with ``expected_sha256`` and verify
+    it; the verify report, or None with the reason in ``outcome.message``."""
+    from healing.pixelrts import verify
+
+    outcome.touched = True
+    try:
+        outcome.after_sha256 = write()
+    except SelfHealError as exc:
+        outcome.message = str(exc)
+        return None
+    except OSError as exc:
+        outcome.message = f"{noun} failed: {describe_oserror(exc)}"
+        return None
+    if outcome.after_sha256 != expected_sha256:
+        outcome.message = mismatch
+        return None
+    try:
+        report = verify(image)
+    except SelfHealError as exc:
+        outcome.message = f"{noun}d file does not verify: {exc}"
+        return None
+    if report.image.is_pixelrts and not report.ok:
+        outcome.message = f"{noun}d file does not verify: " + "; ".join(p.message for p in report.problems)
+        return None
+    return report
+
+
 def restore_from_golden(
     image: str | os.PathLike[str],
     ref: GoldenRef,
@@ -58,8 +113,6 @@ def restore_from_golden(
     records the heal as started there); if it raises, the file is left alone and the heal fails.
     Nothing is read or written through a symlink at ``image``: a link is quarantined as a link and
     replaced by the restored file."""
-    from healing.pixelrts import verify
-
     image = Path(image)
     outcome = HealOutcome(str(image), "restore_golden", False, "")
     kind = lstat_kind(image)
@@ -69,43 +122,11 @@ def restore_from_golden(
             outcome.before_sha256 = sha256_file(image, follow_symlinks=False)
         except InputError:
             outcome.before_sha256 = None  # replaced while we looked: quarantine below decides
-    if quarantine_dir is not None and kind is not None:
-        try:
-            outcome.quarantine_path = str(quarantine_copy(image, quarantine_dir))
-        except InputError as exc:
-            outcome.details["quarantine"] = f"not kept: {exc}"  # a FIFO or device holds no content to keep
-        except SelfHealError as exc:
-            # The damaged file must be kept before it is overwritten: no copy, no restore.
-            outcome.message = f"could not quarantine the damaged file: {exc}"
-            return outcome
-    if started is not None:
-        try:
-            started(outcome)
-        except SelfHealError as exc:
-            outcome.message = f"could not record the heal before restoring: {exc}"
-            if outcome.quarantine_path:
-                Path(outcome.quarantine_path).unlink(missing_ok=True)  # nothing refers to it
-                outcome.quarantine_path = None
-            return outcome
-    outcome.touched = True
-    try:
-        outcome.after_sha256 = store.restore(ref, image)
-    except SelfHealError as exc:
-        outcome.message = str(exc)
+    if not _quarantine_and_start(outcome, image, kind, quarantine_dir, started, "restoring"):
         return outcome
-    except OSError as exc:
-        outcome.message = f"restore failed: {describe_oserror(exc)}"
-        return outcome
-    if outcome.after_sha256 != ref.sha256:
-        outcome.message = "restored file does not match the golden copy"
-        return outcome
-    try:
-        report = verify(image)
-    except SelfHealError as exc:
-        outcome.message = f"restored file does not verify: {exc}"
-        return outcome
-    if report.image.is_pixelrts and not report.ok:
-        outcome.message = "restored file does not verify: " + "; ".join(p.message for p in report.problems)
+    report = _replace_and_verify(outcome, image, lambda: store.restore(ref, image), ref.sha256, "restore",
+                                 "restored file does not match the golden copy")
+    if report is None:
         return outcome
     outcome.healed = True
     outcome.message = f"restored from golden copy {ref.sha256[:12]}…"
@@ -128,7 +149,6 @@ def repair_from_parity(
     non-regular entry at ``image`` is not read through: its content counts as lost."""
     from healing.images import parity as parity_mod
     from healing.images.golden import atomic_write_bytes
-    from healing.pixelrts import verify
 
     image = Path(image)
     outcome = HealOutcome(str(image), "repair_parity", False, "")
@@ -155,43 +175,16 @@ def repair_from_parity(
     except SelfHealError as exc:
         outcome.message = f"parity cannot repair: {exc}"
         return outcome
-    if quarantine_dir is not None and kind is not None:
-        try:
-            outcome.quarantine_path = str(quarantine_copy(image, quarantine_dir))
-        except InputError as exc:
-            outcome.details["quarantine"] = f"not kept: {exc}"
-        except SelfHealError as exc:
-            outcome.message = f"could not quarantine the damaged file: {exc}"
-            return outcome
-    if started is not None:
-        try:
-            started(outcome)
-        except SelfHealError as exc:
-            outcome.message = f"could not record the heal before repairing: {exc}"
-            if outcome.quarantine_path:
-                Path(outcome.quarantine_path).unlink(missing_ok=True)
-                outcome.quarantine_path = None
-            return outcome
-    outcome.touched = True
-    try:
+    if not _quarantine_and_start(outcome, image, kind, quarantine_dir, started, "repairing"):
+        return outcome
+
+    def write() -> str:
         atomic_write_bytes(image, repaired, mode=0o644)
-        outcome.after_sha256 = sha256_file(image, follow_symlinks=False)
-    except SelfHealError as exc:
-        outcome.message = str(exc)
-        return outcome
-    except OSError as exc:
-        outcome.message = f"repair failed: {describe_oserror(exc)}"
-        return outcome
-    if outcome.after_sha256 != parity.file_sha256:
-        outcome.message = "repaired file on disk does not match its recorded sha256"
-        return outcome
-    try:
-        report = verify(image)
-    except SelfHealError as exc:
-        outcome.message = f"repaired file does not verify: {exc}"
-        return outcome
-    if report.image.is_pixelrts and not report.ok:
-        outcome.message = "repaired file does not verify: " + "; ".join(p.message for p in report.problems)
+        return sha256_file(image, follow_symlinks=False)
+
+    report = _replace_and_verify(outcome, image, write, parity.file_sha256, "repair",
+                                 "repaired file on disk does not match its recorded sha256")
+    if report is None:
         return outcome
     outcome.healed = True
     outcome.message = (f"repaired from parity: {len(diagnosis.damaged_blocks)} damaged block(s) of "

@@ -51,6 +51,12 @@ def test_register_node_assign_and_list(tmp_path: Path, _isolated_home: Path) -> 
     listed = json.loads(_cli("nodes", "list", "--json").stdout)
     assert [(n["node"], n["images"], n["statuses"], n["running"], n["leader"]) for n in listed] == sorted([
         ("edge-2", 2, {"unknown": 2}, False, False), (host, 1, {"unknown": 1}, False, False)])
+    out = subprocess.run([*selfheal_cmd(), "nodes", "assign", "edge-3", "--from-file", "-"], input=f"# list\n\n{three}\n",
+                         capture_output=True, text=True, timeout=120, env=subprocess_env())
+    assert (out.returncode, out.stdout.strip()) == (0, "1 image(s) moved to node edge-3, 0 already there, 0 not registered")
+    assert _nodes_of(_isolated_home)["three.rts.png"] == "edge-3"
+    assert _cli("nodes", "assign", "edge-3", "--from-file", str(tmp_path / "none.txt")).stderr.strip().endswith(
+        "none.txt: cannot read the list of paths (No such file or directory)")
     out = _cli("nodes", "assign", "bad name", one)
     assert (out.returncode, out.stderr.splitlines()[-1]) == (
         64, "selfheal nodes assign: error: argument NODE: a node name must be printable and without spaces, got 'bad name'")
