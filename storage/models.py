@@ -113,11 +113,16 @@ def _registering_node() -> str:
     return current_node()
 
 
+# Tables updated in place every check cycle keep half of each page free on PostgreSQL (migration 0008).
+_ROOM_TO_UPDATE: dict[str, Any] = {"postgresql_with": {"fillfactor": 50}}
+
+
 class Image(SQLModel, table=True):
     """A registered PixelRTS image and its healing policy."""
 
     __tablename__ = "images"
-    __table_args__ = (_in("last_status", CHECK_STATUSES, "last_status"),)
+    # fillfactor 50 on PostgreSQL (migration 0008): a cycle's last_checked_at update stays on its page (HOT).
+    __table_args__ = (_in("last_status", CHECK_STATUSES, "last_status"), _ROOM_TO_UPDATE)
 
     id: int | None = Field(default=None, primary_key=True)
     path: str = Field(sa_type=sa.String(4096), unique=True)
@@ -172,6 +177,7 @@ class CheckSummary(SQLModel, table=True):
     ``checks`` every ``storage.retention.samples_every_s`` for the trend charts."""
 
     __tablename__ = "check_summaries"
+    __table_args__ = (_ROOM_TO_UPDATE,)
 
     image_id: int = Field(foreign_key="images.id", ondelete="CASCADE", primary_key=True)
     unchanged_checks: int = Field(default=0, sa_type=sa.BigInteger)  # counted since the image was registered

@@ -24,13 +24,13 @@ EXPECTED_TABLES = {
 def test_empty_database_to_head_and_idempotent(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm' / 'selfheal.db'}"
     assert current_revision(url) is None
-    assert head_revision() == "0007"
-    assert upgrade(url) == "0007"
-    assert current_revision(url) == "0007"
+    assert head_revision() == "0008"
+    assert upgrade(url) == "0008"
+    assert current_revision(url) == "0008"
     with get_engine(url).begin() as conn:
         conn.exec_driver_sql("INSERT INTO run_requests (kind, target, requested_by, status, created_at) "
                              "VALUES ('check', '/a', 'op', 'pending', '2026-01-01 00:00:00.000000')")
-    assert upgrade(url) == "0007"  # second run: nothing re-created, data kept
+    assert upgrade(url) == "0008"  # second run: nothing re-created, data kept
     with get_engine(url).connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM run_requests").scalar_one() == 1
         assert conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar_one() == 1
@@ -77,8 +77,8 @@ def test_concurrent_upgrades_of_a_fresh_database_both_succeed(tmp_path: Path) ->
     from tests.storage._workers import run_in_processes
 
     url = f"sqlite:///{tmp_path / 'race.db'}"
-    assert run_in_processes([(upgrade, (url,)), (upgrade, (url,))]) == ["0007", "0007"]
-    assert current_revision(url) == "0007"
+    assert run_in_processes([(upgrade, (url,)), (upgrade, (url,))]) == ["0008", "0008"]
+    assert current_revision(url) == "0008"
 
 
 def test_0002_widens_heal_actions_and_keeps_existing_rows(db_url: str, request: pytest.FixtureRequest) -> None:
@@ -144,14 +144,14 @@ def test_upgrade_at_head_does_not_import_alembic_and_runs_when_behind(tmp_path: 
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
-    assert run(url) == "0007 True"  # a new database: Alembic creates the schema
-    assert run(url) == "0007 False"  # current: one query, no Alembic
+    assert run(url) == "0008 True"  # a new database: Alembic creates the schema
+    assert run(url) == "0008 False"  # current: one query, no Alembic
     behind = f"sqlite:///{tmp_path / 'old.db'}"  # as after installing a newer selfheal: Alembic migrates
     assert upgrade(behind, "0004") == "0004"
-    assert run(behind) == "0007 True"
+    assert run(behind) == "0008 True"
     with get_read_engine(behind).connect() as conn:
         assert "promotion_watches" in sa.inspect(conn).get_table_names()
-    assert run(behind) == "0007 False"
+    assert run(behind) == "0008 False"
 
 
 def test_schema_is_current_on_both_backends(db_url: str) -> None:

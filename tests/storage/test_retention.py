@@ -103,18 +103,56 @@ def test_is_unchanged_only_for_a_reused_identical_result_without_findings() -> N
     assert is_unchanged({**last, "status": "unknown"}, {**data, "status": "unknown"}, facts) is False
 
 
-def test_one_batch_call_samples_many_images_in_one_audit_event(sqlite_url: str) -> None:
-    ids = [_image(sqlite_url, f"/img/{n}.rts.png") for n in range(5)]
-    with session_scope(sqlite_url) as s:
+def test_one_batch_call_samples_many_images_in_one_audit_event(db_url: str) -> None:
+    ids = [_image(db_url, f"/img/{n}.rts.png") for n in range(5)]
+    with session_scope(db_url) as s:
         quiet = record_unchanged(s, ids, at=T0 + timedelta(seconds=300), samples_every_s=3600)
         due = record_unchanged(s, [*ids, 9999], at=T0 + timedelta(seconds=3600), samples_every_s=3600)
     assert (quiet["counted"], quiet["sampled"]) == (5, {})
     assert due["counted"] == 5 and sorted(due["sampled"]) == ids
     assert due["check_ids"] == due["sampled"]
-    with session_scope(sqlite_url, write=False) as s:
+    with session_scope(db_url, write=False) as s:
         [event] = queries.audit_page(s, kind=KIND_CHECK_SAMPLED)
     assert event["payload"]["counted"] == 5
     assert event["payload"]["samples"] == [[i, due["sampled"][i], "healthy", 2] for i in ids]
+
+
+def test_cycle_updates_stay_on_their_page_on_postgresql(db_url: str) -> None:
+    """Migration 0008: images and check_summaries keep half of each page free on PostgreSQL, so the
+    unchanged checks' updates are heap-only (pruned in place) and the tables do not grow per cycle."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("fillfactor and HOT updates are PostgreSQL's (SQLite updates rows in place)")
+    ids = [_image(db_url, f"/img/{n:03d}.rts.png") for n in range(300)]
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+
+    def stats() -> tuple[int, int, int]:
+        import time
+
+        from storage.engine import dispose_engines
+
+        dispose_engines()  # a backend that exits reports its statistics; an idle pooled one may wait 10 s
+        with engine.connect() as conn:
+            time.sleep(1.1)  # backends report their statistics at most once a second
+            conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+            return conn.exec_driver_sql(
+                "SELECT n_tup_upd, n_tup_hot_upd, pg_relation_size('images') FROM pg_stat_user_tables "
+                "WHERE relname = 'images'").one()
+
+    try:
+        with engine.connect() as conn:
+            options = dict(conn.exec_driver_sql("SELECT relname, reloptions FROM pg_class WHERE relname IN "
+                                                "('images', 'check_summaries')").all())
+        assert options == {"images": ["fillfactor=50"], "check_summaries": ["fillfactor=50"]}
+        with session_scope(db_url) as s:
+            record_unchanged(s, ids, at=T0 + timedelta(seconds=300), samples_every_s=0)
+        updates, hot, size = stats()
+        for n in range(2, 7):
+            with session_scope(db_url) as s:
+                record_unchanged(s, ids, at=T0 + timedelta(seconds=300 * n), samples_every_s=0)
+        updates_after, hot_after, size_after = stats()
+    finally:
+        engine.dispose()
+    assert (updates_after - updates, hot_after - hot, size_after - size) == (5 * 300, 5 * 300, 0)
 
 
 def _settings(tmp_path: Path, url: str, **retention: object):

@@ -198,7 +198,7 @@ def test_migration_0005_keeps_promotions_and_allows_rolled_back(tmp_path: Path) 
     import sqlalchemy as sa
 
     from storage.engine import dispose_engines, get_engine
-    from storage.migrate import upgrade
+    from storage.migrate import HEAD_REVISION, upgrade
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     assert upgrade(url, "0004") == "0004"
@@ -208,7 +208,7 @@ def test_migration_0005_keeps_promotions_and_allows_rolled_back(tmp_path: Path) 
         with pytest.raises(sa.exc.IntegrityError):
             with conn.begin_nested():
                 conn.exec_driver_sql("UPDATE promotions SET status = 'rolled_back'")
-    assert upgrade(url) == "0007"
+    assert upgrade(url) == HEAD_REVISION
     with get_engine(url).begin() as conn:
         conn.exec_driver_sql("UPDATE promotions SET status = 'rolled_back'")
         assert conn.exec_driver_sql("SELECT status, new_values FROM promotions").all() == [
