@@ -15,7 +15,8 @@ every interval forever (~1.4 KB a check). Instead:
       unchanged checks so far) — the unchanged checks between samples are accounted for there, not
       one event each. Returns {"counted": n, "sampled": {image_id: new check id}, "check_ids": {image_id:
       the image's newest check id}} (unknown ids are skipped). Call it once per batch of a cycle, in the
-      batch's transaction: its cost is a few statements per batch plus one row per sample.
+      batch's transaction: its cost is a few statements per 500 images, whether samples are due or not
+      (decided in SQL; the samples are one multi-row INSERT and two executemany UPDATEs).
   record_cycle_checks(session, checks, *, actor, now=None, samples_every_s) -> list[int | None]
       Drop-in for storage.worker_queries.record_reused_checks in the worker's batched cycle: the
       reused checks that are unchanged (healthy, no findings) go through record_unchanged, the others
