@@ -220,8 +220,12 @@ def test_csv_export_is_neutralised_and_gone_after_logout(dashboard: dict[str, An
     _go(page, "Audit")
 
     def download() -> tuple[str, str]:
-        with page.expect_download() as info:
-            page.get_by_role("button", name="Download CSV", exact=False).click()
+        # The button is re-created when the page re-runs: wait for a visible one, and give a loaded
+        # machine a minute for the export (the 30 s default ran out once in a full suite run).
+        button = page.get_by_role("button", name="Download CSV", exact=False).first
+        button.wait_for(state="visible", timeout=60_000)
+        with page.expect_download(timeout=60_000) as info:
+            button.click()
         saved = tmp_path / "audit.csv"
         info.value.save_as(saved)
         return info.value.url, saved.read_text(encoding="utf-8")
