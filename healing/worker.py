@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from healing.config import Settings, _as_number, load_settings
-from healing.errors import SelfHealError
+from healing.errors import SelfHealError, printable
 
 log = logging.getLogger("selfheal.worker")
 
@@ -263,11 +263,16 @@ def _no_findings(text: str | None) -> bool:
 
 
 def _json(text: str | None, empty: Any) -> Any:
-    """The value of a JSON column read as text (storage.worker_queries.images_due); ``empty`` when NULL."""
+    """The value of a JSON column read as text (storage.worker_queries.images_due); ``empty`` when NULL
+    or not JSON (a damaged row is logged and must not stop the cycle of every other image)."""
     if text is None:
         return empty
-    value = json.loads(text)
-    return empty if value is None else value
+    try:
+        value = json.loads(text)
+    except ValueError:
+        log.warning("a stored check result is not valid JSON (%s); read as empty", printable(text[:60]))
+        return empty
+    return empty if value is None or not isinstance(value, type(empty)) else value
 
 
 def guarded(name: str, body: Any) -> Any:

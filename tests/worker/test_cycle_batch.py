@@ -217,3 +217,31 @@ def test_large_files_get_their_full_checks_in_threads_small_ones_in_order(settin
     here = threading.current_thread().name
     assert {n: started_by[ids[n]] == here for n in names} == {n: int(n[-1]) % 2 == 0 for n in names}
     assert all(started_by[ids[n]].startswith("check-large") for n in names if int(n[-1]) % 2)
+
+
+def test_a_damaged_stored_result_does_not_stop_the_cycle(settings, make_image, caplog):
+    """The cycle reads the last checks' metrics and findings as JSON text; a row whose text is not JSON
+    (SQLite stores any text; PostgreSQL's json type refuses it) or not the right kind is read as empty and
+    logged, and every image is still recorded."""
+    paths = [make_image(f"img{n}.rts.png") for n in range(3)]
+    ids = [register_image(p, settings=settings)["image"]["id"] for p in paths]
+    worker = Worker(load_settings())
+    worker.check_cycle(due_only=False)
+    engine = get_engine()
+    sqlite = engine.dialect.name == "sqlite"
+    table = Check.__table__
+    with engine.begin() as conn:
+        conn.execute(sa.update(table).where(table.c.image_id == ids[0]).values(status="warning"))
+        if sqlite:
+            conn.execute(sa.update(table).where(table.c.image_id == ids[0])
+                         .values(metrics=sa.literal_column("'{not json'"), findings=sa.literal_column("'[1, '")))
+        conn.execute(sa.update(table).where(table.c.image_id == ids[1]).values(metrics=[1, 2]))  # JSON, not an object
+    caplog.set_level("WARNING", logger="healing.worker")
+    records, overruns = worker.check_cycle(due_only=False)
+    assert overruns == 0 and sorted(r.image_id for r in records) == ids
+    got = {r.image_id: r for r in records}
+    assert got[ids[0]].status == "warning" and got[ids[0]].reused
+    if sqlite:
+        assert (got[ids[0]].result["metrics"], got[ids[0]].result["findings"]) == ({}, [])
+    assert got[ids[1]].result["metrics"] == {} and got[ids[2]].result["metrics"]
+    assert sum("not valid JSON" in m for m in caplog.messages) == (2 if sqlite else 0)
