@@ -236,6 +236,19 @@ UPLOAD_ADVICE = {
 }
 
 
+def _check_upload(settings: Any, path: Path, name: str) -> dict[str, Any]:
+    """The default health check of the uploaded file written at ``path``, as the operator's ``name``
+    shows it (no temporary path), timed, with the upload's advice."""
+    from healing.images.service import default_checker
+
+    started = time.perf_counter()
+    check = default_checker(settings).check_health(path).to_dict()
+    _hide_temp_path(check, str(path), name)
+    check.setdefault("duration_ms", round((time.perf_counter() - started) * 1000, 3))
+    _upload_advice(check)
+    return check
+
+
 def _upload_advice(check: dict[str, Any]) -> None:
     """Recommendations written for registered images (`selfheal heal`, the golden copy) do not apply to an
     upload, which has no golden copy: replace them with what an operator can do with the file."""
@@ -248,7 +261,6 @@ def _analyze_plain(name: str, data: bytes, digest: str, settings: Settings, limi
                    maps: bool, why: str) -> UploadAnalysis:
     """A PNG that is not a PixelRTS image: the checker's statistics (no hash to verify) and the maps."""
     from healing.analysis import analyze_image, load_image
-    from healing.images.service import default_checker
 
     with tempfile.TemporaryDirectory(prefix="selfheal-upload-") as tmp:
         path = Path(tmp) / name
@@ -258,11 +270,7 @@ def _analyze_plain(name: str, data: bytes, digest: str, settings: Settings, limi
         except SelfHealError as exc:
             return UploadAnalysis(name, len(data), digest, "unknown", {"status": "unknown", "findings": []},
                                   error=str(exc))
-        started = time.perf_counter()
-        check = default_checker(settings).check_health(path).to_dict()
-        _hide_temp_path(check, str(path), name)
-        check.setdefault("duration_ms", round((time.perf_counter() - started) * 1000, 3))
-        _upload_advice(check)
+        check = _check_upload(settings, path, name)
         analysis = UploadAnalysis(name, len(data), digest, str(check.get("status", "unknown")), check,
                                   metadata={"plain_png": why}, pixels=loaded.pixels)
         if maps:
@@ -282,7 +290,6 @@ def analyze_upload(filename: str, data: bytes, settings: Settings, *, model: str
     An upload that parses but is damaged is not refused: it comes back with status critical (or
     unknown for an unreadable PNG) and the reason, like `selfheal check` would report it.
     """
-    from healing.images.service import default_checker
     from healing.pixelrts import read_image, verify_image
 
     limits = dashboard_settings(settings)
@@ -312,11 +319,7 @@ def analyze_upload(filename: str, data: bytes, settings: Settings, *, model: str
     with tempfile.TemporaryDirectory(prefix="selfheal-upload-") as tmp:
         path = Path(tmp) / name
         path.write_bytes(data)
-        started = time.perf_counter()
-        check = default_checker(settings).check_health(path).to_dict()
-        _hide_temp_path(check, str(path), name)
-        check.setdefault("duration_ms", round((time.perf_counter() - started) * 1000, 3))
-        _upload_advice(check)
+        check = _check_upload(settings, path, name)
         analysis = UploadAnalysis(name, len(data), digest, str(check.get("status", "unknown")), check,
                                   integrity=integrity, metadata=image.metadata, pixels=image.pixels)
         if maps and image.pixels is not None:

@@ -708,34 +708,7 @@ def append_event(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Append one audit event under the chain lock; returns its id, seq, created_at and hash."""
-    if not kind or len(kind) > 64:
-        raise ValueError(f"audit kind must be 1..64 characters, got {kind!r}")
-    if not is_write_session(session):
-        raise RuntimeError("append_event needs a write session (storage.engine.session_scope(write=True))")
-    head = _locked_head(session)
-    txn: _Transaction | None = session.info.get(_TXN)
-    if txn is None:
-        txn = _begin(session, head, audit_paths())
-        session.info[_TXN] = txn
-    created_at = now or utcnow()
-    created_at = created_at.replace(tzinfo=UTC) if created_at.tzinfo is None else created_at.astimezone(UTC)
-    payload_text = canonical_json(mask_secrets(payload or {}))
-    seq = head.seq + 1
-    if txn.key is not None:
-        digest = event_mac(txn.key, seq, created_at, kind, subject, actor, payload_text, head.last_hash)
-    else:
-        digest = event_hash(seq, created_at, kind, subject, actor, payload_text, head.last_hash)
-    event = AuditEvent(seq=seq, created_at=created_at, kind=kind, subject=subject, actor=actor,
-                       payload=payload_text, prev_hash=head.last_hash, hash=digest)
-    session.add(event)
-    session.flush()
-    head.seq = seq
-    head.last_event_id = event.id
-    head.last_hash = digest
-    session.add(head)
-    session.flush()
-    txn.pending = (seq, digest)
-    return {"id": event.id, "seq": seq, "created_at": created_at, "hash": digest}
+    return _append(session, [(kind, subject, payload, actor)], now=now, caller="append_event")[0]
 
 
 _SAFE_KEYS: dict[tuple[str, ...], bool] = {}
@@ -759,11 +732,17 @@ def append_events(session: Session, events: Sequence[tuple[str, str, dict[str, A
     chain as that many append_event calls, with one head read, one bulk insert and one head update."""
     if not events:
         return []
-    if not is_write_session(session):
-        raise RuntimeError("append_events needs a write session (storage.engine.session_scope(write=True))")
+    return _append(session, events, now=now, caller="append_events")
+
+
+def _append(session: Session, events: Sequence[tuple[str, str, dict[str, Any] | None, str]], *,
+            now: datetime | None, caller: str) -> list[dict[str, Any]]:
+    """append_event(s): check the kinds and the session, take the chain lock, insert, move the head."""
     for kind, *_ in events:
         if not kind or len(kind) > 64:
             raise ValueError(f"audit kind must be 1..64 characters, got {kind!r}")
+    if not is_write_session(session):
+        raise RuntimeError(f"{caller} needs a write session (storage.engine.session_scope(write=True))")
     head = _locked_head(session)
     txn: _Transaction | None = session.info.get(_TXN)
     if txn is None:
